@@ -1,0 +1,68 @@
+"""Per-timestep gradient norms ||dL/dh_t|| and their summaries.
+
+A snapshot is an array ``norms[layer, t]`` (float64): the Frobenius norm over (batch, hidden) of
+the total derivative of the batch training loss with respect to layer ``layer``'s hidden state at
+step ``t + 1``, through the recurrence. It is read from the unrolled forward of
+`SequenceModel(record_states=True)`; the norms are taken in float64 so that tiny values do not
+underflow when squared. A value that already underflowed to 0 in float32 stays 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def grad_norms(states: list[list[Tensor]]) -> np.ndarray:
+    """(num_layers, T) float64 norms of h_t.grad after backward (0 where h_t got no gradient)."""
+    rows = []
+    for hs in states:
+        grads = torch.stack([h.grad if h.grad is not None else torch.zeros_like(h) for h in hs])
+        rows.append(grads.double().square().sum(dim=(1, 2)).sqrt())  # (T,)
+    return torch.stack(rows).cpu().numpy()
+
+
+@dataclass
+class GradSummary:
+    """Summary of one layer's norms over t = 1..T.
+
+    vanishing_ratio: log10(||dL/dh_1|| / ||dL/dh_T||); -inf when ||dL/dh_1|| underflowed to 0.
+    decay_rate: least-squares slope of log10 ||dL/dh_t|| per timestep over the non-zero values
+        (negative: the gradient shrinks going back in time); None with fewer than 2 of them.
+    max_norm: the largest ||dL/dh_t||.
+    exploding: max_norm > explode_factor * ||dL/dh_T||, or a non-finite norm.
+    nonzero: how many timesteps have a non-zero norm.
+    """
+
+    vanishing_ratio: float
+    decay_rate: float | None
+    max_norm: float
+    exploding: bool
+    nonzero: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(norms: np.ndarray, explode_factor: float = 10.0) -> GradSummary:
+    """Summarize one layer's norms (T,) as described in `GradSummary`."""
+    first, last = float(norms[0]), float(norms[-1])
+    if first == 0.0:
+        ratio = -math.inf
+    elif last == 0.0:
+        ratio = math.inf
+    else:
+        ratio = math.log10(first / last)
+    finite = np.isfinite(norms)
+    positive = finite & (norms > 0)
+    steps = np.nonzero(positive)[0]
+    decay = None
+    if len(steps) >= 2:
+        decay = float(np.polyfit(steps, np.log10(norms[steps]), 1)[0])
+    max_norm = float(norms.max()) if finite.all() else math.inf
+    exploding = not finite.all() or max_norm > explode_factor * last
+    return GradSummary(ratio, decay, max_norm, bool(exploding), int(positive.sum()))

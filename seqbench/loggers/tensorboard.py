@@ -1,0 +1,91 @@
+"""TensorBoard event files under <run_dir>/tb: scalars, gradient-norm pictures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global state, no window backend
+from torch.utils.tensorboard import SummaryWriter
+
+from seqbench.diagnostics import summarize
+from seqbench.train import Callback
+
+
+class TensorBoardLogger(Callback):
+    """Scalars: train/loss, val/<metric>, grad/total_norm, grad/clip_fraction and, per layer,
+    grad/vanishing_ratio, grad/decay_rate, grad/max_norm. Images: per layer, log10 ||dL/dh_t||
+    over (training step x timestep); and ||dL/dh_t|| vs t at init and at the latest snapshot."""
+
+    def __init__(self, log_dir: Path, explode_factor: float = 10.0) -> None:
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.explode_factor = explode_factor
+        self.snapshots: list[tuple[int, np.ndarray]] = []
+        self.steps = 0
+        self.clipped = 0
+
+    def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
+        self.steps, self.clipped = step, self.clipped + int(clipped)
+        self.writer.add_scalar("train/loss", loss, step)
+        self.writer.add_scalar("grad/total_norm", grad_norm, step)
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"val/{name}", value, step)
+        self.writer.add_scalar("grad/clip_fraction", self.clipped / max(self.steps, 1), step)
+        self.writer.flush()
+
+    def on_grad_norms(self, step: int, norms: np.ndarray) -> None:
+        self.snapshots.append((step, norms))
+        for layer, layer_norms in enumerate(norms):
+            s = summarize(layer_norms, self.explode_factor)
+            # An underflowed ||dL/dh_1|| gives ratio -inf: TensorBoard cannot plot it, so the
+            # point is skipped and grad/nonzero_steps shows how many timesteps still get gradient.
+            if math.isfinite(s.vanishing_ratio):
+                self.writer.add_scalar(
+                    f"grad/vanishing_ratio/layer{layer}", s.vanishing_ratio, step
+                )
+            if s.decay_rate is not None:
+                self.writer.add_scalar(f"grad/decay_rate/layer{layer}", s.decay_rate, step)
+            self.writer.add_scalar(f"grad/max_norm/layer{layer}", s.max_norm, step)
+            self.writer.add_scalar(f"grad/nonzero_steps/layer{layer}", s.nonzero, step)
+            self.writer.add_figure(f"grad_heatmap/layer{layer}", self._heatmap(layer), step)
+        self.writer.add_figure("grad_norm_vs_t", self._norm_vs_t(), step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def _heatmap(self, layer: int) -> Figure:
+        steps = [step for step, _ in self.snapshots]
+        with np.errstate(divide="ignore"):
+            logs = np.log10(np.stack([norms[layer] for _, norms in self.snapshots]))  # (S, T)
+        logs[~np.isfinite(logs)] = np.nan  # underflow to 0 shows as blank
+        fig = Figure(figsize=(6, 3.5))
+        ax = fig.subplots()
+        image = ax.imshow(
+            logs, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
+            extent=(0.5, logs.shape[1] + 0.5, -0.5, len(steps) - 0.5),
+        )  # fmt: skip
+        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
+        ax.set_yticks(ticks, [str(steps[i]) for i in ticks])
+        ax.set(
+            xlabel="timestep t", ylabel="training step", title=f"log10 ||dL/dh_t||, layer {layer}"
+        )
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        return fig
+
+    def _norm_vs_t(self) -> Figure:
+        fig = Figure(figsize=(6, 3.5))
+        ax = fig.subplots()
+        picks = [self.snapshots[0]] + ([self.snapshots[-1]] if len(self.snapshots) > 1 else [])
+        for (step, norms), style in zip(picks, ("--", "-"), strict=False):
+            for layer, layer_norms in enumerate(norms):
+                t = np.arange(1, len(layer_norms) + 1)
+                ax.semilogy(t, np.where(layer_norms > 0, layer_norms, np.nan), style,
+                            label=f"step {step}, layer {layer}")  # fmt: skip
+        ax.set(xlabel="timestep t", ylabel="||dL/dh_t||", title="gradient norm vs timestep")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        return fig

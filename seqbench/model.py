@@ -1,0 +1,144 @@
+"""Recurrent sequence models: a tanh RNN, LSTM or GRU stack with a linear head on every step."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+INITS = ("default", "orthogonal", "xavier")
+
+
+class SequenceModel(nn.Module):
+    """A stacked recurrent layer (`nn.RNN`/`nn.LSTM`/`nn.GRU`, batch first) and a linear readout.
+
+    Args:
+        cell: "rnn" (tanh), "lstm" or "gru".
+        input_size: features per timestep.
+        output_size: outputs per timestep (the head is applied at every step).
+        hidden_size: units per layer.
+        num_layers: stacked layers.
+        dropout: dropout on the outputs of every layer but the last.
+        forget_bias: LSTM only: initial forget-gate bias.
+        init: "default" (PyTorch's uniform), "orthogonal" (orthogonal recurrent blocks, Xavier
+            input weights, zero biases) or "xavier" (Xavier-uniform weights, zero biases).
+    """
+
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        output_size: int,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        forget_bias: float = 1.0,
+        init: str = "default",
+    ) -> None:
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(CELLS)}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
+        self.cell = cell
+        self.rnn = CELLS[cell](
+            input_size, hidden_size, num_layers, batch_first=True, dropout=dropout
+        )
+        self.head = nn.Linear(hidden_size, output_size)
+        _init_recurrent(self.rnn, init)
+        if cell == "lstm":
+            set_forget_bias(self.rnn, forget_bias)
+
+    def forward(self, x: Tensor, record_states: bool = False) -> tuple[Tensor, list[list[Tensor]]]:
+        """Map inputs (B, T, I) to outputs (B, T, O).
+
+        With ``record_states`` the stack is unrolled step by step through the same parameters and
+        every hidden state h_t of every layer is kept in the graph with ``retain_grad()``, so after
+        ``backward()`` each ``h_t.grad`` is the total derivative dL/dh_t through the recurrence.
+        Otherwise the fused layer runs and the returned state list is empty.
+        """
+        if not record_states:
+            seq, _ = self.rnn(x)  # (B, T, H)
+            return self.head(seq), []
+        states: list[list[Tensor]] = []
+        seq = x
+        for layer in range(self.rnn.num_layers):
+            if layer > 0:
+                seq = F.dropout(seq, self.rnn.dropout, self.training)
+            hs = _unroll_layer(self.cell, seq, _layer_weights(self.rnn, layer))
+            for h in hs:
+                h.retain_grad()
+            states.append(hs)
+            seq = torch.stack(hs, dim=1)  # (B, T, H)
+        return self.head(seq), states
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def set_forget_bias(lstm: nn.LSTM, value: float) -> None:
+    """Make the effective forget-gate bias exactly `value` in every layer.
+
+    PyTorch adds two bias vectors (gate order i, f, g, o); the forget slice of `bias_ih` gets the
+    value and that of `bias_hh` is zeroed, so the two do not add up to twice the value.
+    """
+    h = lstm.hidden_size
+    with torch.no_grad():
+        for layer in range(lstm.num_layers):
+            getattr(lstm, f"bias_ih_l{layer}")[h : 2 * h].fill_(value)
+            getattr(lstm, f"bias_hh_l{layer}")[h : 2 * h].zero_()
+
+
+def _init_recurrent(rnn: nn.RNNBase, init: str) -> None:
+    if init == "default":
+        return
+    gates = rnn.weight_hh_l0.shape[0] // rnn.hidden_size
+    with torch.no_grad():
+        for name, param in rnn.named_parameters():
+            if name.startswith("bias"):
+                param.zero_()
+            elif init == "orthogonal" and name.startswith("weight_hh"):
+                for block in param.chunk(gates, dim=0):  # one square block per gate
+                    nn.init.orthogonal_(block)
+            else:
+                for block in param.chunk(gates, dim=0):
+                    nn.init.xavier_uniform_(block)
+
+
+def _layer_weights(rnn: nn.RNNBase, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(
+        getattr(rnn, f"{kind}_l{layer}")
+        for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    )  # type: ignore[return-value]
+
+
+def _unroll_layer(
+    cell: str, seq: Tensor, weights: tuple[Tensor, Tensor, Tensor, Tensor]
+) -> list[Tensor]:
+    """One layer, step by step, with PyTorch's documented equations. Returns h_1..h_T."""
+    w_ih, w_hh, b_ih, b_hh = weights
+    batch, steps, _ = seq.shape
+    hidden = w_hh.shape[1]
+    x_proj = F.linear(seq, w_ih, b_ih)  # (B, T, G*H): the input path of every step at once
+    h = seq.new_zeros(batch, hidden)
+    c = seq.new_zeros(batch, hidden)
+    hs = []
+    for t in range(steps):
+        h_proj = F.linear(h, w_hh, b_hh)  # (B, G*H)
+        if cell == "rnn":
+            h = torch.tanh(x_proj[:, t] + h_proj)
+        elif cell == "lstm":
+            i, f, g, o = (x_proj[:, t] + h_proj).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        else:  # gru, gate order r, z, n
+            x_r, x_z, x_n = x_proj[:, t].chunk(3, dim=1)
+            h_r, h_z, h_n = h_proj.chunk(3, dim=1)
+            r = torch.sigmoid(x_r + h_r)
+            z = torch.sigmoid(x_z + h_z)
+            n = torch.tanh(x_n + r * h_n)
+            h = (1 - z) * n + z * h
+        hs.append(h)
+    return hs

@@ -1,0 +1,165 @@
+"""The run directory's result files: metrics.json, history.csv and grad_norms.csv.
+
+Every file is written whole to a temporary name in the same directory and then renamed over the
+old one, so a crash leaves either the previous complete file or the new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from seqbench.diagnostics import summarize
+from seqbench.train import Callback
+
+STATUSES = ("completed", "diverged", "failed", "interrupted")
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Call ``write(file)`` on a temporary file beside `path`, then rename it to `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunRecorder(Callback):
+    """Collects what the loop reports and writes the run's result files.
+
+    Args:
+        run_dir: the Hydra run directory.
+        info: fixed facts recorded in metrics.json (model, task, seed, parameter count, ...).
+        metric: the task's validation metric; mode: "min" or "max".
+        explode_factor: passed to `diagnostics.summarize`.
+    """
+
+    def __init__(
+        self, run_dir: Path, info: dict, metric: str, mode: str, explode_factor: float
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.info = info
+        self.metric = metric
+        self.mode = mode
+        self.explode_factor = explode_factor
+        self.start = time.perf_counter()
+        self.steps_done = 0
+        self.clipped_steps = 0
+        self.losses_since_eval: list[float] = []
+        self.history: list[dict] = []
+        self.snapshots: list[tuple[int, np.ndarray]] = []
+        self.best: dict | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
+        self.steps_done = step
+        self.clipped_steps += int(clipped)
+        self.losses_since_eval.append(loss)
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        train_loss = float(np.mean(self.losses_since_eval)) if self.losses_since_eval else math.nan
+        self.losses_since_eval = []
+        row = {"step": step, "wall_time": round(self.elapsed(), 3), "train_loss": train_loss}
+        row.update({f"val_{k}": v for k, v in metrics.items()})
+        self.history.append(row)
+        value = metrics[self.metric]
+        if self.best is None or _better(value, self.best["value"], self.mode):
+            self.best = {"value": value, "step": step}
+
+    def on_grad_norms(self, step: int, norms: np.ndarray) -> None:
+        self.snapshots.append((step, norms))
+
+    @property
+    def clip_fraction(self) -> float:
+        return self.clipped_steps / self.steps_done if self.steps_done else 0.0
+
+    def grad_summary(self, index: int) -> dict | None:
+        if not self.snapshots:
+            return None
+        step, norms = self.snapshots[index]
+        layers = [summarize(layer, self.explode_factor).as_dict() for layer in norms]
+        return {"step": step, "timesteps": norms.shape[1], "layers": layers}
+
+    def metrics(self, status: str, **extra: Any) -> dict:
+        """The content of metrics.json."""
+        assert status in STATUSES, status
+        wall = self.elapsed()
+        final = self.history[-1] if self.history else {}
+        return {
+            "status": status,
+            **self.info,
+            "steps": self.steps_done,
+            "wall_time_s": round(wall, 3),
+            "steps_per_s": round(self.steps_done / wall, 3) if wall > 0 else None,
+            "metric": self.metric,
+            "mode": self.mode,
+            "final_metric": final.get(f"val_{self.metric}"),
+            "final": {k[4:]: v for k, v in final.items() if k.startswith("val_")},
+            "best_metric": self.best["value"] if self.best else None,
+            "best_step": self.best["step"] if self.best else None,
+            "clip_fraction": round(self.clip_fraction, 6),
+            "grad_norms": {"init": self.grad_summary(0), "end": self.grad_summary(-1)},
+            **extra,
+        }
+
+    def write(self, status: str, **extra: Any) -> dict:
+        """Write metrics.json, history.csv and grad_norms.csv; return the metrics dict."""
+        metrics = self.metrics(status, **extra)
+        atomic_write(self.run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2))
+        history = pd.DataFrame(self.history, columns=_history_columns(self.history))
+        atomic_write(self.run_dir / "history.csv", lambda f: history.to_csv(f, index=False))
+        grads = grad_norm_frame(self.snapshots)
+        atomic_write(self.run_dir / "grad_norms.csv", lambda f: grads.to_csv(f, index=False))
+        return metrics
+
+
+def grad_norm_frame(snapshots: list[tuple[int, np.ndarray]]) -> pd.DataFrame:
+    """Long format: one row per (step, layer, t) with t = 1..T and the norm ||dL/dh_t||."""
+    frames = []
+    for step, norms in snapshots:
+        layers, steps = norms.shape
+        frames.append(
+            pd.DataFrame(
+                {
+                    "step": step,
+                    "layer": np.repeat(np.arange(layers), steps),
+                    "t": np.tile(np.arange(1, steps + 1), layers),
+                    "norm": norms.reshape(-1),
+                }
+            )
+        )
+    if not frames:
+        return pd.DataFrame(columns=["step", "layer", "t", "norm"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _history_columns(history: list[dict]) -> list[str]:
+    columns = ["step", "wall_time", "train_loss"]
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    return columns
+
+
+def _better(value: float, best: float, mode: str) -> bool:
+    if math.isnan(value):
+        return False
+    if math.isnan(best):
+        return True
+    return value < best if mode == "min" else value > best

@@ -1,0 +1,83 @@
+"""The copy problem (Arjovsky, Shah & Bengio 2016).
+
+Categories: 0 is the blank, 1..8 are symbols, 9 is the delimiter (10 in all, one-hot encoded).
+An input is 10 symbols drawn uniformly from 1..8, then T-1 blanks, the delimiter, and 10 blanks
+(length T+20). The target is T+10 blanks followed by the 10 symbols: the model must hold them over
+T steps and replay them after the delimiter. Example with T=3 and 3 symbols instead of 10:
+
+    input   5 2 7 0 0 9 0 0 0
+    target  0 0 0 0 0 0 5 2 7
+
+Metrics: cross-entropy per step (averaged over all T+20 steps) and accuracy on the 10 recall
+positions. Baseline: a memoryless model that outputs blanks and then guesses uniformly among the 8
+symbols scores 10 * ln(8) / (T + 20) per step and 1/8 accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seqbench.tasks import Batch, make_generator
+
+
+def copy_batch(
+    n: int, seq_len: int, generator: torch.Generator, num_symbols: int = 8, memory_len: int = 10
+) -> Batch:
+    """x (n, T+2M, num_symbols+2) one-hot inputs, y (n, T+2M) target categories."""
+    device = generator.device
+    length = seq_len + 2 * memory_len
+    delimiter = num_symbols + 1
+    symbols = torch.randint(1, num_symbols + 1, (n, memory_len), generator=generator, device=device)
+    inputs = torch.zeros(n, length, dtype=torch.long, device=device)
+    inputs[:, :memory_len] = symbols
+    inputs[:, memory_len + seq_len - 1] = delimiter
+    target = torch.zeros(n, length, dtype=torch.long, device=device)
+    target[:, -memory_len:] = symbols
+    x = F.one_hot(inputs, num_symbols + 2).float()
+    return Batch(x, target)
+
+
+class CopyTask:
+    name = "copy"
+    metric = "cross_entropy"
+    mode = "min"
+    baseline_name = "memoryless: blanks, then uniform guesses"
+
+    def __init__(
+        self,
+        device: torch.device,
+        seed: int,
+        seq_len: int,
+        val_size: int,
+        val_seed: int,
+        num_symbols: int = 8,
+        memory_len: int = 10,
+    ) -> None:
+        self.seq_len = seq_len
+        self.num_symbols = num_symbols
+        self.memory_len = memory_len
+        self.input_size = self.output_size = num_symbols + 2
+        self.baseline = memory_len * math.log(num_symbols) / (seq_len + 2 * memory_len)
+        self.generator = make_generator(device, seed)
+        self._validation = self._batch(val_size, make_generator(device, val_seed))
+
+    def _batch(self, n: int, generator: torch.Generator) -> Batch:
+        return copy_batch(n, self.seq_len, generator, self.num_symbols, self.memory_len)
+
+    def sample(self, batch_size: int) -> Batch:
+        return self._batch(batch_size, self.generator)
+
+    def validation(self) -> Batch:
+        return self._validation
+
+    def loss(self, output: Tensor, batch: Batch) -> Tensor:
+        return F.cross_entropy(output.flatten(0, 1), batch.y.flatten())
+
+    def metrics(self, output: Tensor, batch: Batch) -> dict[str, float]:
+        recall = output[:, -self.memory_len :].argmax(-1)  # (B, M)
+        accuracy = (recall == batch.y[:, -self.memory_len :]).float().mean()
+        return {"cross_entropy": self.loss(output, batch).item(), "accuracy": accuracy.item()}

@@ -1,0 +1,115 @@
+"""The training loop. Everything it reports goes to callbacks; it writes no files itself."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from seqbench.diagnostics import grad_norms
+from seqbench.model import SequenceModel
+from seqbench.tasks import Task
+
+
+class Callback:
+    """Hooks the loop calls; subclasses override what they need."""
+
+    def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None: ...
+    def on_grad_norms(self, step: int, norms: np.ndarray) -> None: ...
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+class Diverged(RuntimeError):
+    """The loss or a gradient became NaN/Inf at `step`."""
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"{what} became non-finite at step {step}")
+        self.step = step
+
+
+@dataclass
+class Clip:
+    mode: str = "norm"  # norm | value
+    threshold: float | None = 1.0
+
+
+def train(
+    model: SequenceModel,
+    task: Task,
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps: int,
+    batch_size: int,
+    eval_every: int,
+    clip: Clip,
+    diagnostics_every: int,
+    callbacks: Sequence[Callback] = (),
+) -> None:
+    """Train for `steps` optimizer updates; raise `Diverged` on a NaN/Inf loss or gradient.
+
+    Step s computes the gradient at the parameters after s updates. Gradient norms per timestep
+    are taken at s = 0 and every `diagnostics_every` steps from the same backward pass that trains.
+    """
+    for step in range(steps):
+        diagnose = step == 0 or (diagnostics_every > 0 and step % diagnostics_every == 0)
+        batch = task.sample(batch_size)
+        model.train()
+        output, states = model(batch.x, record_states=diagnose)
+        loss = task.loss(output, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm, clipped = clip_gradients(model.parameters(), clip)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise Diverged(step, "the training loss")
+        if not math.isfinite(grad_norm):
+            raise Diverged(step, "the gradient norm")
+        if diagnose:
+            _emit(callbacks, "on_grad_norms", step, grad_norms(states))
+        optimizer.step()
+        _emit(callbacks, "on_step", step + 1, loss_value, grad_norm, clipped)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            _emit(callbacks, "on_eval", step + 1, evaluate(model, task))
+
+
+def clip_gradients(params: Iterable[nn.Parameter], clip: Clip) -> tuple[float, bool]:
+    """Clip in place; return the total gradient norm before clipping and whether it clipped."""
+    params = [p for p in params if p.grad is not None]
+    limit = math.inf if clip.threshold is None or clip.mode != "norm" else clip.threshold
+    total = torch.nn.utils.clip_grad_norm_(params, limit).item()
+    if clip.threshold is None:
+        return total, False
+    if clip.mode == "value":
+        clipped = any(p.grad.abs().max().item() > clip.threshold for p in params)
+        torch.nn.utils.clip_grad_value_(params, clip.threshold)
+        return total, clipped
+    return total, total > clip.threshold
+
+
+@torch.no_grad()
+def evaluate(model: SequenceModel, task: Task) -> dict[str, float]:
+    """Validation metrics on the task's fixed validation set."""
+    model.eval()
+    batch = task.validation()
+    output, _ = model(batch.x)
+    return task.metrics(output, batch)
+
+
+def measure_grad_norms(model: SequenceModel, task: Task, batch_size: int) -> np.ndarray:
+    """Per-timestep gradient norms at the current parameters, without updating them."""
+    batch = task.sample(batch_size)
+    model.train()
+    output, states = model(batch.x, record_states=True)
+    model.zero_grad(set_to_none=True)
+    task.loss(output, batch).backward()
+    model.zero_grad(set_to_none=True)
+    return grad_norms(states)
+
+
+def _emit(callbacks: Sequence[Callback], hook: str, *args) -> None:
+    for callback in callbacks:
+        getattr(callback, hook)(*args)
