@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from seqbench.checkpoint import save_checkpoint
+from seqbench.checkpoint import BestCheckpoint, load_checkpoint, save_checkpoint
 from seqbench.config import ConfigError, check_config, register_configs
 from seqbench.hardware import HardwareError, configure, seed_everything, select_device
 from seqbench.loggers.console import ConsoleLogger
@@ -19,7 +19,7 @@ from seqbench.loggers.tensorboard import TensorBoardLogger
 from seqbench.model import SequenceModel, count_parameters
 from seqbench.results import RunRecorder
 from seqbench.tasks import build_task
-from seqbench.train import Clip, Diverged, measure_grad_norms, train
+from seqbench.train import Clip, Diverged, evaluate, measure_grad_norms, train
 
 register_configs()
 
@@ -51,6 +51,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     model = SequenceModel(
         m.cell, task.input_size, task.output_size, hidden_size=m.hidden_size,
         num_layers=m.num_layers, dropout=m.dropout, forget_bias=m.forget_bias, init=m.init,
+        vocab_size=task.vocab_size, embedding_dim=m.embedding_dim,
     ).to(device)  # fmt: skip
     optimizer = instantiate(cfg.optimizer)(model.parameters())
 
@@ -65,10 +66,12 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         "baseline_name": task.baseline_name,
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         "torch": torch.__version__,
+        "task_info": task.info,
     }
     recorder = RunRecorder(run_dir, info, task.metric, task.mode, cfg.diagnostics.explode_factor)
     console = ConsoleLogger(cfg.train.steps, task.metric, cfg.log.progress)
-    callbacks = [recorder, console]
+    best = BestCheckpoint(run_dir / "best.pt", model, task.metric, task.mode)
+    callbacks = [recorder, best, console]
     if cfg.log.tensorboard:
         callbacks.append(TensorBoardLogger(run_dir / "tb", cfg.diagnostics.explode_factor))
     if notice:
@@ -79,6 +82,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     )
 
     status, extra, interrupted = "completed", {"diverged_step": None, "error": None}, False
+    final_saved = False
     try:
         train(
             model, task, optimizer, steps=cfg.train.steps, batch_size=cfg.train.batch_size,
@@ -88,6 +92,11 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         norms = measure_grad_norms(model, task, cfg.train.batch_size)
         for callback in callbacks:
             callback.on_grad_norms(recorder.steps_done, norms)
+        _save_final(run_dir, model, optimizer, cfg, recorder.steps_done)
+        final_saved = True
+        if "test" in task.splits:  # once, at the end, with the best validation weights
+            model.load_state_dict(load_checkpoint(run_dir / "best.pt", device)["model"])
+            extra["test"] = evaluate(model, task, "test")
     except Diverged as err:
         status, extra = "diverged", {"diverged_step": err.step, "error": str(err)}
     except KeyboardInterrupt:
@@ -97,8 +106,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         raise
     finally:
         console.close()
-        config = OmegaConf.to_container(cfg, resolve=True)
-        save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, config, recorder.steps_done)
+        if not final_saved:
+            _save_final(run_dir, model, optimizer, cfg, recorder.steps_done)
         metrics = recorder.write(status, **extra)
         for callback in callbacks:
             getattr(callback, "close", lambda: None)()
@@ -106,3 +115,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     if interrupted:
         sys.exit(EXIT_INTERRUPTED)
     return metrics["best_metric"]
+
+
+def _save_final(run_dir: Path, model, optimizer, cfg: DictConfig, step: int) -> None:
+    config = OmegaConf.to_container(cfg, resolve=True)
+    save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, config, step)

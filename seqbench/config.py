@@ -22,6 +22,7 @@ class ModelConfig:
     dropout: float = 0.0  # between stacked layers (needs num_layers > 1)
     forget_bias: float = 1.0  # LSTM only: initial forget-gate bias
     init: str = "default"  # default | orthogonal | xavier
+    embedding_dim: int = 64  # token tasks only: size of the input embeddings
 
 
 @dataclass
@@ -170,6 +171,7 @@ def check_config(cfg: Any) -> None:
         "dropout acts between stacked layers, so it needs model.num_layers >= 2",
     )
     need(cfg.model.init in INITS, "model.init", f"one of {list(INITS)}")
+    need(cfg.model.embedding_dim >= 1, "model.embedding_dim", "a positive integer")
     need(cfg.task.seq_len >= 2, "task.seq_len", "an integer >= 2")
     need(cfg.task.val_size >= 1, "task.val_size", "a positive integer")
     if cfg.task.name == "copy":

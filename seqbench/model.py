@@ -23,6 +23,8 @@ class SequenceModel(nn.Module):
         forget_bias: LSTM only: initial forget-gate bias.
         init: "default" (PyTorch's uniform), "orthogonal" (orthogonal recurrent blocks, Xavier
             input weights, zero biases) or "xavier" (Xavier-uniform weights, zero biases).
+        vocab_size: token inputs: embed ids (B, T) in 0..vocab_size-1 first (id 0 is padding).
+        embedding_dim: size of those embeddings.
     """
 
     def __init__(
@@ -35,6 +37,8 @@ class SequenceModel(nn.Module):
         dropout: float = 0.0,
         forget_bias: float = 1.0,
         init: str = "default",
+        vocab_size: int | None = None,
+        embedding_dim: int = 64,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
@@ -42,6 +46,10 @@ class SequenceModel(nn.Module):
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
         self.cell = cell
+        self.embed = None
+        if vocab_size is not None:
+            self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+            input_size = embedding_dim
         self.rnn = CELLS[cell](
             input_size, hidden_size, num_layers, batch_first=True, dropout=dropout
         )
@@ -51,13 +59,15 @@ class SequenceModel(nn.Module):
             set_forget_bias(self.rnn, forget_bias)
 
     def forward(self, x: Tensor, record_states: bool = False) -> tuple[Tensor, list[list[Tensor]]]:
-        """Map inputs (B, T, I) to outputs (B, T, O).
+        """Map inputs (B, T, I), or token ids (B, T), to outputs (B, T, O).
 
         With ``record_states`` the stack is unrolled step by step through the same parameters and
         every hidden state h_t of every layer is kept in the graph with ``retain_grad()``, so after
         ``backward()`` each ``h_t.grad`` is the total derivative dL/dh_t through the recurrence.
         Otherwise the fused layer runs and the returned state list is empty.
         """
+        if self.embed is not None:
+            x = self.embed(x)  # (B, T) -> (B, T, E)
         if not record_states:
             seq, _ = self.rnn(x)  # (B, T, H)
             return self.head(seq), []

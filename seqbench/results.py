@@ -80,7 +80,7 @@ class RunRecorder(Callback):
         row.update({f"val_{k}": v for k, v in metrics.items()})
         self.history.append(row)
         value = metrics[self.metric]
-        if self.best is None or _better(value, self.best["value"], self.mode):
+        if self.best is None or better(value, self.best["value"], self.mode):
             self.best = {"value": value, "step": step}
 
     def on_grad_norms(self, step: int, norms: np.ndarray) -> None:
@@ -157,7 +157,8 @@ def _history_columns(history: list[dict]) -> list[str]:
     return columns
 
 
-def _better(value: float, best: float, mode: str) -> bool:
+def better(value: float, best: float, mode: str) -> bool:
+    """Is `value` an improvement on `best` (NaN never is)?"""
     if math.isnan(value):
         return False
     if math.isnan(best):

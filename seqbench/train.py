@@ -21,6 +21,7 @@ class Callback:
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None: ...
     def on_grad_norms(self, step: int, norms: np.ndarray) -> None: ...
     def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
+    def on_text(self, step: int, texts: dict[str, str]) -> None: ...
 
 
 class Diverged(RuntimeError):
@@ -74,6 +75,8 @@ def train(
         _emit(callbacks, "on_step", step + 1, loss_value, grad_norm, clipped)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             _emit(callbacks, "on_eval", step + 1, evaluate(model, task))
+            if hasattr(task, "report"):  # e.g. a text sample from a character model
+                _emit(callbacks, "on_text", step + 1, task.report(model))
 
 
 def clip_gradients(params: Iterable[nn.Parameter], clip: Clip) -> tuple[float, bool]:
@@ -91,12 +94,10 @@ def clip_gradients(params: Iterable[nn.Parameter], clip: Clip) -> tuple[float, b
 
 
 @torch.no_grad()
-def evaluate(model: SequenceModel, task: Task) -> dict[str, float]:
-    """Validation metrics on the task's fixed validation set."""
+def evaluate(model: SequenceModel, task: Task, split: str = "val") -> dict[str, float]:
+    """Metrics on one of the task's fixed splits, in eval mode."""
     model.eval()
-    batch = task.validation()
-    output, _ = model(batch.x)
-    return task.metrics(output, batch)
+    return task.evaluate(model, split)
 
 
 def measure_grad_norms(model: SequenceModel, task: Task, batch_size: int) -> np.ndarray:

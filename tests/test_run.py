@@ -51,6 +51,8 @@ def test_run_directory_contract(small_run, tmp_path: Path) -> None:
     assert grads.groupby(["step", "layer"]).size().eq(8).all()  # t = 1..T for each
     assert grads["t"].min() == 1 and grads["t"].max() == 8
 
+    best = load_checkpoint(run_dir / "best.pt")
+    assert best["step"] == m["best_step"] and best["mse"] == m["best_metric"]
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True inside
     assert ckpt["step"] == 6 and ckpt["config"]["model"]["cell"] == "lstm"
     assert "rnn.weight_hh_l1" in ckpt["model"] and "state" in ckpt["optimizer"]

@@ -94,14 +94,20 @@ class ConsoleLogger(Callback):
                 flush=True,
             )
 
+    def on_text(self, step: int, texts: dict[str, str]) -> None:
+        for name, text in texts.items():
+            self.info(f"[bold]step {step} {name}:[/bold] {text!r}")
+
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
 
     def info(self, message: str) -> None:
-        if self.mode != "none":
-            self.console.print(message, highlight=False)
+        if self.mode == "none":
+            return
+        console = self.progress.console if self.progress is not None else self.console
+        console.print(message, highlight=False)
 
     def summary(self, metrics: dict, run_dir: str) -> None:
         """The closing table: status, what ran, the metric next to its baseline, gradients."""
@@ -141,6 +147,8 @@ class ConsoleLogger(Callback):
                     f"log10 ||dL/dh_1||/||dL/dh_T|| = {s['vanishing_ratio']:.2f}, decay {decay}, "
                     f"max {s['max_norm']:.3g}{', EXPLODING' if s['exploding'] else ''}",
                 )
+        for name, value in (metrics.get("test") or {}).items():
+            table.add_row(f"test {name} (best weights)", _fmt(value))
         if metrics.get("error"):
             table.add_row("error", metrics["error"])
         self.console.print(table)

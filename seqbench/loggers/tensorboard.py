@@ -36,6 +36,10 @@ class TensorBoardLogger(Callback):
         self.writer.add_scalar("grad/clip_fraction", self.clipped / max(self.steps, 1), step)
         self.writer.flush()
 
+    def on_text(self, step: int, texts: dict[str, str]) -> None:
+        for name, text in texts.items():
+            self.writer.add_text(f"sample/{name}", text, step)
+
     def on_grad_norms(self, step: int, norms: np.ndarray) -> None:
         self.snapshots.append((step, norms))
         for layer, layer_norms in enumerate(norms):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqbench.tasks import Batch, make_generator
+from seqbench.tasks import Batch, SyntheticTask
 
 
 def adding_batch(n: int, seq_len: int, generator: torch.Generator) -> Batch:
@@ -37,7 +37,7 @@ def adding_batch(n: int, seq_len: int, generator: torch.Generator) -> Batch:
     return Batch(x, y)
 
 
-class AddingTask:
+class AddingTask(SyntheticTask):
     name = "adding"
     input_size = 2
     output_size = 1
@@ -50,14 +50,10 @@ class AddingTask:
         self, device: torch.device, seed: int, seq_len: int, val_size: int, val_seed: int
     ) -> None:
         self.seq_len = seq_len
-        self.generator = make_generator(device, seed)
-        self._validation = adding_batch(val_size, seq_len, make_generator(device, val_seed))
+        super().__init__(device, seed, val_size, val_seed)
 
-    def sample(self, batch_size: int) -> Batch:
-        return adding_batch(batch_size, self.seq_len, self.generator)
-
-    def validation(self) -> Batch:
-        return self._validation
+    def batch(self, n: int, generator: torch.Generator) -> Batch:
+        return adding_batch(n, self.seq_len, generator)
 
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         return F.mse_loss(output[:, -1, 0], batch.y)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqbench.tasks import Batch, make_generator
+from seqbench.tasks import Batch, SyntheticTask
 
 
 def copy_batch(
@@ -41,7 +41,7 @@ def copy_batch(
     return Batch(x, target)
 
 
-class CopyTask:
+class CopyTask(SyntheticTask):
     name = "copy"
     metric = "cross_entropy"
     mode = "min"
@@ -62,17 +62,10 @@ class CopyTask:
         self.memory_len = memory_len
         self.input_size = self.output_size = num_symbols + 2
         self.baseline = memory_len * math.log(num_symbols) / (seq_len + 2 * memory_len)
-        self.generator = make_generator(device, seed)
-        self._validation = self._batch(val_size, make_generator(device, val_seed))
+        super().__init__(device, seed, val_size, val_seed)
 
-    def _batch(self, n: int, generator: torch.Generator) -> Batch:
+    def batch(self, n: int, generator: torch.Generator) -> Batch:
         return copy_batch(n, self.seq_len, generator, self.num_symbols, self.memory_len)
-
-    def sample(self, batch_size: int) -> Batch:
-        return self._batch(batch_size, self.generator)
-
-    def validation(self) -> Batch:
-        return self._validation
 
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         return F.cross_entropy(output.flatten(0, 1), batch.y.flatten())
