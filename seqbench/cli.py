@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seqbench.checkpoint import BestCheckpoint, load_checkpoint, save_checkpoint
 from seqbench.config import ConfigError, check_config, register_configs
-from seqbench.hardware import HardwareError, configure, seed_everything, select_device
+from seqbench.hardware import configure, seed_everything, select_device
 from seqbench.loggers.console import ConsoleLogger
 from seqbench.loggers.tensorboard import TensorBoardLogger
 from seqbench.model import SequenceModel, count_parameters
@@ -35,7 +35,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C; result files were written with status "interru
 def main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ConfigError, HardwareError) as err:
+    except ConfigError as err:
         print(f"seqbench: error: {err}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 

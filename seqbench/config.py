@@ -29,17 +29,21 @@ class ModelConfig:
 class TaskConfig:
     name: str = MISSING
     seq_len: int = 50
+
+
+@dataclass
+class SyntheticTaskConfig(TaskConfig):
     val_size: int = 1024  # fixed validation set, drawn once from val_seed
     val_seed: int = 1234
 
 
 @dataclass
-class AddingConfig(TaskConfig):
+class AddingConfig(SyntheticTaskConfig):
     name: str = "adding"
 
 
 @dataclass
-class CopyConfig(TaskConfig):
+class CopyConfig(SyntheticTaskConfig):
     name: str = "copy"
     num_symbols: int = 8  # symbols are drawn from the first num_symbols categories
     memory_len: int = 10  # how many symbols to remember
@@ -141,7 +145,9 @@ def register_configs() -> None:
 
 
 class ConfigError(ValueError):
-    """A value that composes but cannot run (e.g. a negative size)."""
+    """A user mistake found before training: a value that composes but cannot run (a negative
+    size, CUDA asked for but absent, a missing data file). The command prints it as one
+    paragraph, without a traceback, and exits with status 2."""
 
 
 def check_config(cfg: Any) -> None:
@@ -173,7 +179,8 @@ def check_config(cfg: Any) -> None:
     need(cfg.model.init in INITS, "model.init", f"one of {list(INITS)}")
     need(cfg.model.embedding_dim >= 1, "model.embedding_dim", "a positive integer")
     need(cfg.task.seq_len >= 2, "task.seq_len", "an integer >= 2")
-    need(cfg.task.val_size >= 1, "task.val_size", "a positive integer")
+    if "val_size" in cfg.task:
+        need(cfg.task.val_size >= 1, "task.val_size", "a positive integer")
     if cfg.task.name == "copy":
         need(cfg.task.num_symbols >= 1, "task.num_symbols", "a positive integer")
         need(cfg.task.memory_len >= 1, "task.memory_len", "a positive integer")

@@ -7,10 +7,12 @@ import random
 import numpy as np
 import torch
 
+from seqbench.config import ConfigError
+
 DEVICES = ("cpu", "cuda", "auto")
 
 
-class HardwareError(ValueError):
+class HardwareError(ConfigError):
     pass
 
 
