@@ -74,3 +74,14 @@ def test_divergence_exits_cleanly(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     metrics = json.loads(next(tmp_path.glob("outputs/*/*/metrics.json")).read_text())
     assert metrics["status"] == "diverged"
+
+
+def test_multirun_sweep_writes_one_run_per_job(tmp_path: Path) -> None:
+    small = [a for a in SMALL if not a.startswith("task.")]
+    result = seqbench_cli("-m", "model=rnn,lstm", "seed=0,1", *small,
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 4
+    seen = {(m["model"], m["seed"]) for m in (json.loads(p.read_text()) for p in runs)}
+    assert seen == {("rnn", 0), ("rnn", 1), ("lstm", 0), ("lstm", 1)}
