@@ -77,8 +77,7 @@ def test_divergence_exits_cleanly(tmp_path: Path) -> None:
 
 
 def test_multirun_sweep_writes_one_run_per_job(tmp_path: Path) -> None:
-    small = [a for a in SMALL if not a.startswith("task.")]
-    result = seqbench_cli("-m", "model=rnn,lstm", "seed=0,1", *small,
+    result = seqbench_cli("-m", "model=rnn,lstm", "seed=0,1", *SMALL,
                           f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
