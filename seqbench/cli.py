@@ -89,9 +89,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
             eval_every=cfg.train.eval_every, clip=Clip(**cfg.train.clip),
             diagnostics_every=cfg.diagnostics.every, callbacks=callbacks,
         )  # fmt: skip
-        norms = measure_grad_norms(model, task, cfg.train.batch_size)
+        norms, positions = measure_grad_norms(model, task, cfg.train.batch_size)
         for callback in callbacks:
-            callback.on_grad_norms(recorder.steps_done, norms)
+            callback.on_grad_norms(recorder.steps_done, norms, positions)
         _save_final(run_dir, model, optimizer, cfg, recorder.steps_done)
         final_saved = True
         if "test" in task.splits:  # once, at the end, with the best validation weights

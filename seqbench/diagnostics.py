@@ -26,6 +26,14 @@ def grad_norms(states: list[list[Tensor]]) -> np.ndarray:
     return torch.stack(rows).cpu().numpy()
 
 
+def real_positions(lengths: Tensor | None, batch_size: int, steps: int) -> np.ndarray:
+    """(T,) how many sequences of the batch have a real (not padded) position at each step."""
+    if lengths is None:
+        return np.full(steps, batch_size, dtype=np.int64)
+    t = torch.arange(steps, device=lengths.device)
+    return (lengths[None, :] > t[:, None]).sum(dim=1).cpu().numpy()
+
+
 @dataclass
 class GradSummary:
     """Summary of one layer's norms over t = 1..T.
@@ -36,6 +44,8 @@ class GradSummary:
     max_norm: the largest ||dL/dh_t||.
     exploding: max_norm > explode_factor * ||dL/dh_T||, or a non-finite norm.
     nonzero: how many timesteps have a non-zero norm.
+    timesteps: T, the last step at which some sequence of the batch is real (padded batches).
+    positions: how many real (sequence, timestep) positions the norms were taken over.
     """
 
     vanishing_ratio: float
@@ -43,13 +53,25 @@ class GradSummary:
     max_norm: float
     exploding: bool
     nonzero: int
+    timesteps: int
+    positions: int
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def summarize(norms: np.ndarray, explode_factor: float = 10.0) -> GradSummary:
-    """Summarize one layer's norms (T,) as described in `GradSummary`."""
+def summarize(
+    norms: np.ndarray, explode_factor: float = 10.0, positions: np.ndarray | None = None
+) -> GradSummary:
+    """Summarize one layer's norms (T,) as described in `GradSummary`.
+
+    With `positions` (real sequences per step, for padded batches), only the steps that hold a
+    real position count: T is the last of them.
+    """
+    if positions is None:
+        positions = np.ones(len(norms), dtype=np.int64)
+    real_steps = int(np.nonzero(positions > 0)[0].max()) + 1 if (positions > 0).any() else 1
+    norms = norms[:real_steps]
     first, last = float(norms[0]), float(norms[-1])
     if first == 0.0:
         ratio = -math.inf
@@ -65,4 +87,7 @@ def summarize(norms: np.ndarray, explode_factor: float = 10.0) -> GradSummary:
         decay = float(np.polyfit(steps, np.log10(norms[steps]), 1)[0])
     max_norm = float(norms.max()) if finite.all() else math.inf
     exploding = not finite.all() or max_norm > explode_factor * last
-    return GradSummary(ratio, decay, max_norm, bool(exploding), int(positive.sum()))
+    return GradSummary(
+        ratio, decay, max_norm, bool(exploding), int(positive.sum()), real_steps,
+        int(positions[:real_steps].sum()),
+    )  # fmt: skip

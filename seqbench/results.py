@@ -62,7 +62,7 @@ class RunRecorder(Callback):
         self.clipped_steps = 0
         self.losses_since_eval: list[float] = []
         self.history: list[dict] = []
-        self.snapshots: list[tuple[int, np.ndarray]] = []
+        self.snapshots: list[tuple[int, np.ndarray, np.ndarray]] = []
         self.best: dict | None = None
 
     def elapsed(self) -> float:
@@ -83,8 +83,8 @@ class RunRecorder(Callback):
         if self.best is None or better(value, self.best["value"], self.mode):
             self.best = {"value": value, "step": step}
 
-    def on_grad_norms(self, step: int, norms: np.ndarray) -> None:
-        self.snapshots.append((step, norms))
+    def on_grad_norms(self, step: int, norms: np.ndarray, positions: np.ndarray) -> None:
+        self.snapshots.append((step, norms, positions))
 
     @property
     def clip_fraction(self) -> float:
@@ -93,8 +93,8 @@ class RunRecorder(Callback):
     def grad_summary(self, index: int) -> dict | None:
         if not self.snapshots:
             return None
-        step, norms = self.snapshots[index]
-        layers = [summarize(layer, self.explode_factor).as_dict() for layer in norms]
+        step, norms, positions = self.snapshots[index]
+        layers = [summarize(layer, self.explode_factor, positions).as_dict() for layer in norms]
         return {"step": step, "timesteps": norms.shape[1], "layers": layers}
 
     def metrics(self, status: str, **extra: Any) -> dict:
@@ -130,10 +130,11 @@ class RunRecorder(Callback):
         return metrics
 
 
-def grad_norm_frame(snapshots: list[tuple[int, np.ndarray]]) -> pd.DataFrame:
-    """Long format: one row per (step, layer, t) with t = 1..T and the norm ||dL/dh_t||."""
+def grad_norm_frame(snapshots: list[tuple[int, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """Long format: one row per (step, layer, t) with t = 1..T, the norm ||dL/dh_t|| and how
+    many sequences of the batch are real (not padding) at t."""
     frames = []
-    for step, norms in snapshots:
+    for step, norms, positions in snapshots:
         layers, steps = norms.shape
         frames.append(
             pd.DataFrame(
@@ -142,11 +143,12 @@ def grad_norm_frame(snapshots: list[tuple[int, np.ndarray]]) -> pd.DataFrame:
                     "layer": np.repeat(np.arange(layers), steps),
                     "t": np.tile(np.arange(1, steps + 1), layers),
                     "norm": norms.reshape(-1),
+                    "positions": np.tile(positions, layers),
                 }
             )
         )
     if not frames:
-        return pd.DataFrame(columns=["step", "layer", "t", "norm"])
+        return pd.DataFrame(columns=["step", "layer", "t", "norm", "positions"])
     return pd.concat(frames, ignore_index=True)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqbench.diagnostics import grad_norms
+from seqbench.diagnostics import grad_norms, real_positions
 from seqbench.model import SequenceModel
 from seqbench.tasks import Task
 
@@ -19,7 +19,7 @@ class Callback:
     """Hooks the loop calls; subclasses override what they need."""
 
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None: ...
-    def on_grad_norms(self, step: int, norms: np.ndarray) -> None: ...
+    def on_grad_norms(self, step: int, norms: np.ndarray, positions: np.ndarray) -> None: ...
     def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
     def on_text(self, step: int, texts: dict[str, str]) -> None: ...
 
@@ -70,7 +70,9 @@ def train(
         if not math.isfinite(grad_norm):
             raise Diverged(step, "the gradient norm")
         if diagnose:
-            _emit(callbacks, "on_grad_norms", step, grad_norms(states))
+            norms = grad_norms(states)  # (L, T)
+            positions = real_positions(batch.lengths, len(batch.x), norms.shape[1])
+            _emit(callbacks, "on_grad_norms", step, norms, positions)
         optimizer.step()
         _emit(callbacks, "on_step", step + 1, loss_value, grad_norm, clipped)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
@@ -100,15 +102,19 @@ def evaluate(model: SequenceModel, task: Task, split: str = "val") -> dict[str, 
     return task.evaluate(model, split)
 
 
-def measure_grad_norms(model: SequenceModel, task: Task, batch_size: int) -> np.ndarray:
-    """Per-timestep gradient norms at the current parameters, without updating them."""
+def measure_grad_norms(
+    model: SequenceModel, task: Task, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-timestep gradient norms (L, T) at the current parameters, without updating them, and
+    the real positions per step (T,)."""
     batch = task.sample(batch_size)
     model.train()
     output, states = model(batch.x, record_states=True)
     model.zero_grad(set_to_none=True)
     task.loss(output, batch).backward()
     model.zero_grad(set_to_none=True)
-    return grad_norms(states)
+    norms = grad_norms(states)
+    return norms, real_positions(batch.lengths, len(batch.x), norms.shape[1])
 
 
 def _emit(callbacks: Sequence[Callback], hook: str, *args) -> None:

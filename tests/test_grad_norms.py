@@ -124,3 +124,15 @@ def test_exploding_flag() -> None:
     norms = np.array([50.0, 5.0, 1.0])
     assert summarize(norms, explode_factor=10.0).exploding
     assert summarize(np.array([1.0, np.inf, 1.0])).exploding
+
+
+def test_padded_batches_summarize_over_real_positions() -> None:
+    from seqbench.diagnostics import real_positions
+
+    lengths = torch.tensor([3, 5, 2])
+    positions = real_positions(lengths, batch_size=3, steps=7)
+    assert positions.tolist() == [3, 3, 2, 1, 1, 0, 0]
+    norms = np.array([1e-3, 1e-2, 1e-1, 0.5, 1.0, 0.0, 0.0])  # zero where nothing is real
+    s = summarize(norms, positions=positions)
+    assert s.timesteps == 5 and s.positions == 10
+    assert s.vanishing_ratio == pytest.approx(-3.0)  # ||dL/dh_1|| / ||dL/dh_5||

@@ -40,10 +40,10 @@ class TensorBoardLogger(Callback):
         for name, text in texts.items():
             self.writer.add_text(f"sample/{name}", text, step)
 
-    def on_grad_norms(self, step: int, norms: np.ndarray) -> None:
+    def on_grad_norms(self, step: int, norms: np.ndarray, positions: np.ndarray) -> None:
         self.snapshots.append((step, norms))
         for layer, layer_norms in enumerate(norms):
-            s = summarize(layer_norms, self.explode_factor)
+            s = summarize(layer_norms, self.explode_factor, positions)
             # An underflowed ||dL/dh_1|| gives ratio -inf: TensorBoard cannot plot it, so the
             # point is skipped and grad/nonzero_steps shows how many timesteps still get gradient.
             if math.isfinite(s.vanishing_ratio):
