@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,7 +21,8 @@ from seqbench.hardware import configure, seed_everything, select_device
 from seqbench.loggers.console import ConsoleLogger
 from seqbench.loggers.tensorboard import TensorBoardLogger
 from seqbench.model import SequenceModel, count_parameters
-from seqbench.results import RunRecorder
+from seqbench.results import RunRecorder, atomic_write
+from seqbench.sweep import completed_before
 from seqbench.tasks import build_task
 from seqbench.train import Clip, Diverged, evaluate, measure_grad_norms, train
 
@@ -33,11 +38,31 @@ EXIT_INTERRUPTED = 130  # Ctrl-C; result files were written with status "interru
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        try:
+            return run(cfg, run_dir)
+        except ConfigError as err:
+            print(f"seqbench: error: {err}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+    # In a sweep, one job's failure is recorded in its metrics.json and the sweep goes on.
+    overrides = list(hydra_cfg.overrides.task)
+    earlier = completed_before(run_dir, overrides)
+    if earlier is not None:
+        print(f"seqbench: {run_dir} already completed; skipping (delete it to run again)")
+        return earlier["best_metric"]
+    # A failed or interrupted job runs again from the start: drop its stale results first.
+    (run_dir / "metrics.json").unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    _set_job_threads(cfg, hydra_cfg)
     try:
-        return run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except ConfigError as err:
-        print(f"seqbench: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        return run(cfg, run_dir)
+    except Exception as err:  # recorded, reported, and the sweep goes on
+        print(f"seqbench: job {hydra_cfg.job.num} failed: {err}", file=sys.stderr)
+        if not (run_dir / "metrics.json").exists():
+            _write_failed(run_dir, cfg, overrides, err)
+        return None
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float | None:
@@ -68,12 +93,17 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         "torch": torch.__version__,
         "task_info": task.info,
     }
-    recorder = RunRecorder(run_dir, info, task.metric, task.mode, cfg.diagnostics.explode_factor)
+    recorder = RunRecorder(
+        run_dir, info, task.metric, task.mode, cfg.diagnostics.explode_factor,
+        solved=getattr(task, "solved", None),
+    )  # fmt: skip
     console = ConsoleLogger(cfg.train.steps, task.metric, cfg.log.progress)
     best = BestCheckpoint(run_dir / "best.pt", model, task.metric, task.mode)
     callbacks = [recorder, best, console]
+    tensorboard = None
     if cfg.log.tensorboard:
-        callbacks.append(TensorBoardLogger(run_dir / "tb", cfg.diagnostics.explode_factor))
+        tensorboard = TensorBoardLogger(run_dir / "tb", cfg.diagnostics.explode_factor)
+        callbacks.append(tensorboard)
     if notice:
         console.info(notice)
     console.info(
@@ -109,6 +139,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         if not final_saved:
             _save_final(run_dir, model, optimizer, cfg, recorder.steps_done)
         metrics = recorder.write(status, **extra)
+        if tensorboard is not None:
+            tensorboard.write_hparams(_hparams(cfg), _final_numbers(metrics))
         for callback in callbacks:
             getattr(callback, "close", lambda: None)()
     console.summary(metrics, str(run_dir))
@@ -120,3 +152,62 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
 def _save_final(run_dir: Path, model, optimizer, cfg: DictConfig, step: int) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, config, step)
+
+
+def _write_failed(run_dir: Path, cfg: DictConfig, overrides: list[str], err: Exception) -> None:
+    """metrics.json for a job that failed before (or while) training."""
+    metrics = {
+        "status": "failed",
+        "model": cfg.model.cell,
+        "task": cfg.task.name,
+        "seed": cfg.seed,
+        "steps": 0,
+        "overrides": overrides,
+        "error": f"{type(err).__name__}: {err}",
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2))
+
+
+def _set_job_threads(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """Parallel jobs (joblib launcher) share the cores: give each its share of torch threads
+    unless hardware.num_threads says otherwise."""
+    if cfg.hardware.num_threads > 0:
+        return
+    launcher = hydra_cfg.launcher
+    n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else None
+    if n_jobs:
+        cores = os.cpu_count() or 1
+        jobs = cores if n_jobs < 0 else min(n_jobs, cores)
+        torch.set_num_threads(max(1, cores // jobs))
+
+
+def _hparams(cfg: DictConfig) -> dict:
+    """What the HParams dashboard compares: model, task, optimizer and training settings."""
+    flat = {"model": cfg.model.cell, "task": cfg.task.name, "seed": cfg.seed,
+            "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1].lower()}  # fmt: skip
+    for group in ("model", "task", "optimizer", "train"):
+        node = OmegaConf.to_container(cfg[group], resolve=True)
+        for key, value in _flatten(node, group):
+            if not key.split(".")[-1].startswith("_"):
+                flat[key] = value
+    return flat
+
+
+def _flatten(node: dict, prefix: str):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}.{key}")
+        else:
+            yield f"{prefix}.{key}", value
+
+
+def _final_numbers(metrics: dict) -> dict[str, float]:
+    end = (metrics.get("grad_norms") or {}).get("end") or {"layers": [{}]}
+    return {
+        "best_metric": metrics.get("best_metric"),
+        "final_metric": metrics.get("final_metric"),
+        "solved_step": metrics.get("solved_step"),
+        "end_vanishing_ratio": end["layers"][0].get("vanishing_ratio"),
+        "diverged": float(metrics["status"] == "diverged"),
+    }

@@ -47,10 +47,18 @@ class RunRecorder(Callback):
         info: fixed facts recorded in metrics.json (model, task, seed, parameter count, ...).
         metric: the task's validation metric; mode: "min" or "max".
         explode_factor: passed to `diagnostics.summarize`.
+        solved: the task's test of "solved" on validation metrics (None: the task has none);
+            the first validation step that passes is recorded as solved_step.
     """
 
     def __init__(
-        self, run_dir: Path, info: dict, metric: str, mode: str, explode_factor: float
+        self,
+        run_dir: Path,
+        info: dict,
+        metric: str,
+        mode: str,
+        explode_factor: float,
+        solved: Callable[[dict[str, float]], bool] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.info = info
@@ -64,6 +72,9 @@ class RunRecorder(Callback):
         self.history: list[dict] = []
         self.snapshots: list[tuple[int, np.ndarray, np.ndarray]] = []
         self.best: dict | None = None
+        self.solved = solved
+        self.solved_step: int | None = None
+        self.max_grad_norm = 0.0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -82,9 +93,12 @@ class RunRecorder(Callback):
         value = metrics[self.metric]
         if self.best is None or better(value, self.best["value"], self.mode):
             self.best = {"value": value, "step": step}
+        if self.solved_step is None and self.solved is not None and self.solved(metrics):
+            self.solved_step = step
 
     def on_grad_norms(self, step: int, norms: np.ndarray, positions: np.ndarray) -> None:
         self.snapshots.append((step, norms, positions))
+        self.max_grad_norm = max(self.max_grad_norm, float(np.max(norms, initial=0.0)))
 
     @property
     def clip_fraction(self) -> float:
@@ -114,8 +128,13 @@ class RunRecorder(Callback):
             "final": {k[4:]: v for k, v in final.items() if k.startswith("val_")},
             "best_metric": self.best["value"] if self.best else None,
             "best_step": self.best["step"] if self.best else None,
+            "solved_step": self.solved_step,
             "clip_fraction": round(self.clip_fraction, 6),
-            "grad_norms": {"init": self.grad_summary(0), "end": self.grad_summary(-1)},
+            "grad_norms": {
+                "init": self.grad_summary(0),
+                "end": self.grad_summary(-1),
+                "max_norm": self.max_grad_norm if self.snapshots else None,
+            },
             **extra,
         }
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no window backend
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from seqbench.diagnostics import summarize
 from seqbench.train import Callback
@@ -56,6 +57,23 @@ class TensorBoardLogger(Callback):
             self.writer.add_scalar(f"grad/nonzero_steps/layer{layer}", s.nonzero, step)
             self.writer.add_figure(f"grad_heatmap/layer{layer}", self._heatmap(layer), step)
         self.writer.add_figure("grad_norm_vs_t", self._norm_vs_t(), step)
+
+    def write_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+        """The HParams dashboard entry of this run, in this run's own event file.
+
+        `SummaryWriter.add_hparams` would write it to a new sub-directory per call, which shows
+        up as a stray extra run; writing the three summaries here keeps one run per directory.
+        """
+        metrics = {
+            f"hparams/{k}": v for k, v in metrics.items() if v is not None and math.isfinite(v)
+        }
+        hparams = {
+            k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()
+        }
+        for summary in hparams_summary(hparams, metrics):
+            self.writer.file_writer.add_summary(summary)
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, self.steps)
 
     def close(self) -> None:
         self.writer.close()

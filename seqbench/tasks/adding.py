@@ -60,3 +60,6 @@ class AddingTask(SyntheticTask):
 
     def metrics(self, output: Tensor, batch: Batch) -> dict[str, float]:
         return {"mse": self.loss(output, batch).item()}
+
+    def solved(self, metrics: dict[str, float]) -> bool:
+        return metrics["mse"] < 0.01  # 6% of the baseline, the usual threshold

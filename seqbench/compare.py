@@ -1,0 +1,279 @@
+"""Comparison tables over finished runs: one row per configuration, mean ± std over seeds.
+
+`load_runs` reads run directories (their metrics.json and .hydra/overrides.yaml) into one row
+per run; `aggregate` groups them by the keys that differ between runs (the seed aside) and
+reduces each group. Both are pure pandas and know nothing of Hydra's runtime. `main` is the
+`seqbench-compare` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+# Per-run numbers aggregated as mean ± std (over the runs that completed).
+NUMERIC = [
+    "final_metric",
+    "best_metric",
+    "baseline",
+    "solved_step",
+    "init_vanishing_ratio",
+    "init_decay_rate",
+    "end_vanishing_ratio",
+    "end_decay_rate",
+    "max_grad_norm",
+    "wall_time_s",
+    "steps_per_s",
+    "num_parameters",
+]
+IGNORED_KEYS = {"seed", "hardware", "log.progress", "log.tensorboard"}
+
+
+def find_runs(paths: Iterable[Path]) -> list[Path]:
+    """Run directories (holding metrics.json) at or below each path, sorted, without repeats."""
+    found: set[Path] = set()
+    for path in map(Path, paths):
+        if (path / "metrics.json").is_file():
+            found.add(path.resolve())
+        found.update(p.parent.resolve() for p in path.rglob("metrics.json"))
+    return sorted(found)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """['model=gru', '+x=1', 'task.seq_len=50'] -> {'model': 'gru', 'x': '1', ...}."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def load_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
+    """One row per run: its overrides (as columns named by key) and its metrics."""
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+        if overrides_file.is_file():
+            overrides = yaml.safe_load(overrides_file.read_text()) or []
+        else:
+            overrides = metrics.get("overrides", [])
+        row = {k: v for k, v in parse_overrides(overrides).items() if not k.startswith("hydra.")}
+        row.update(_run_numbers(metrics))
+        row["run_dir"] = str(run_dir)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _run_numbers(m: dict) -> dict:
+    grads = m.get("grad_norms") or {}
+
+    def layer0(when: str, key: str) -> float:
+        snap = grads.get(when)
+        value = snap["layers"][0][key] if snap else None
+        return math.nan if value is None else float(value)
+
+    return {
+        "model": m.get("model"),
+        "task": m.get("task"),
+        "seed": m.get("seed"),
+        "status": m.get("status", "failed"),
+        "metric": m.get("metric"),
+        "mode": m.get("mode"),
+        "final_metric": _num(m.get("final_metric")),
+        "best_metric": _num(m.get("best_metric")),
+        "baseline": _num(m.get("baseline")),
+        "solved": bool(m.get("solved_step") is not None),
+        "solved_step": _num(m.get("solved_step")),
+        "init_vanishing_ratio": layer0("init", "vanishing_ratio"),
+        "init_decay_rate": layer0("init", "decay_rate"),
+        "end_vanishing_ratio": layer0("end", "vanishing_ratio"),
+        "end_decay_rate": layer0("end", "decay_rate"),
+        "max_grad_norm": _num(grads.get("max_norm")),
+        "wall_time_s": _num(m.get("wall_time_s")),
+        "steps_per_s": _num(m.get("steps_per_s")),
+        "num_parameters": _num(m.get("num_parameters")),
+        "error": m.get("error"),
+    }
+
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def group_keys(runs: pd.DataFrame) -> list[str]:
+    """model and task, then every override key whose value differs between runs (not seed)."""
+    core = {"model", "task", "seed", "status", "metric", "mode", "solved", "error", "run_dir"}
+    varying = [
+        c for c in runs.columns
+        if c not in core and c not in NUMERIC and c not in IGNORED_KEYS
+        and runs[c].astype(str).nunique() > 1
+    ]  # fmt: skip
+    return ["model", "task", *sorted(varying)]
+
+
+def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per configuration: counts, and mean/std over completed runs of each number.
+
+    Columns: the group keys, metric, runs, completed, diverged, failed, interrupted, solved
+    (how many runs reached the task's threshold), then <number>_mean and <number>_std.
+    A -inf vanishing ratio (gradient underflow) stays -inf in the mean; std is NaN for one run.
+    """
+    by = list(by) if by else group_keys(runs)
+    for key in by:
+        if key not in runs.columns:
+            raise KeyError(f"no run has the key {key!r}; known keys: {sorted(runs.columns)}")
+    rows = []
+    for values, group in runs.groupby(by, dropna=False, sort=True):
+        values = values if isinstance(values, tuple) else (values,)
+        row = dict(zip(by, values, strict=True))
+        row["metric"] = group["metric"].dropna().iloc[0] if group["metric"].notna().any() else None
+        status = group["status"]
+        row["runs"] = len(group)
+        for name in ("completed", "diverged", "failed", "interrupted"):
+            row[name] = int((status == name).sum())
+        done = group[status == "completed"]
+        row["solved"] = int(done["solved"].sum())
+        for col in NUMERIC:
+            data = done[col].to_numpy(dtype=float)
+            data = data[~np.isnan(data)]
+            row[f"{col}_mean"] = _mean(data)
+            row[f"{col}_std"] = (
+                float(np.std(data, ddof=1))
+                if len(data) > 1 and np.isfinite(data).all()
+                else math.nan
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mean(data: np.ndarray) -> float:
+    if len(data) == 0:
+        return math.nan
+    return float(np.mean(data))
+
+
+# Short headers for the terminal table.
+SHORT = {
+    "final_metric": "final",
+    "best_metric": "best",
+    "solved_step": "solved at step",
+    "init_vanishing_ratio": "vanish@init",
+    "init_decay_rate": "decay@init",
+    "end_vanishing_ratio": "vanish@end",
+    "end_decay_rate": "decay@end",
+    "max_grad_norm": "max |dL/dh|",
+    "wall_time_s": "time s",
+    "steps_per_s": "steps/s",
+    "num_parameters": "params",
+}
+
+
+def to_display(table: pd.DataFrame, short: bool = False) -> pd.DataFrame:
+    """Human columns: 'mean ± std' strings (std left out where it is 0 or undefined), counts as
+    'k/n'; with `short`, the terminal's headers."""
+    counts = ("runs", "completed", "diverged", "failed", "interrupted", "solved")
+    keys = [c for c in table.columns if not c.endswith(("_mean", "_std")) and c not in counts]
+    out = table[keys].copy()
+    out["seeds"] = table["completed"].astype(str) + "/" + table["runs"].astype(str)
+    failures = table["diverged"].astype(str) + "/" + table["failed"].astype(str)
+    out["div/fail" if short else "diverged/failed"] = failures
+    out["solved"] = table["solved"].astype(str) + "/" + table["completed"].astype(str)
+    for col in NUMERIC:
+        if f"{col}_mean" not in table.columns:
+            continue
+        out[SHORT[col] if short and col in SHORT else col] = [
+            _fmt(m, s, integer=col in ("num_parameters", "solved_step"))
+            for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"], strict=True)
+        ]
+    return out
+
+
+def _fmt(mean: float, std: float, integer: bool = False) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    text = f"{mean:,.0f}" if integer else f"{mean:.4g}"
+    if math.isnan(std) or std == 0:
+        return text
+    return f"{text} ± {std:,.0f}" if integer else f"{text} ± {std:.2g}"
+
+
+def write_tables(
+    table: pd.DataFrame, out_dir: Path, formats: Sequence[str] = ("csv", "md")
+) -> list[Path]:
+    """comparison.csv (raw numbers), comparison.md / comparison.tex (display strings)."""
+    from seqbench.results import atomic_write
+
+    written = []
+    display = to_display(table)
+    for fmt in formats:
+        path = Path(out_dir) / f"comparison.{ {'csv': 'csv', 'md': 'md', 'latex': 'tex'}[fmt] }"
+        if fmt == "csv":
+            atomic_write(path, lambda f: table.to_csv(f, index=False))
+        elif fmt == "md":
+            atomic_write(path, lambda f: f.write(display.to_markdown(index=False) + "\n"))
+        else:
+            atomic_write(path, lambda f: f.write(display.to_latex(index=False)))
+        written.append(path)
+    return written
+
+
+def print_table(table: pd.DataFrame, title: str = "comparison") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    display = to_display(table, short=True)
+    rich_table = Table(title=title, title_justify="left")
+    for col in display.columns:
+        rich_table.add_column(str(col), no_wrap=True)
+    for _, row in display.iterrows():
+        rich_table.add_row(*(str(v) for v in row))
+    console = Console()
+    if not console.is_terminal:  # a log file is not 80 columns wide
+        console = Console(width=400)
+    console.print(rich_table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`seqbench-compare PATH...`: the comparison table of any finished runs or sweeps."""
+    parser = argparse.ArgumentParser(
+        prog="seqbench-compare",
+        description="Aggregate finished seqbench runs (mean ± std over seeds) into a table.",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, help="run or sweep directories")
+    parser.add_argument("--by", nargs="+", help="group-by keys (default: keys that differ)")
+    parser.add_argument("--metrics", nargs="+", choices=NUMERIC, help="numbers to show")
+    parser.add_argument(
+        "--format", nargs="+", default=["csv", "md"], choices=["csv", "md", "latex"]
+    )
+    parser.add_argument("--out", type=Path, default=Path("."), help="where to write the tables")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.paths)
+    if not runs:
+        print(
+            f"seqbench-compare: error: no metrics.json under {[str(p) for p in args.paths]}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        table = aggregate(load_runs(runs), args.by)
+    except KeyError as err:
+        print(f"seqbench-compare: error: --by {err.args[0]}", file=sys.stderr)
+        return 2
+    if args.metrics:
+        keep = [c for c in table.columns if not c.endswith(("_mean", "_std"))
+                or c.rsplit("_", 1)[0] in args.metrics]  # fmt: skip
+        table = table[keep]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in write_tables(table, args.out, args.format):
+        print(f"wrote {path}")
+    print_table(table, title=f"{len(runs)} runs")
+    return 0

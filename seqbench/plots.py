@@ -1,0 +1,78 @@
+"""Sweep pictures: gradient norm vs timestep and learning curves, mean over seeds with a band."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+
+def _label(keys: Sequence[str], values: Sequence) -> str:
+    return ", ".join(
+        f"{v}" if k in ("model", "task") else f"{k}={v}" for k, v in zip(keys, values, strict=True)
+    )
+
+
+def grad_norm_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
+    """log10 ||dL/dh_t|| of layer 0 vs t, at init and at the end: the mean over seeds of the
+    log10 norms (a geometric mean), with a band from the lowest to the highest seed. Timesteps
+    whose norm underflowed to 0 in some seed are left out of that seed's curve."""
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2, sharey=True)
+    for values, group in runs[runs["status"] == "completed"].groupby(list(by), sort=True):
+        values = values if isinstance(values, tuple) else (values,)
+        curves = {"init": [], "end": []}
+        for run_dir in group["run_dir"]:
+            grads = pd.read_csv(Path(run_dir) / "grad_norms.csv")
+            grads = grads[grads["layer"] == 0]
+            for when, step in (("init", grads["step"].min()), ("end", grads["step"].max())):
+                norms = grads[grads["step"] == step].sort_values("t")["norm"].to_numpy()
+                with np.errstate(divide="ignore"):
+                    curves[when].append(np.where(norms > 0, np.log10(norms), np.nan))
+        for ax, when in zip(axes, ("init", "end"), strict=True):
+            stack = np.stack(curves[when])  # (seeds, T)
+            t = np.arange(1, stack.shape[1] + 1)
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(stack, axis=0)
+            line = ax.plot(t, mean, label=_label(by, values))[0]
+            ax.fill_between(
+                t, np.nanmin(stack, 0), np.nanmax(stack, 0), color=line.get_color(), alpha=0.2
+            )
+    for ax, when in zip(axes, ("at initialisation", "at the end of training"), strict=True):
+        ax.set(xlabel="timestep t", title=f"gradient norm {when}")
+    axes[0].set_ylabel("log10 ||dL/dh_t|| (layer 0)")
+    axes[1].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def learning_curve_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
+    """Validation metric vs step per configuration: mean over seeds, band of ±1 std."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    metric = None
+    for values, group in runs[runs["status"] == "completed"].groupby(list(by), sort=True):
+        values = values if isinstance(values, tuple) else (values,)
+        metric = group["metric"].iloc[0]
+        frames = [
+            pd.read_csv(Path(d) / "history.csv")[["step", f"val_{metric}"]]
+            for d in group["run_dir"]
+        ]
+        curve = pd.concat(frames).groupby("step")[f"val_{metric}"].agg(["mean", "std"]).fillna(0.0)
+        line = ax.plot(curve.index, curve["mean"], label=_label(by, values))[0]
+        ax.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"],
+                        color=line.get_color(), alpha=0.2)  # fmt: skip
+        baseline = group["baseline"].iloc[0]
+        if np.isfinite(baseline):
+            ax.axhline(baseline, color="gray", linestyle=":", linewidth=1)
+    ax.set(
+        xlabel="training step",
+        ylabel=f"validation {metric}",
+        title="learning curves (dotted: baseline)",
+    )
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
