@@ -143,6 +143,9 @@ def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
         done = group[status == "completed"]
         row["solved"] = int(done["solved"].sum())
         for col in NUMERIC:
+            if col not in done.columns:
+                row[f"{col}_mean"] = row[f"{col}_std"] = math.nan
+                continue
             data = done[col].to_numpy(dtype=float)
             data = data[~np.isnan(data)]
             row[f"{col}_mean"] = _mean(data)
