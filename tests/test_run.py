@@ -65,6 +65,11 @@ def test_run_directory_contract(small_run, tmp_path: Path) -> None:
         assert tag in tags["scalars"], tag
     assert {"grad_heatmap/layer0", "grad_heatmap/layer1", "grad_norm_vs_t"} <= set(tags["images"])
     assert len(events.Scalars("train/loss")) == 6
+    # HParams: in the run's own event file, no stray sub-run directory
+    assert [p for p in (run_dir / "tb").iterdir() if p.is_dir()] == []
+    hparams = events.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
+    assert events.Scalars("hparams/best_metric")[-1].value == pytest.approx(m["best_metric"])
 
 
 def test_lstm_forget_bias_and_parameter_count(small_run, tmp_path: Path) -> None:
