@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -173,8 +173,10 @@ class Config:
 
 
 def register_configs() -> None:
-    """Put every schema in Hydra's ConfigStore (idempotent)."""
+    """Put every schema in Hydra's ConfigStore and the resolvers in OmegaConf (idempotent)."""
+    OmegaConf.register_new_resolver("seqbench_direction", optimization_direction, replace=True)
     cs = ConfigStore.instance()
+    _rename_optuna_sweeper_config(cs)
     cs.store(name="seqbench_schema", node=Config)
     cs.store(group="schema", name="model", node=ModelConfig)
     cs.store(group="schema/task", name="adding", node=AddingConfig)
@@ -266,3 +268,26 @@ def _lookup(cfg: Any, key: str) -> Any:
     for part in key.split("."):
         node = node[part]
     return node
+
+
+def optimization_direction(task_name: str) -> str:
+    """'minimize' or 'maximize': how a sweeper should treat the task's validation metric."""
+    from seqbench.tasks import task_class
+
+    return "maximize" if task_class(task_name).mode == "max" else "minimize"
+
+
+def _rename_optuna_sweeper_config(cs: ConfigStore) -> None:
+    """Make conf/hydra/sweeper/optuna.yaml (the plugin's config plus the task's direction) what
+    `hydra/sweeper=optuna` selects: the plugin stores its own `optuna` node on import, and Hydra
+    refuses a YAML and a stored node of the same name, so the stored one moves to optuna_plugin.
+    """
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # scans (re-executes) the plugin modules once; later calls do not
+    try:
+        from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+    except ImportError:  # the plugin is not installed: hydra/sweeper=optuna is unavailable anyway
+        return
+    cs.repo.get("hydra", {}).get("sweeper", {}).pop("optuna.yaml", None)
+    cs.store(group="hydra/sweeper", name="optuna_plugin", node=OptunaSweeperConf)

@@ -33,9 +33,9 @@ SMALL = [
 torch.set_num_threads(1)
 
 
-def compose_config(overrides: list[str] = ()) -> DictConfig:
+def compose_config(overrides: list[str] = (), hydra: bool = False) -> DictConfig:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from seqbench.compare import aggregate, group_keys, load_runs
 from seqbench.compare import main as compare_main
-from tests.conftest import SMALL, seqbench_cli
+from tests.conftest import SMALL, compose_config, seqbench_cli
 
 KEEP = ["metric", "runs", "completed", "diverged", "failed", "solved", "final_metric_mean",
         "final_metric_std", "best_metric_mean", "best_metric_std"]  # fmt: skip
@@ -171,3 +171,14 @@ def test_load_runs_reads_overrides(tmp_path: Path) -> None:
     runs = load_runs(sorted(p.parent for p in sweep_dir.glob("*/metrics.json")))
     assert sorted(runs["task.seq_len"]) == ["6", "8"]
     assert group_keys(runs) == ["model", "task", "task.seq_len"]
+
+
+@pytest.mark.parametrize(
+    "task,direction",
+    [("adding", "minimize"), ("copy", "minimize"), ("sentiment", "maximize"),
+     ("stocks", "minimize"), ("chargen", "minimize")],
+)  # fmt: skip
+def test_optuna_direction_comes_from_the_task(task: str, direction: str) -> None:
+    cfg = compose_config(["hydra/sweeper=optuna", f"task={task}"], hydra=True)
+    assert cfg.hydra.sweeper.direction == direction
+    assert cfg.hydra.sweeper.sampler._target_ == "optuna.samplers.TPESampler"

@@ -46,8 +46,8 @@ class Task(Protocol):
         ...
 
 
-def build_task(cfg: Any, device: torch.device, seed: int) -> Task:
-    """Create the task named by ``cfg.name`` from its config node (fields of its schema)."""
+def task_class(name: str) -> type:
+    """The class that implements task `name` (imported on demand: data tasks are heavier)."""
     from seqbench.tasks.adding import AddingTask
     from seqbench.tasks.chargen import CharGenTask
     from seqbench.tasks.copy import CopyTask
@@ -61,10 +61,15 @@ def build_task(cfg: Any, device: torch.device, seed: int) -> Task:
         "stocks": StocksTask,
         "chargen": CharGenTask,
     }
-    if cfg.name not in tasks:
-        raise ValueError(f"unknown task {cfg.name!r}; choose one of {sorted(tasks)}")
+    if name not in tasks:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(tasks)}")
+    return tasks[name]
+
+
+def build_task(cfg: Any, device: torch.device, seed: int) -> Task:
+    """Create the task named by ``cfg.name`` from its config node (fields of its schema)."""
     kwargs = {k: v for k, v in dict(cfg).items() if k != "name"}
-    return tasks[cfg.name](device=device, seed=seed, **kwargs)
+    return task_class(cfg.name)(device=device, seed=seed, **kwargs)
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
