@@ -66,7 +66,11 @@ def load_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
             overrides = yaml.safe_load(overrides_file.read_text()) or []
         else:
             overrides = metrics.get("overrides", [])
-        row = {k: v for k, v in parse_overrides(overrides).items() if not k.startswith("hydra.")}
+        row = {
+            k: _value(v)
+            for k, v in parse_overrides(overrides).items()
+            if not k.startswith("hydra.")
+        }
         row.update(_run_numbers(metrics))
         row["run_dir"] = str(run_dir)
         rows.append(row)
@@ -103,6 +107,16 @@ def _run_numbers(m: dict) -> dict:
         "num_parameters": _num(m.get("num_parameters")),
         "error": m.get("error"),
     }
+
+
+def _value(text: str) -> int | float | str:
+    """An override's value as a number when it is one, so that 25 < 100 in the table."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _num(value) -> float:

@@ -9,6 +9,18 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _styles(groups: Sequence[tuple]) -> dict[tuple, dict]:
+    """One colour per model (the first key), one line style per value of the other keys."""
+    models = sorted({g[0] for g in groups})
+    rests = sorted({g[1:] for g in groups}, key=str)
+    return {
+        g: {"color": f"C{models.index(g[0])}", "linestyle": LINESTYLES[rests.index(g[1:]) % 4]}
+        for g in groups
+    }
+
 
 def _label(keys: Sequence[str], values: Sequence) -> str:
     return ", ".join(
@@ -19,10 +31,13 @@ def _label(keys: Sequence[str], values: Sequence) -> str:
 def grad_norm_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
     """log10 ||dL/dh_t|| of layer 0 vs t, at init and at the end: the mean over seeds of the
     log10 norms (a geometric mean), with a band from the lowest to the highest seed. Timesteps
-    whose norm underflowed to 0 in some seed are left out of that seed's curve."""
+    whose norm underflowed to 0 in some seed are left out of that seed's curve, so where only
+    some seeds underflow the mean is over the others (the band's floor shows the underflow)."""
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2, sharey=True)
-    for values, group in runs[runs["status"] == "completed"].groupby(list(by), sort=True):
+    groups = list(runs[runs["status"] == "completed"].groupby(list(by), sort=True))
+    styles = _styles([v if isinstance(v, tuple) else (v,) for v, _ in groups])
+    for values, group in groups:
         values = values if isinstance(values, tuple) else (values,)
         curves = {"init": [], "end": []}
         for run_dir in group["run_dir"]:
@@ -37,10 +52,9 @@ def grad_norm_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
             t = np.arange(1, stack.shape[1] + 1)
             with np.errstate(all="ignore"):
                 mean = np.nanmean(stack, axis=0)
-            line = ax.plot(t, mean, label=_label(by, values))[0]
-            ax.fill_between(
-                t, np.nanmin(stack, 0), np.nanmax(stack, 0), color=line.get_color(), alpha=0.2
-            )
+            ax.plot(t, mean, label=_label(by, values), **styles[values])
+            low, high = np.nanmin(stack, 0), np.nanmax(stack, 0)
+            ax.fill_between(t, low, high, color=styles[values]["color"], alpha=0.15)
     for ax, when in zip(axes, ("at initialisation", "at the end of training"), strict=True):
         ax.set(xlabel="timestep t", title=f"gradient norm {when}")
     axes[0].set_ylabel("log10 ||dL/dh_t|| (layer 0)")
@@ -54,7 +68,9 @@ def learning_curve_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     metric = None
-    for values, group in runs[runs["status"] == "completed"].groupby(list(by), sort=True):
+    groups = list(runs[runs["status"] == "completed"].groupby(list(by), sort=True))
+    styles = _styles([v if isinstance(v, tuple) else (v,) for v, _ in groups])
+    for values, group in groups:
         values = values if isinstance(values, tuple) else (values,)
         metric = group["metric"].iloc[0]
         frames = [
@@ -62,9 +78,9 @@ def learning_curve_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
             for d in group["run_dir"]
         ]
         curve = pd.concat(frames).groupby("step")[f"val_{metric}"].agg(["mean", "std"]).fillna(0.0)
-        line = ax.plot(curve.index, curve["mean"], label=_label(by, values))[0]
+        ax.plot(curve.index, curve["mean"], label=_label(by, values), **styles[values])
         ax.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"],
-                        color=line.get_color(), alpha=0.2)  # fmt: skip
+                        color=styles[values]["color"], alpha=0.15)  # fmt: skip
         baseline = group["baseline"].iloc[0]
         if np.isfinite(baseline):
             ax.axhline(baseline, color="gray", linestyle=":", linewidth=1)
