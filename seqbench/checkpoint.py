@@ -1,32 +1,113 @@
-"""checkpoint.pt (model and optimizer state_dicts plus the resolved config) and best.pt (the
-weights at the best validation metric). Plain tensors and containers only: no pickled code."""
+"""Checkpoints: the full training state (checkpoint.pt, resumable to the same result) and the
+weights at the best validation metric (best.pt). Plain tensors and containers only: everything
+loads with ``torch.load(..., weights_only=True)``, nothing is unpickled as code.
+
+checkpoint.pt is written to a temporary file and renamed; the file it replaces is kept as
+checkpoint.prev.pt, so a checkpoint that turns out corrupt falls back to the one before.
+"""
 
 from __future__ import annotations
 
+import os
+import random
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from seqbench.config import ConfigError
 from seqbench.results import atomic_write, better
 from seqbench.train import Callback
 
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
+REQUIRED = ("model", "optimizer", "config", "step", "rng", "recorder")
 
-def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict, step: int
-) -> None:
-    """Write atomically; the file loads with ``torch.load(path, weights_only=True)``."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "config": config,
-        "step": step,
+
+class CheckpointError(ConfigError):
+    """No readable checkpoint where one was expected."""
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """python, numpy, torch (CPU and CUDA) and the task's data generator."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "task": generator.get_state(),
     }
-    atomic_write(Path(path), lambda f: torch.save(state, f), mode="wb")
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["task"])
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write checkpoint.pt atomically, keeping the one it replaces as checkpoint.prev.pt."""
+    path = Path(run_dir) / CHECKPOINT
+    if path.exists():
+        os.replace(path, Path(run_dir) / PREVIOUS)
+    atomic_write(path, lambda f: torch.save(state, f), mode="wb")
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_training_state(run_dir: Path, map_location: str | torch.device = "cpu") -> dict:
+    """The newest readable, complete checkpoint of `run_dir` (checkpoint.pt, else the previous
+    one), with a "source" key naming the file.
+
+    Raises:
+        CheckpointError: neither file exists or loads (truncated, corrupt, not a checkpoint).
+    """
+    problems = []
+    for name in (CHECKPOINT, PREVIOUS):
+        path = Path(run_dir) / name
+        if not path.exists():
+            problems.append(f"{name} is missing")
+            continue
+        try:
+            state = load_checkpoint(path, map_location)
+        except Exception as err:  # a truncated zip, bad pickle opcodes, ...
+            problems.append(f"{name} is unreadable ({type(err).__name__})")
+            continue
+        if not isinstance(state, dict) or any(key not in state for key in REQUIRED):
+            problems.append(f"{name} is not a complete seqbench checkpoint")
+            continue
+        state["source"] = name
+        return state
+    raise CheckpointError(
+        f"resume={run_dir}: no usable checkpoint ({'; '.join(problems)}). "
+        "Point resume= at a run directory written by seqbench, or start a new run."
+    )
+
+
+class PeriodicCheckpoint(Callback):
+    """Saves the full training state every `every` steps (0: never; the run saves at the end).
+
+    Args:
+        state: returns the training state dict at the current step (see `cli.training_state`).
+    """
+
+    def __init__(self, run_dir: Path, every: int, state) -> None:
+        self.run_dir, self.every, self.state = Path(run_dir), every, state
+
+    def on_step_end(self, step: int) -> None:
+        if self.every > 0 and step % self.every == 0:
+            save_checkpoint(self.run_dir, self.state())
 
 
 class BestCheckpoint(Callback):

@@ -15,16 +15,25 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from seqbench.checkpoint import BestCheckpoint, load_checkpoint, save_checkpoint
+from seqbench.checkpoint import (
+    BestCheckpoint,
+    PeriodicCheckpoint,
+    load_checkpoint,
+    load_training_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from seqbench.config import ConfigError, check_config, register_configs
 from seqbench.hardware import configure, seed_everything, select_device
+from seqbench.interrupt import EXIT_CODES, stop_on_signals
 from seqbench.loggers.console import ConsoleLogger
 from seqbench.loggers.tensorboard import TensorBoardLogger
 from seqbench.model import SequenceModel, count_parameters
 from seqbench.results import RunRecorder, atomic_write
 from seqbench.sweep import completed_before
 from seqbench.tasks import build_task
-from seqbench.train import Clip, Diverged, evaluate, measure_grad_norms, train
+from seqbench.train import Clip, Diverged, Interrupted, evaluate, measure_grad_norms, train
 
 register_configs()
 
@@ -33,7 +42,7 @@ register_configs()
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 EXIT_USAGE = 2  # a value that cannot run; nothing was written
-EXIT_INTERRUPTED = 130  # Ctrl-C; result files were written with status "interrupted"
+# Interrupted runs exit with 130 (SIGINT) or 143 (SIGTERM) after writing their files.
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -52,22 +61,41 @@ def main(cfg: DictConfig) -> float | None:
     if earlier is not None:
         print(f"seqbench: {run_dir} already completed; skipping (delete it to run again)")
         return earlier["best_metric"]
-    # A failed or interrupted job runs again from the start: drop its stale results first.
-    (run_dir / "metrics.json").unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    resume = None
+    if _status(run_dir) == "interrupted" and (run_dir / "checkpoint.pt").exists():
+        resume = run_dir  # continue where it stopped
+    else:  # a failed or missing job runs again from the start: drop stale results first
+        (run_dir / "metrics.json").unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tb", ignore_errors=True)
     _set_job_threads(cfg, hydra_cfg)
     try:
-        return run(cfg, run_dir)
+        return run(cfg, run_dir, resume=resume)
     except Exception as err:  # recorded, reported, and the sweep goes on
         print(f"seqbench: job {hydra_cfg.job.num} failed: {err}", file=sys.stderr)
-        if not (run_dir / "metrics.json").exists():
+        if _status(run_dir) is None:
             _write_failed(run_dir, cfg, overrides, err)
         return None
 
 
-def run(cfg: DictConfig, run_dir: Path) -> float | None:
-    """Train one configuration and write its run directory; return the best validation metric."""
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def run(cfg: DictConfig, run_dir: Path, resume: Path | None = None) -> float | None:
+    """Train one configuration and write its run directory; return the best validation metric.
+
+    With `resume` (or `cfg.resume`), continue the run in that directory from its checkpoint.
+    """
     check_config(cfg)
+    resume = resume or (Path(cfg.resume) if cfg.resume else None)
+    state = None
+    if resume is not None:
+        state = load_training_state(resume)
+        cfg = resumed_config(cfg, state["config"])
+        run_dir = resume
     device, notice = select_device(cfg.hardware.device)
     configure(cfg.hardware.flush_denormal, cfg.hardware.num_threads)
     seed_everything(cfg.seed)
@@ -97,61 +125,127 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         run_dir, info, task.metric, task.mode, cfg.diagnostics.explode_factor,
         solved=getattr(task, "solved", None),
     )  # fmt: skip
-    console = ConsoleLogger(cfg.train.steps, task.metric, cfg.log.progress)
     best = BestCheckpoint(run_dir / "best.pt", model, task.metric, task.mode)
+    start_step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        recorder.load_state_dict(state["recorder"])
+        recorder.info["overrides"] = state["recorder_info_overrides"]
+        best.best = recorder.best["value"] if recorder.best else None
+        set_rng_state(state["rng"], task.generator)
+        start_step = state["step"]
+
+    def training_state() -> dict:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "step": recorder.steps_done,
+            "rng": rng_state(task.generator),
+            "recorder": recorder.state_dict(),
+            "recorder_info_overrides": recorder.info["overrides"],
+        }
+
+    console = ConsoleLogger(cfg.train.steps, task.metric, cfg.log.progress, start_step)
     callbacks = [recorder, best, console]
+    callbacks.append(PeriodicCheckpoint(run_dir, cfg.checkpoint.every, training_state))
     tensorboard = None
     if cfg.log.tensorboard:
-        tensorboard = TensorBoardLogger(run_dir / "tb", cfg.diagnostics.explode_factor)
+        tensorboard = TensorBoardLogger(
+            run_dir / "tb", cfg.diagnostics.explode_factor, resume_step=start_step or None,
+            snapshots=[(s, n) for s, n, _ in recorder.snapshots], clipped=recorder.clipped_steps,
+        )  # fmt: skip
         callbacks.append(tensorboard)
     if notice:
         console.info(notice)
+    if state is not None:
+        console.info(f"Resuming {run_dir} at step {start_step} (from {state['source']}).")
     console.info(
         f"{m.cell} on {task.name}: {info['num_parameters']:,} parameters, {device}, "
         f"seed {cfg.seed}; baseline {task.metric} {task.baseline:.4f}. Run dir: {run_dir}"
     )
 
-    status, extra, interrupted = "completed", {"diverged_step": None, "error": None}, False
+    status, extra, stopped = "completed", {"diverged_step": None, "error": None}, None
     final_saved = False
     try:
-        train(
-            model, task, optimizer, steps=cfg.train.steps, batch_size=cfg.train.batch_size,
-            eval_every=cfg.train.eval_every, clip=Clip(**cfg.train.clip),
-            diagnostics_every=cfg.diagnostics.every, callbacks=callbacks,
-        )  # fmt: skip
+        with stop_on_signals() as stop:
+            train(
+                model, task, optimizer, steps=cfg.train.steps, batch_size=cfg.train.batch_size,
+                eval_every=cfg.train.eval_every, clip=Clip(**cfg.train.clip),
+                diagnostics_every=cfg.diagnostics.every, callbacks=callbacks,
+                start_step=start_step, stop=stop,
+            )  # fmt: skip
         norms, positions = measure_grad_norms(model, task, cfg.train.batch_size)
         for callback in callbacks:
             callback.on_grad_norms(recorder.steps_done, norms, positions)
-        _save_final(run_dir, model, optimizer, cfg, recorder.steps_done)
+        save_checkpoint(run_dir, training_state())
         final_saved = True
         if "test" in task.splits:  # once, at the end, with the best validation weights
             model.load_state_dict(load_checkpoint(run_dir / "best.pt", device)["model"])
             extra["test"] = evaluate(model, task, "test")
     except Diverged as err:
         status, extra = "diverged", {"diverged_step": err.step, "error": str(err)}
-    except KeyboardInterrupt:
-        status, interrupted = "interrupted", True
+    except Interrupted as err:
+        status, stopped = "interrupted", err.reason
+    except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so the checkpoint stays as it was
+        status, stopped, final_saved = "interrupted", "SIGINT", True
     except Exception as err:  # a bug or a resource error: record it, then re-raise below
         status, extra["error"] = "failed", f"{type(err).__name__}: {err}"
         raise
     finally:
         console.close()
         if not final_saved:
-            _save_final(run_dir, model, optimizer, cfg, recorder.steps_done)
+            save_checkpoint(run_dir, training_state())
         metrics = recorder.write(status, **extra)
         if tensorboard is not None:
             tensorboard.write_hparams(_hparams(cfg), _final_numbers(metrics))
         for callback in callbacks:
             getattr(callback, "close", lambda: None)()
     console.summary(metrics, str(run_dir))
-    if interrupted:
-        sys.exit(EXIT_INTERRUPTED)
+    if stopped is not None:
+        print(
+            f"seqbench: interrupted ({stopped}) after step {recorder.steps_done}; "
+            f"resume with: seqbench resume={run_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_CODES[stopped])
     return metrics["best_metric"]
 
 
-def _save_final(run_dir: Path, model, optimizer, cfg: DictConfig, step: int) -> None:
-    config = OmegaConf.to_container(cfg, resolve=True)
-    save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, config, step)
+def resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
+    """The checkpoint's config, plus this command's log.* settings.
+
+    Raises:
+        ConfigError: an override on this command line differs from the checkpoint's config
+            (listing each key), unless resume_force=true, which applies them.
+    """
+    current = OmegaConf.to_container(cfg, resolve=True)
+    if HydraConfig.initialized():
+        explicit = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    else:  # called as a library: every key counts as given
+        explicit = [key for key, _ in _flatten(current, "")]
+    merged = OmegaConf.create(saved)
+    differing = []
+    for key in explicit:
+        if key in ("resume", "resume_force") or key.startswith("hydra"):
+            continue
+        ours, theirs = (
+            OmegaConf.select(OmegaConf.create(current), key),
+            OmegaConf.select(merged, key),
+        )
+        if key.startswith("log.") or cfg.resume_force:
+            OmegaConf.update(merged, key, ours, force_add=True)
+        elif ours != theirs:
+            differing.append(f"{key} (checkpoint: {theirs}, now: {ours})")
+    if differing:
+        raise ConfigError(
+            f"resume={cfg.resume}: this command line changes the run's config: "
+            + "; ".join(differing)
+            + ". Resume without those overrides, or add resume_force=true to apply them."
+        )
+    OmegaConf.update(merged, "resume", cfg.resume, force_add=True)
+    return merged
 
 
 def _write_failed(run_dir: Path, cfg: DictConfig, overrides: list[str], err: Exception) -> None:
@@ -196,10 +290,11 @@ def _hparams(cfg: DictConfig) -> dict:
 
 def _flatten(node: dict, prefix: str):
     for key, value in node.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}.{key}")
+            yield from _flatten(value, name)
         else:
-            yield f"{prefix}.{key}", value
+            yield name, value
 
 
 def _final_numbers(metrics: dict) -> dict[str, float]:

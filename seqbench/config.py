@@ -155,6 +155,11 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int = 500  # full training state every N steps (and at the end); 0 = only at the end
+
+
+@dataclass
 class LogConfig:
     progress: str = "auto"  # auto (rich on a terminal, plain lines otherwise) | rich | plain | none
     tensorboard: bool = True
@@ -170,6 +175,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None  # a run directory to continue from its checkpoint
+    resume_force: bool = False  # allow overrides that differ from the checkpoint's config
 
 
 def register_configs() -> None:
@@ -259,6 +267,7 @@ def check_config(cfg: Any) -> None:
     need(cfg.diagnostics.every >= 0, "diagnostics.every", "0 (init only) or a positive integer")
     need(cfg.diagnostics.explode_factor > 0, "diagnostics.explode_factor", "a value > 0")
     need(cfg.log.progress in MODES, "log.progress", f"one of {list(MODES)}")
+    need(cfg.checkpoint.every >= 0, "checkpoint.every", "0 (only at the end) or a positive integer")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
 

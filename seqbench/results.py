@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from seqbench.diagnostics import summarize
 from seqbench.train import Callback
@@ -78,6 +79,34 @@ class RunRecorder(Callback):
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue recording after a resume (tensors and plain values)."""
+        return {
+            "steps_done": self.steps_done,
+            "clipped_steps": self.clipped_steps,
+            "losses_since_eval": list(self.losses_since_eval),
+            "history": list(self.history),
+            "snapshots": [
+                (step, torch.from_numpy(norms), torch.from_numpy(positions))
+                for step, norms, positions in self.snapshots
+            ],
+            "best": self.best,
+            "solved_step": self.solved_step,
+            "max_grad_norm": self.max_grad_norm,
+            "elapsed": self.elapsed(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps_done = state["steps_done"]
+        self.clipped_steps = state["clipped_steps"]
+        self.losses_since_eval = list(state["losses_since_eval"])
+        self.history = list(state["history"])
+        self.snapshots = [(s, n.numpy(), p.numpy()) for s, n, p in state["snapshots"]]
+        self.best = state["best"]
+        self.solved_step = state["solved_step"]
+        self.max_grad_norm = state["max_grad_norm"]
+        self.start = time.perf_counter() - state["elapsed"]  # wall time adds up across resumes
 
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
         self.steps_done = step

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +22,16 @@ class Callback:
     def on_grad_norms(self, step: int, norms: np.ndarray, positions: np.ndarray) -> None: ...
     def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
     def on_text(self, step: int, texts: dict[str, str]) -> None: ...
+    def on_step_end(self, step: int) -> None: ...
+
+
+class Interrupted(Exception):
+    """A stop was requested (Ctrl-C, SIGTERM); `step` updates are complete."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(f"{reason} after step {step}")
+        self.step = step
+        self.reason = reason
 
 
 class Diverged(RuntimeError):
@@ -49,13 +59,19 @@ def train(
     clip: Clip,
     diagnostics_every: int,
     callbacks: Sequence[Callback] = (),
+    start_step: int = 0,
+    stop: Callable[[], str | None] = lambda: None,
 ) -> None:
-    """Train for `steps` optimizer updates; raise `Diverged` on a NaN/Inf loss or gradient.
+    """Train from `start_step` to `steps` optimizer updates.
 
     Step s computes the gradient at the parameters after s updates. Gradient norms per timestep
     are taken at s = 0 and every `diagnostics_every` steps from the same backward pass that trains.
+    Raises `Diverged` on a NaN/Inf loss or gradient, and `Interrupted` between two steps once
+    `stop()` returns a reason.
     """
-    for step in range(steps):
+    for step in range(start_step, steps):
+        if (reason := stop()) is not None:
+            raise Interrupted(step, reason)
         diagnose = step == 0 or (diagnostics_every > 0 and step % diagnostics_every == 0)
         batch = task.sample(batch_size)
         model.train()
@@ -79,6 +95,7 @@ def train(
             _emit(callbacks, "on_eval", step + 1, evaluate(model, task))
             if hasattr(task, "report"):  # e.g. a text sample from a character model
                 _emit(callbacks, "on_text", step + 1, task.report(model))
+        _emit(callbacks, "on_step_end", step + 1)
 
 
 def clip_gradients(params: Iterable[nn.Parameter], clip: Clip) -> tuple[float, bool]:

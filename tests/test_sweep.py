@@ -169,7 +169,7 @@ def test_aggregate_groups_by_varying_keys_and_handles_minus_inf() -> None:
 def test_load_runs_reads_overrides(tmp_path: Path) -> None:
     sweep_dir = sweep(tmp_path, "keys", "model=rnn", "task.seq_len=6,8")
     runs = load_runs(sorted(p.parent for p in sweep_dir.glob("*/metrics.json")))
-    assert sorted(runs["task.seq_len"]) == ["6", "8"]
+    assert sorted(runs["task.seq_len"]) == [6, 8]
     assert group_keys(runs) == ["model", "task", "task.seq_len"]
 
 

@@ -107,7 +107,7 @@ class ConsoleLogger(Callback):
         if self.mode == "none":
             return
         console = self.progress.console if self.progress is not None else self.console
-        console.print(message, highlight=False)
+        console.print(message, highlight=False, soft_wrap=True)
 
     def summary(self, metrics: dict, run_dir: str) -> None:
         """The closing table: status, what ran, the metric next to its baseline, gradients."""

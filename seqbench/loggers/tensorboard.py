@@ -19,12 +19,20 @@ class TensorBoardLogger(Callback):
     grad/vanishing_ratio, grad/decay_rate, grad/max_norm. Images: per layer, log10 ||dL/dh_t||
     over (training step x timestep); and ||dL/dh_t|| vs t at init and at the latest snapshot."""
 
-    def __init__(self, log_dir: Path, explode_factor: float = 10.0) -> None:
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+    def __init__(
+        self,
+        log_dir: Path,
+        explode_factor: float = 10.0,
+        resume_step: int | None = None,
+        snapshots: list[tuple[int, np.ndarray]] = (),
+        clipped: int = 0,
+    ) -> None:
+        # On resume, events at or after the checkpoint's step (logged before a crash) are purged.
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resume_step)
         self.explode_factor = explode_factor
-        self.snapshots: list[tuple[int, np.ndarray]] = []
-        self.steps = 0
-        self.clipped = 0
+        self.snapshots: list[tuple[int, np.ndarray]] = list(snapshots)
+        self.steps = resume_step or 0
+        self.clipped = clipped
 
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
         self.steps, self.clipped = step, self.clipped + int(clipped)

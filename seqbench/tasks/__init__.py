@@ -32,6 +32,7 @@ class Task(Protocol):
     baseline_name: str
     splits: tuple[str, ...]  # ("val",) or ("val", "test"); test is evaluated once, at the end
     info: dict[str, Any]  # extra facts for metrics.json (data sizes, more baselines, ...)
+    generator: torch.Generator  # draws every training batch: its state is the data position
 
     def sample(self, batch_size: int) -> Batch:
         """A fresh training batch from the task's seeded generator."""

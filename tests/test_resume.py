@@ -1,0 +1,114 @@
+"""Interruption and resume: a SIGTERM'd run resumes to exactly the uninterrupted result; corrupt
+checkpoints are detected; a resume that changes the config is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from seqbench.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_training_state
+from seqbench.config import ConfigError
+from tests.conftest import SMALL, compose_config, seqbench_cli
+
+LONG = ["hardware=cpu", "task.seq_len=20", "train.steps=400", "train.eval_every=50",
+        "diagnostics.every=50", "checkpoint.every=100", "log.progress=plain"]  # fmt: skip
+
+
+def comparable(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in ("wall_time_s", "steps_per_s")}
+
+
+def test_sigterm_then_resume_is_bit_identical(tmp_path: Path) -> None:
+    straight = seqbench_cli(*LONG, f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+
+    run_dir = tmp_path / "b"
+    exe = Path(sys.executable).parent / "seqbench"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = (tmp_path / "b.log").open("w")
+    proc = subprocess.Popen([str(exe), *LONG, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                            env=env, stdout=log, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while "step 150/" not in (tmp_path / "b.log").read_text() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert "Traceback" not in stderr and f"resume={run_dir}" in stderr
+    interrupted = json.loads((run_dir / "metrics.json").read_text())
+    assert interrupted["status"] == "interrupted" and 150 <= interrupted["steps"] < 400
+
+    resumed = seqbench_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming {run_dir} at step {interrupted['steps']}" in resumed.stdout
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((run_dir / "metrics.json").read_text())
+    assert b["status"] == "completed"
+    assert comparable(a) == comparable(b)
+    for name in ("history.csv", "grad_norms.csv"):
+        ha = pd.read_csv(tmp_path / "a" / name).drop(columns="wall_time", errors="ignore")
+        hb = pd.read_csv(run_dir / name).drop(columns="wall_time", errors="ignore")
+        pd.testing.assert_frame_equal(ha, hb)  # appended without duplicates or gaps
+
+
+def make_run(tmp_path: Path, small_run) -> Path:
+    run_dir = tmp_path / "run"
+    small_run("train.steps=8", "checkpoint.every=4", "log.tensorboard=false", run_dir=run_dir)
+    assert (run_dir / CHECKPOINT).exists() and (run_dir / PREVIOUS).exists()
+    return run_dir
+
+
+def test_truncated_checkpoints_fall_back_or_fail_clearly(small_run, tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, small_run)
+    good, previous = (run_dir / CHECKPOINT).read_bytes(), (run_dir / PREVIOUS).read_bytes()
+    assert load_training_state(run_dir)["step"] == 8
+    previous_step = torch.load(run_dir / PREVIOUS, weights_only=True)["step"]
+    rng = random.Random(0)
+    for _ in range(5):
+        (run_dir / CHECKPOINT).write_bytes(good[: rng.randrange(1, len(good))])
+        state = load_training_state(run_dir)  # falls back to the previous good checkpoint
+        assert state["source"] == PREVIOUS and state["step"] == previous_step
+        (run_dir / PREVIOUS).write_bytes(previous[: rng.randrange(1, len(previous))])
+        with pytest.raises(CheckpointError, match="no usable checkpoint"):
+            load_training_state(run_dir)
+        (run_dir / PREVIOUS).write_bytes(previous)
+
+
+def test_resume_from_a_fallback_checkpoint_completes(small_run, tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, small_run)
+    (run_dir / "metrics.json").write_text('{"status": "compl')  # truncated too
+    data = (run_dir / CHECKPOINT).read_bytes()
+    (run_dir / CHECKPOINT).write_bytes(data[: len(data) // 2])
+    result = seqbench_cli(f"resume={run_dir}", "log.progress=plain", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "from checkpoint.prev.pt" in result.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    assert torch.load(run_dir / CHECKPOINT, weights_only=True)["step"] == 8
+
+
+def test_resume_without_any_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    result = seqbench_cli(f"resume={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "resume=" in result.stderr and "no usable checkpoint" in result.stderr
+
+
+def test_resume_with_a_different_config_is_refused(small_run, tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, small_run)
+    from seqbench.cli import run
+
+    cfg = compose_config([*SMALL, f"resume={run_dir}", "optimizer.lr=0.5", "model=gru"])
+    with pytest.raises(ConfigError, match=r"optimizer\.lr \(checkpoint: 0\.003, now: 0\.5\)"):
+        run(cfg, tmp_path / "x")
+    result = seqbench_cli(f"resume={run_dir}", "model=gru", cwd=tmp_path)
+    assert result.returncode == 2 and "model (checkpoint:" in result.stderr
+    assert "resume_force=true" in result.stderr and "Traceback" not in result.stderr
