@@ -106,7 +106,10 @@ def run(cfg: DictConfig, run_dir: Path, resume: Path | None = None) -> float | N
         num_layers=m.num_layers, dropout=m.dropout, forget_bias=m.forget_bias, init=m.init,
         vocab_size=task.vocab_size, embedding_dim=m.embedding_dim,
     ).to(device)  # fmt: skip
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    try:
+        optimizer = instantiate(cfg.optimizer)(model.parameters())
+    except ValueError as err:  # torch.optim's own checks, for anything check_config missed
+        raise ConfigError(f"optimizer: {err}. Check the optimizer.* values.") from err
 
     info = {
         "model": m.cell,

@@ -256,6 +256,18 @@ def check_config(cfg: Any) -> None:
         need(cfg.task.sample_len >= 1, "task.sample_len", "a positive integer")
     need(cfg.optimizer.lr > 0, "optimizer.lr", "a learning rate > 0")
     need(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", "a value >= 0")
+    if "betas" in cfg.optimizer:
+        betas = list(cfg.optimizer.betas)
+        ok = len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas)
+        need(ok, "optimizer.betas", "two values in [0, 1), e.g. [0.9, 0.999]")
+    if "eps" in cfg.optimizer:
+        need(cfg.optimizer.eps > 0, "optimizer.eps", "a value > 0")
+    if "momentum" in cfg.optimizer:
+        need(cfg.optimizer.momentum >= 0, "optimizer.momentum", "a value >= 0")
+    if cfg.optimizer.get("nesterov"):
+        need(cfg.optimizer.momentum > 0, "optimizer.momentum", "> 0 with optimizer.nesterov=true")
+    if "alpha" in cfg.optimizer:
+        need(0 <= cfg.optimizer.alpha <= 1, "optimizer.alpha", "a smoothing constant in [0, 1]")
     need(cfg.hardware.device in DEVICES, "hardware.device", f"one of {list(DEVICES)}")
     need(cfg.hardware.num_threads >= 0, "hardware.num_threads", "0 (torch default) or more")
     need(cfg.train.steps >= 1, "train.steps", "a positive integer")
