@@ -26,14 +26,24 @@ from seqbench.checkpoint import (
 )
 from seqbench.config import ConfigError, check_config, register_configs
 from seqbench.hardware import configure, seed_everything, select_device
+from seqbench.inference import compare_inference
 from seqbench.interrupt import EXIT_CODES, stop_on_signals
 from seqbench.loggers.console import ConsoleLogger
 from seqbench.loggers.tensorboard import TensorBoardLogger
 from seqbench.model import SequenceModel, count_parameters
 from seqbench.results import RunRecorder, atomic_write
+from seqbench.scheduler import SchedulerStep, build_scheduler
 from seqbench.sweep import completed_before
 from seqbench.tasks import build_task
-from seqbench.train import Clip, Diverged, Interrupted, evaluate, measure_grad_norms, train
+from seqbench.train import (
+    Clip,
+    Diverged,
+    EarlyStopping,
+    Interrupted,
+    evaluate,
+    measure_grad_norms,
+    train,
+)
 
 register_configs()
 
@@ -124,16 +134,27 @@ def run(cfg: DictConfig, run_dir: Path, resume: Path | None = None) -> float | N
         "torch": torch.__version__,
         "task_info": task.info,
     }
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.steps, task.mode)
+
+    def lr() -> float:
+        return optimizer.param_groups[0]["lr"]
+
     recorder = RunRecorder(
         run_dir, info, task.metric, task.mode, cfg.diagnostics.explode_factor,
-        solved=getattr(task, "solved", None),
+        solved=getattr(task, "solved", None), lr=lr,
     )  # fmt: skip
+    stopping = cfg.train.early_stopping
+    early = EarlyStopping(task.metric, task.mode, stopping.patience, stopping.min_delta)
     best = BestCheckpoint(run_dir / "best.pt", model, task.metric, task.mode)
     start_step = 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         recorder.load_state_dict(state["recorder"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        for row in recorder.history:  # early stopping's count follows from the history
+            early.on_eval(row["step"], {task.metric: row[f"val_{task.metric}"]})
         recorder.info["overrides"] = state["recorder_info_overrides"]
         best.best = recorder.best["value"] if recorder.best else None
         set_rng_state(state["rng"], task.generator)
@@ -146,18 +167,22 @@ def run(cfg: DictConfig, run_dir: Path, resume: Path | None = None) -> float | N
             "config": OmegaConf.to_container(cfg, resolve=True),
             "step": recorder.steps_done,
             "rng": rng_state(task.generator),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "recorder": recorder.state_dict(),
             "recorder_info_overrides": recorder.info["overrides"],
         }
 
     console = ConsoleLogger(cfg.train.steps, task.metric, cfg.log.progress, start_step)
-    callbacks = [recorder, best, console]
+    callbacks = [recorder, best, early, console]
+    if scheduler is not None:  # logged rates are those after s updates: lr(s)
+        callbacks.append(SchedulerStep(scheduler, task.metric))
     callbacks.append(PeriodicCheckpoint(run_dir, cfg.checkpoint.every, training_state))
     tensorboard = None
     if cfg.log.tensorboard:
         tensorboard = TensorBoardLogger(
             run_dir / "tb", cfg.diagnostics.explode_factor, resume_step=start_step or None,
             snapshots=[(s, n) for s, n, _ in recorder.snapshots], clipped=recorder.clipped_steps,
+            lr=lr,
         )  # fmt: skip
         callbacks.append(tensorboard)
     if notice:
@@ -177,13 +202,17 @@ def run(cfg: DictConfig, run_dir: Path, resume: Path | None = None) -> float | N
                 model, task, optimizer, steps=cfg.train.steps, batch_size=cfg.train.batch_size,
                 eval_every=cfg.train.eval_every, clip=Clip(**cfg.train.clip),
                 diagnostics_every=cfg.diagnostics.every, callbacks=callbacks,
-                start_step=start_step, stop=stop,
+                start_step=start_step, stop=stop, done=early,
             )  # fmt: skip
+        extra["stopped_early"] = early.stopped_at is not None
+        extra["stopped_at_step"] = early.stopped_at
         norms, positions = measure_grad_norms(model, task, cfg.train.batch_size)
         for callback in callbacks:
             callback.on_grad_norms(recorder.steps_done, norms, positions)
         save_checkpoint(run_dir, training_state())
         final_saved = True
+        if cfg.inference.compare and device.type == "cpu":
+            extra["inference"] = compare_inference(model, task, cfg.inference.repeats)
         if "test" in task.splits:  # once, at the end, with the best validation weights
             model.load_state_dict(load_checkpoint(run_dir / "best.pt", device)["model"])
             extra["test"] = evaluate(model, task, "test")

@@ -128,6 +128,39 @@ class RMSpropConfig(OptimizerConfig):
 
 
 @dataclass
+class SchedulerConfig:
+    name: str = MISSING
+
+
+@dataclass
+class NoSchedulerConfig(SchedulerConfig):
+    name: str = "none"
+
+
+@dataclass
+class PlateauConfig(SchedulerConfig):
+    name: str = "plateau"
+    factor: float = 0.5
+    patience: int = 5
+    threshold: float = 1e-4
+    min_lr: float = 0.0
+
+
+@dataclass
+class CosineConfig(SchedulerConfig):
+    name: str = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class StepScheduleConfig(SchedulerConfig):
+    name: str = "step"
+    step_size: int = 1000
+    gamma: float = 0.5
+
+
+@dataclass
 class HardwareConfig:
     device: str = "auto"  # cpu | cuda | auto (cuda when present)
     flush_denormal: bool = True  # float32 denormals -> 0: 4-7x faster RNN backward on CPU
@@ -141,11 +174,18 @@ class ClipConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    patience: int = 0  # validations without an improvement of at least min_delta; 0 = off
+    min_delta: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     steps: int = 3000
     batch_size: int = 64
     eval_every: int = 100
     clip: ClipConfig = field(default_factory=ClipConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
@@ -160,6 +200,12 @@ class CheckpointConfig:
 
 
 @dataclass
+class InferenceConfig:
+    compare: bool = True  # after training (CPU): float32 vs dynamic int8, metric and speed
+    repeats: int = 3
+
+
+@dataclass
 class LogConfig:
     progress: str = "auto"  # auto (rich on a terminal, plain lines otherwise) | rich | plain | none
     tensorboard: bool = True
@@ -170,12 +216,14 @@ class Config:
     model: Any = MISSING
     task: Any = MISSING
     optimizer: Any = MISSING
+    scheduler: Any = MISSING
     hardware: HardwareConfig = MISSING
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     resume: str | None = None  # a run directory to continue from its checkpoint
     resume_force: bool = False  # allow overrides that differ from the checkpoint's config
 
@@ -197,6 +245,10 @@ def register_configs() -> None:
     cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
     cs.store(group="schema/optimizer", name="rmsprop", node=RMSpropConfig)
     cs.store(group="schema", name="hardware", node=HardwareConfig)
+    cs.store(group="schema/scheduler", name="none", node=NoSchedulerConfig)
+    cs.store(group="schema/scheduler", name="plateau", node=PlateauConfig)
+    cs.store(group="schema/scheduler", name="cosine", node=CosineConfig)
+    cs.store(group="schema/scheduler", name="step", node=StepScheduleConfig)
 
 
 class ConfigError(ValueError):
@@ -279,6 +331,22 @@ def check_config(cfg: Any) -> None:
     need(cfg.diagnostics.every >= 0, "diagnostics.every", "0 (init only) or a positive integer")
     need(cfg.diagnostics.explode_factor > 0, "diagnostics.explode_factor", "a value > 0")
     need(cfg.log.progress in MODES, "log.progress", f"one of {list(MODES)}")
+    sched = cfg.scheduler
+    if sched.name == "plateau":
+        need(0 < sched.factor < 1, "scheduler.factor", "a factor in (0, 1)")
+        need(sched.patience >= 0, "scheduler.patience", "0 or more validations")
+        need(sched.min_lr >= 0, "scheduler.min_lr", "a value >= 0")
+    if sched.name == "cosine":
+        need(0 <= sched.warmup_steps < cfg.train.steps, "scheduler.warmup_steps",
+             "0 or more, and fewer than train.steps")  # fmt: skip
+        need(0 <= sched.min_lr_ratio <= 1, "scheduler.min_lr_ratio", "a ratio in [0, 1]")
+    if sched.name == "step":
+        need(sched.step_size >= 1, "scheduler.step_size", "a positive number of steps")
+        need(0 < sched.gamma <= 1, "scheduler.gamma", "a factor in (0, 1]")
+    stopping = cfg.train.early_stopping
+    need(stopping.patience >= 0, "train.early_stopping.patience", "0 (off) or more validations")
+    need(stopping.min_delta >= 0, "train.early_stopping.min_delta", "a value >= 0")
+    need(cfg.inference.repeats >= 1, "inference.repeats", "a positive integer")
     need(cfg.checkpoint.every >= 0, "checkpoint.every", "0 (only at the end) or a positive integer")
     if problems:
         raise ConfigError("; ".join(problems) + ".")

@@ -50,6 +50,7 @@ class RunRecorder(Callback):
         explode_factor: passed to `diagnostics.summarize`.
         solved: the task's test of "solved" on validation metrics (None: the task has none);
             the first validation step that passes is recorded as solved_step.
+        lr: the current learning rate, recorded in history.csv.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class RunRecorder(Callback):
         mode: str,
         explode_factor: float,
         solved: Callable[[dict[str, float]], bool] | None = None,
+        lr: Callable[[], float] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.info = info
@@ -74,6 +76,7 @@ class RunRecorder(Callback):
         self.snapshots: list[tuple[int, np.ndarray, np.ndarray]] = []
         self.best: dict | None = None
         self.solved = solved
+        self.lr = lr
         self.solved_step: int | None = None
         self.max_grad_norm = 0.0
 
@@ -117,6 +120,8 @@ class RunRecorder(Callback):
         train_loss = float(np.mean(self.losses_since_eval)) if self.losses_since_eval else math.nan
         self.losses_since_eval = []
         row = {"step": step, "wall_time": round(self.elapsed(), 3), "train_loss": train_loss}
+        if self.lr is not None:
+            row["lr"] = self.lr()
         row.update({f"val_{k}": v for k, v in metrics.items()})
         self.history.append(row)
         value = metrics[self.metric]

@@ -42,6 +42,32 @@ class Diverged(RuntimeError):
         self.step = step
 
 
+class EarlyStopping(Callback):
+    """Done once `patience` validations in a row have not improved the best value by at least
+    `min_delta` (patience 0: never). `stopped_at` is the validation step that ended it."""
+
+    def __init__(self, metric: str, mode: str, patience: int, min_delta: float = 0.0) -> None:
+        self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
+        self.best: float | None = None
+        self.without_improvement = 0
+        self.stopped_at: int | None = None
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        value = metrics[self.metric]
+        if self.best is None or (
+            value < self.best - self.min_delta if self.mode == "min"
+            else value > self.best + self.min_delta
+        ):  # fmt: skip
+            self.best, self.without_improvement = value, 0
+        else:
+            self.without_improvement += 1
+            if self.patience > 0 and self.without_improvement >= self.patience:
+                self.stopped_at = step
+
+    def __call__(self) -> bool:
+        return self.stopped_at is not None
+
+
 @dataclass
 class Clip:
     mode: str = "norm"  # norm | value
@@ -61,13 +87,14 @@ def train(
     callbacks: Sequence[Callback] = (),
     start_step: int = 0,
     stop: Callable[[], str | None] = lambda: None,
+    done: Callable[[], bool] = lambda: False,
 ) -> None:
     """Train from `start_step` to `steps` optimizer updates.
 
     Step s computes the gradient at the parameters after s updates. Gradient norms per timestep
     are taken at s = 0 and every `diagnostics_every` steps from the same backward pass that trains.
     Raises `Diverged` on a NaN/Inf loss or gradient, and `Interrupted` between two steps once
-    `stop()` returns a reason.
+    `stop()` returns a reason. Returns early when `done()` (early stopping) after a validation.
     """
     for step in range(start_step, steps):
         if (reason := stop()) is not None:
@@ -96,6 +123,8 @@ def train(
             if hasattr(task, "report"):  # e.g. a text sample from a character model
                 _emit(callbacks, "on_text", step + 1, task.report(model))
         _emit(callbacks, "on_step_end", step + 1)
+        if done():
+            return
 
 
 def clip_gradients(params: Iterable[nn.Parameter], clip: Clip) -> tuple[float, bool]:

@@ -26,6 +26,7 @@ class TensorBoardLogger(Callback):
         resume_step: int | None = None,
         snapshots: list[tuple[int, np.ndarray]] = (),
         clipped: int = 0,
+        lr=None,
     ) -> None:
         # On resume, events at or after the checkpoint's step (logged before a crash) are purged.
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resume_step)
@@ -33,11 +34,14 @@ class TensorBoardLogger(Callback):
         self.snapshots: list[tuple[int, np.ndarray]] = list(snapshots)
         self.steps = resume_step or 0
         self.clipped = clipped
+        self.lr = lr  # () -> the current learning rate, logged as train/lr
 
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
         self.steps, self.clipped = step, self.clipped + int(clipped)
         self.writer.add_scalar("train/loss", loss, step)
         self.writer.add_scalar("grad/total_norm", grad_norm, step)
+        if self.lr is not None:
+            self.writer.add_scalar("train/lr", self.lr(), step)
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():

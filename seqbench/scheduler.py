@@ -1,0 +1,69 @@
+"""The scheduler group: learning-rate schedules, stepped by the training loop's callbacks.
+
+- none: the optimizer's learning rate throughout.
+- plateau: ReduceLROnPlateau on the validation metric (its direction from the task), stepped at
+  each validation.
+- cosine: linear warm-up from 0 over `warmup_steps`, then cosine decay to `min_lr_ratio` x lr at
+  the last step: lr(s) = lr * (s / warmup) for s < warmup, else
+  lr * (r + (1 - r) * (1 + cos(pi * (s - warmup) / (steps - warmup))) / 2).
+- step: lr * gamma ** (s // step_size).
+Per-step schedules are stepped after every optimizer update, so after s updates the learning rate
+is lr(s).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
+
+from seqbench.train import Callback
+
+SCHEDULERS = ("none", "plateau", "cosine", "step")
+
+
+def cosine_factor(step: int, steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    """The multiplier of the base learning rate after `step` updates (see the module doc)."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    cfg: Any, optimizer: torch.optim.Optimizer, steps: int, mode: str
+) -> LRScheduler | ReduceLROnPlateau | None:
+    """The torch scheduler for `cfg.name` (None for "none")."""
+    if cfg.name == "none":
+        return None
+    if cfg.name == "plateau":
+        return ReduceLROnPlateau(
+            optimizer, mode=mode, factor=cfg.factor, patience=cfg.patience,
+            threshold=cfg.threshold, min_lr=cfg.min_lr,
+        )  # fmt: skip
+    if cfg.name == "cosine":
+        return LambdaLR(
+            optimizer,
+            lambda s: cosine_factor(s, steps, cfg.warmup_steps, cfg.min_lr_ratio),
+        )
+    if cfg.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.gamma)
+    raise ValueError(f"unknown scheduler {cfg.name!r}; choose one of {list(SCHEDULERS)}")
+
+
+class SchedulerStep(Callback):
+    """Steps a per-step schedule after each update, or a plateau schedule at each validation."""
+
+    def __init__(self, scheduler: LRScheduler | ReduceLROnPlateau, metric: str) -> None:
+        self.scheduler, self.metric = scheduler, metric
+        self.per_eval = isinstance(scheduler, ReduceLROnPlateau)
+
+    def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
+        if not self.per_eval:
+            self.scheduler.step()
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        if self.per_eval:
+            self.scheduler.step(metrics[self.metric])
