@@ -60,3 +60,16 @@ def seqbench_cli(*args: str, cwd: Path | None = None, timeout: int = 300):
     return subprocess.run(
         [str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def without_timings(metrics: dict) -> dict:
+    """metrics.json minus what depends on the machine's speed (wall times, rates, latencies)."""
+    out = {k: v for k, v in metrics.items() if k not in ("wall_time_s", "steps_per_s")}
+    if "inference" in out:
+        timings = ("val_pass_s", "latency_ms", "speedup_val_pass")
+        out["inference"] = {
+            k: {kk: vv for kk, vv in v.items() if kk not in timings} if isinstance(v, dict) else v
+            for k, v in out["inference"].items()
+            if k not in timings
+        }
+    return out
