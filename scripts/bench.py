@@ -1,0 +1,492 @@
+"""Benchmark the hand-written BPTT engine (seqbench.engine) against PyTorch on CPU.
+
+One training step = forward of the recurrent net + linear head on the last output + MSE loss
++ backward (the parameters' .grad are reset before every step). Input size 2, one layer.
+
+Variants, timed in alternation (round-robin, in a new seeded random order every round, so that
+no variant always follows the same one) so that ratios hold on a noisy machine; medians:
+
+* ``default``   nn.RNN/nn.LSTM/nn.GRU with default settings, no denormal flushing;
+* ``tuned``     the same with denormals flushed, best of oneDNN on/off. Flushing is a per-thread
+  CPU flag that torch's worker threads inherit when they are created and that
+  ``torch.set_flush_denormal`` sets only for the calling thread, so a process cannot switch it
+  on and off for all threads. ``tuned`` therefore runs in a helper process that enables
+  flushing before its thread pool exists; the parent process drives it step by step in the
+  same round-robin, and only one process computes at a time;
+* ``engine_norms`` seqbench.engine.recurrent with a GradNormRecorder (norms on every step);
+* ``engine``    the same without recorder;
+* ``floor``     only the step's matrix products (input projection, T-1 recurrent products
+  forward and backward, one product each for the weight gradients), on preallocated buffers.
+  The engine skips the weight-gradient products of steps whose backward signal is more than
+  2**60 below the largest one, so with strongly vanishing gradients it does fewer matrix
+  products than this floor.
+
+The table is printed and written as CSV (``--csv``, default outputs/bench.csv). Peak memory
+(B=128, T=1000, H=256; ``--no-mem`` skips it) is measured in a fresh single-threaded subprocess
+per variant (two run side by side; memory does not depend on the thread count) and
+written next to it (``*_memory.csv``): the resident-set high-water mark during one step (VmHWM
+after resetting it through /proc/self/clear_refs; ru_maxrss where that is unavailable) minus
+the resident set just before the step, and the bytes autograd keeps for backward (sum of the
+unique storages seen by ``torch.autograd.graph.saved_tensors_hooks``), next to the engine's
+analytic count of its saved buffers.
+
+Usage: ``python scripts/bench.py [--quick] [--csv PATH] [--repeats N] [--budget S] [--no-mem]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+CELLS = ("rnn", "lstm", "gru")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+INPUT_SIZE = 2
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def build(cell: str, B: int, T: int, H: int, seed: int = 0):
+    """Module, head, input and target, identical in every process for a given seed."""
+    torch = _torch()
+    g = torch.Generator().manual_seed(seed)
+    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    torch.manual_seed(seed)
+    mod = cls(INPUT_SIZE, H, batch_first=True)
+    head = torch.nn.Linear(H, 1)
+    x = torch.randn(B, T, INPUT_SIZE, generator=g)
+    y = torch.randn(B, 1, generator=g)
+    return mod, head, x, y
+
+
+def torch_step(mod, head, x, y):
+    def step():
+        mod.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)
+        out = mod(x)[0]
+        loss = ((head(out[:, -1]) - y) ** 2).mean()
+        loss.backward()
+
+    return step
+
+
+def engine_step(cell, mod, head, x, y, with_norms: bool):
+    from seqbench.engine import GradNormRecorder, recurrent
+
+    rec = GradNormRecorder() if with_norms else None
+
+    def step():
+        mod.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)
+        out = recurrent(
+            cell,
+            x,
+            list(mod._flat_weights),
+            num_layers=mod.num_layers,
+            hidden_size=mod.hidden_size,
+            recorder=rec,
+        )
+        loss = ((head(out[:, -1]) - y) ** 2).mean()
+        loss.backward()
+
+    return step
+
+
+def floor_step(cell, B, T, H):
+    """Only the matrix products of one training step, on preallocated random buffers."""
+    torch = _torch()
+    G = GATES[cell] * H
+    g = torch.Generator().manual_seed(1)
+    w_ih = torch.randn(G, INPUT_SIZE, generator=g) * 0.1
+    w_hh = torch.randn(G, H, generator=g) * 0.1
+    xf = torch.randn(T * B, INPUT_SIZE, generator=g)
+    proj = torch.empty(T * B, G)
+    h = torch.randn(T, B, H, generator=g)
+    gates = torch.empty(B, G)
+    dG = torch.randn(T, B, G, generator=g)
+    dh = torch.empty(B, H)
+    dw_hh = torch.empty(G, H)
+    dw_ih = torch.empty(G, INPUT_SIZE)
+    w_hh_t = w_hh.t()
+
+    def step():
+        torch.mm(xf, w_ih.t(), out=proj)
+        for t in range(1, T):
+            torch.mm(h[t - 1], w_hh_t, out=gates)
+        for t in range(T - 1, 0, -1):
+            torch.mm(dG[t], w_hh, out=dh)
+        torch.mm(dG[1:].reshape(-1, G).t(), h[:-1].reshape(-1, H), out=dw_hh)
+        torch.mm(dG.reshape(-1, G).t(), xf, out=dw_ih)
+
+    return step
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------ tuned PyTorch helper process
+
+
+def serve_tuned() -> None:
+    """Helper process: flush denormals before torch creates any thread, then time steps on
+    request (one JSON line in, one JSON line out)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
+    torch = _torch()
+    torch.set_flush_denormal(True)
+    models = {}
+    for line in sys.stdin:
+        req = json.loads(line)
+        key = (req["cell"], req["B"], req["T"], req["H"])
+        if key not in models:
+            models[key] = torch_step(*build(*key))
+        step = models[key]
+        if req["onednn"]:
+            t = timed(step)
+        else:
+            with torch.backends.mkldnn.flags(enabled=False):
+                t = timed(step)
+        sys.stdout.write(json.dumps({"t": t}) + "\n")
+        sys.stdout.flush()
+
+
+class TunedClient:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve-tuned"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+
+    def step(self, cell, B, T, H, onednn: bool) -> float:
+        req = {"cell": cell, "B": B, "T": T, "H": H, "onednn": onednn}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())["t"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+# ------------------------------------------------------------------ memory (subprocess per variant)
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's resident-set high-water mark (VmHWM), Linux >= 4.0."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_memory(variant: str, cell: str, B: int, T: int, H: int) -> dict:
+    torch = _torch()
+    torch.set_flush_denormal(True)  # speed only; memory does not depend on it
+    torch.set_num_threads(1)  # robust on a busy machine; two workers run side by side
+    mod, head, x, y = build(cell, B, T, H)
+    if variant == "pytorch":
+        step = torch_step(mod, head, x, y)
+    else:
+        step = engine_step(cell, mod, head, x, y, with_norms=True)
+        import seqbench.engine as eng
+
+        eng.native_available()  # build/load the kernels before measuring
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    # saved-for-backward bytes (separate untimed step)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    saved = sum(seen.values())
+    import gc
+
+    gc.collect()
+    if variant == "engine":
+        eng.clear_buffer_cache()  # count the engine's buffers as fresh allocations
+    before = _status_bytes("VmRSS")
+    if _reset_peak():
+        step()
+        peak = _status_bytes("VmHWM")
+    else:  # high-water mark since process start; may include import-time peaks
+        step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"peak_step_MiB": (peak - before) / 2**20, "saved_for_backward_MiB": saved / 2**20}
+
+
+def memory_table(shape, timeout_s: float = 240.0):
+    """One fresh single-threaded worker process per (cell, variant), two at a time."""
+    B, T, H = shape
+    jobs = [(cell, variant) for cell in CELLS for variant in ("pytorch", "engine")]
+    procs = {}
+    results = {}
+    pending = list(jobs)
+    while pending or procs:
+        while pending and len(procs) < 2:
+            cell, variant = job = pending.pop(0)
+            cmd = [sys.executable, __file__, "--mem-worker", variant, cell, str(B), str(T), str(H)]
+            procs[job] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True), time.time())
+        time.sleep(0.2)
+        for job, (proc, t0) in list(procs.items()):
+            if proc.poll() is not None:
+                out = proc.stdout.read().strip().splitlines()
+                results[job] = json.loads(out[-1]) if proc.returncode == 0 and out else None
+                del procs[job]
+            elif time.time() - t0 > timeout_s:
+                proc.kill()
+                proc.wait()
+                results[job] = None
+                del procs[job]
+    rows = []
+    for cell, variant in jobs:
+        G = GATES[cell]
+        # what the engine keeps per layer: gates (T,B,G*H; not for the tanh RNN), h (T+1,B,H),
+        # LSTM cell (T+1,B,H), GRU W_hn h + b_hn (T,B,H), the time-major input copy (T,B,I)
+        per = (T * B * G * H if cell != "rnn" else 0) + (T + 1) * B * H
+        per += (T + 1) * B * H if cell == "lstm" else 0
+        per += T * B * H if cell == "gru" else 0
+        per += T * B * INPUT_SIZE
+        res = results.get((cell, variant)) or {}
+        rows.append(
+            {
+                "cell": cell,
+                "variant": variant,
+                "B": B,
+                "T": T,
+                "H": H,
+                "peak_step_MiB": round(res.get("peak_step_MiB", float("nan")), 1),
+                "saved_for_backward_MiB": round(res.get("saved_for_backward_MiB", float("nan")), 1),
+                "engine_analytic_MiB": round(per * 4 / 2**20, 1) if variant == "engine" else None,
+            }
+        )
+    return rows
+
+
+# ------------------------------------------------------------------ main benchmark
+
+
+def run_bench(shapes, repeats: int, cells, budget_s: float) -> list[dict]:
+    """Round-robin timing. One warm-up round per configuration measures its cost; the number
+    of timed rounds is then reduced (not below 5) if ``repeats`` would not fit ``budget_s``."""
+    torch = _torch()
+    import seqbench.engine as eng
+
+    t0 = time.perf_counter()
+    native = eng.native_available()
+    build_s = time.perf_counter() - t0
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"native kernels: {native} (load/build {build_s:.2f} s)",
+        flush=True,
+    )
+    tuned = TunedClient()
+    configs = []
+    try:
+        for B, T, H in shapes:
+            for cell in cells:
+                mod, head, x, y = build(cell, B, T, H)
+                local = {
+                    "default": torch_step(mod, head, x, y),
+                    "engine_norms": engine_step(cell, mod, head, x, y, True),
+                    "engine": engine_step(cell, mod, head, x, y, False),
+                    "floor": floor_step(cell, B, T, H),
+                }
+                configs.append(((cell, B, T, H), local))
+
+        slots = ["default", "tuned", "engine_norms", "engine", "floor"]
+
+        def one_round(cfg, local, times, r=0):
+            # a new (seeded) order every round: the variant that runs right after another
+            # process or a slow variant meets cold caches and sleeping worker threads; shuffling
+            # spreads that over all variants (a mere rotation would keep the same neighbours)
+            order = list(slots)
+            random.Random(r).shuffle(order)
+            for name in order:
+                if name != "tuned":
+                    times[name].append(timed(local[name]))
+                    continue
+                for onednn in (True, False) if r % 2 == 0 else (False, True):
+                    key = "tuned_onednn" if onednn else "tuned_native"
+                    times[key].append(tuned.step(*cfg, onednn))
+
+        start = time.perf_counter()
+        round_cost = []
+        for cfg, local in configs:  # warm-up round (not used), also measures the cost
+            t1 = time.perf_counter()
+            one_round(cfg, local, {k: [] for k in [*local, "tuned_onednn", "tuned_native"]})
+            round_cost.append(time.perf_counter() - t1)
+        left = budget_s - (time.perf_counter() - start)
+        fit = int(left / max(sum(round_cost), 1e-9))
+        n_rounds = max(5, min(repeats, fit))
+        if n_rounds < repeats:
+            print(f"  (time budget: {n_rounds} timed rounds instead of {repeats})", flush=True)
+        rows = []
+        for cfg, local in configs:
+            times: dict[str, list[float]] = {
+                k: [] for k in [*local, "tuned_onednn", "tuned_native"]
+            }
+            for r in range(n_rounds):
+                one_round(cfg, local, times, r)
+            rows.append(summarise(cfg, times))
+    finally:
+        tuned.close()
+    return rows
+
+
+def summarise(cfg, times) -> dict:
+    cell, B, T, H = cfg
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = min(("tuned_onednn", "tuned_native"), key=med.__getitem__)
+    row = {
+        "cell": cell,
+        "B": B,
+        "T": T,
+        "H": H,
+        "rounds": len(times["default"]),
+        "default_s": med["default"],
+        "tuned_s": med[best],
+        "tuned_backend": "onednn" if best == "tuned_onednn" else "native",
+        "engine_norms_s": med["engine_norms"],
+        "engine_s": med["engine"],
+        "floor_s": med["floor"],
+    }
+    row["default/engine_norms"] = row["default_s"] / row["engine_norms_s"]
+    row["tuned/engine_norms"] = row["tuned_s"] / row["engine_norms_s"]
+    row["norms_overhead_%"] = 100 * (row["engine_norms_s"] / row["engine_s"] - 1)
+    row["engine_norms/floor"] = row["engine_norms_s"] / row["floor_s"]
+    print(
+        f"  {cell:4s} B={B} T={T} H={H}: default {row['default_s'] * 1e3:.1f} ms, "
+        f"tuned {row['tuned_s'] * 1e3:.1f} ms, engine+norms {row['engine_norms_s'] * 1e3:.1f} ms, "
+        f"engine {row['engine_s'] * 1e3:.1f} ms, floor {row['floor_s'] * 1e3:.1f} ms",
+        flush=True,
+    )
+    return row
+
+
+def show(df, title: str) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # pragma: no cover
+        print(title)
+        print(df.to_string(index=False))
+        return
+    table = Table(title=title)
+    for col in df.columns:
+        table.add_column(str(col), justify="right")
+    for _, r in df.iterrows():
+        table.add_row(*[_fmt(v) for v in r.tolist()])
+    Console(width=250).print(table)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return ""
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    ap.add_argument("--csv", default="outputs/bench.csv")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed rounds, a multiple of 5 (default 10, quick 5)",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for the timing part; fewer rounds (>= 5) if needed (default 150, quick 40)",
+    )
+    ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
+    ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory table")
+    ap.add_argument("--serve-tuned", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mem-worker", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve_tuned:
+        serve_tuned()
+        return 0
+    if args.mem_worker:
+        variant, cell, B, T, H = args.mem_worker
+        print(json.dumps(measure_memory(variant, cell, int(B), int(T), int(H))))
+        return 0
+
+    import pandas as pd
+
+    if args.quick:
+        shapes = [(32, 50, 64), (8, 200, 64), (16, 25, 256)]
+        repeats, budget, mem_shape = args.repeats or 5, args.budget or 40, (32, 200, 64)
+    else:
+        shapes = [(128, 200, 128), (32, 1000, 128), (64, 100, 512)]
+        repeats, budget, mem_shape = args.repeats or 10, args.budget or 150, (128, 1000, 256)
+    t_start = time.perf_counter()
+    rows = run_bench(shapes, repeats, args.cells, budget)
+    df = pd.DataFrame(rows)
+    show(df, "training step, median over round-robin rounds, seconds")
+    csv = Path(args.csv)
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(csv, index=False)
+    print(f"wrote {csv}")
+    main_shape = shapes[0]
+    for r in rows if not args.quick else []:  # the targets refer to the full-size shapes
+        if (r["B"], r["T"], r["H"]) != main_shape:
+            continue
+        need = 2.0 if r["cell"] == "rnn" else 5.0
+        checks = [
+            f"default/engine_norms {r['default/engine_norms']:.2f}x (target >= {need:g}x)",
+            f"norms overhead {r['norms_overhead_%']:.1f}% (target <= 10%)",
+        ]
+        if r["cell"] == "lstm":
+            checks.append(f"engine_norms/floor {r['engine_norms/floor']:.2f} (target <= 2.5)")
+        print(f"{r['cell']}: " + "; ".join(checks))
+    if not args.no_mem:
+        mem = pd.DataFrame(memory_table(mem_shape))
+        show(mem, f"peak memory of one training step, B,T,H = {mem_shape}, float32")
+        mem_csv = csv.with_name(csv.stem + "_memory.csv")
+        mem.to_csv(mem_csv, index=False)
+        print(f"wrote {mem_csv}")
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,482 @@
+"""Tests for seqbench.engine: hand-written BPTT against autograd, exact per-step norms."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from seqbench import engine
+from seqbench.engine import GradNormRecorder, dropout_masks, recurrent
+
+MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+CELLS = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
+
+
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    """Run a test on the compiled-kernel path and on the pure-torch fallback."""
+    if request.param == "native":
+        if not engine.native_available():
+            pytest.skip("no C++ compiler: native kernels unavailable")
+        monkeypatch.setenv("SEQBENCH_NATIVE", "1")
+    else:
+        monkeypatch.setenv("SEQBENCH_NATIVE", "0")
+    return request.param
+
+
+def make(cell, n_in, H, L, dtype=torch.float64, seed=0, scale=1.0):
+    torch.manual_seed(seed)
+    mod = MODULES[cell](n_in, H, num_layers=L, batch_first=True).to(dtype)
+    if scale != 1.0:
+        with torch.no_grad():
+            for w in mod.parameters():
+                w.mul_(scale)
+    return mod
+
+
+def run_engine(cell, mod, x, **kw):
+    return recurrent(
+        cell,
+        x,
+        list(mod._flat_weights),
+        num_layers=mod.num_layers,
+        hidden_size=mod.hidden_size,
+        **kw,
+    )
+
+
+def run_module(mod, x, lengths=None):
+    if lengths is None:
+        return mod(x)[0]
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out = mod(packed)[0]
+    return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+
+def assert_rel(a, b, rtol, what=""):
+    """max|a-b| <= rtol * max|b| (relative to the tensor's scale)."""
+    assert a.shape == b.shape, what
+    scale = b.abs().max().item()
+    err = (a - b).abs().max().item()
+    assert err <= rtol * max(scale, 1e-300), f"{what}: max err {err:.3g}, scale {scale:.3g}"
+
+
+def ref_unrolled(cell, mod, x, lengths=None, masks=None):
+    """Autograd through an unrolled nn.*Cell loop with the module's weights.
+
+    Returns (output (B,T,H), per-layer lists of the state tensors h_t (grads retained), cells).
+    For t >= lengths[b] the state is carried and the output is zero. masks[l] (T,B,H)
+    multiplies layer l's output before it enters layer l+1.
+    """
+    B, T, _ = x.shape
+    L, H = mod.num_layers, mod.hidden_size
+    cells = []
+    for layer in range(L):
+        c = CELLS[cell](mod.input_size if layer == 0 else H, H).to(x.dtype)
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(c, name).copy_(getattr(mod, f"{name}_l{layer}"))
+        cells.append(c)
+    inp = [x[:, t] for t in range(T)]
+    hs = []
+    for layer, c in enumerate(cells):
+        h = x.new_zeros(B, H)
+        cs = x.new_zeros(B, H)
+        outs, hl = [], []
+        for t in range(T):
+            if cell == "lstm":
+                hn, cn = c(inp[t], (h, cs))
+            else:
+                hn, cn = c(inp[t], h), None
+            if lengths is not None:
+                v = (t < lengths)[:, None]
+                hn = torch.where(v, hn, h)
+                if cn is not None:
+                    cn = torch.where(v, cn, cs)
+            hn.retain_grad()
+            hl.append(hn)
+            outs.append(hn if lengths is None else torch.where(v, hn, torch.zeros_like(hn)))
+            h, cs = hn, cn
+        hs.append(hl)
+        if masks is not None and layer < L - 1:
+            outs = [o * masks[layer][t] for t, o in enumerate(outs)]
+        inp = outs
+    return torch.stack(outs, 1), hs, cells
+
+
+def ref_norms(hs, lengths=None):
+    L, T = len(hs), len(hs[0])
+    out = torch.zeros(L, T, dtype=torch.float64)
+    for layer in range(L):
+        for t in range(T):
+            g = hs[layer][t].grad
+            if lengths is not None:
+                g = g * (t < lengths)[:, None]
+            out[layer, t] = g.double().norm()
+    return out
+
+
+# ------------------------------------------------------------------ gradients vs nn modules
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize(
+    "L,B,T,n_in,H,lengths",
+    [
+        (1, 3, 5, 2, 4, None),
+        (2, 4, 9, 3, 5, None),
+        (2, 4, 9, 3, 5, [9, 4, 1, 6]),
+        (1, 1, 1, 1, 3, None),
+    ],
+)
+def test_grads_match_module(path, cell, L, B, T, n_in, H, lengths):
+    mod = make(cell, n_in, H, L)
+    lens = None if lengths is None else torch.tensor(lengths)
+    x = torch.randn(B, T, n_in, dtype=torch.float64, requires_grad=True)
+    go = torch.randn(B, T, H, dtype=torch.float64)
+    params = [x, *mod._flat_weights]
+    ref = run_module(mod, x, lens)
+    g_ref = torch.autograd.grad(ref, params, go)
+    out = run_engine(cell, mod, x, lengths=lens)
+    g_eng = torch.autograd.grad(out, params, go)
+    assert_rel(out, ref, 1e-10, "output")
+    names = ["x", *mod._flat_weights_names]
+    for a, b, name in zip(g_eng, g_ref, names, strict=True):
+        assert_rel(a, b, 1e-10, name)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_grads_match_module_float32(path, cell):
+    mod = make(cell, 3, 16, 2, dtype=torch.float32)
+    x = torch.randn(6, 20, 3, requires_grad=True)
+    go = torch.randn(6, 20, 16)
+    params = [x, *mod._flat_weights]
+    g_ref = torch.autograd.grad(mod(x)[0], params, go)
+    out = run_engine(cell, mod, x)
+    g_eng = torch.autograd.grad(out, params, go)
+    assert_rel(out, mod(x)[0], 1e-5, "output")
+    for a, b, name in zip(g_eng, g_ref, ["x", *mod._flat_weights_names], strict=True):
+        assert_rel(a, b, 1e-5, name)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_dropout_same_masks(path, cell):
+    B, T, n_in, H, L, p = 3, 6, 2, 4, 3, 0.4
+    mod = make(cell, n_in, H, L)
+    x = torch.randn(B, T, n_in, dtype=torch.float64, requires_grad=True)
+    go = torch.randn(B, T, H, dtype=torch.float64)
+    torch.manual_seed(123)
+    out = run_engine(cell, mod, x, dropout=p, training=True)
+    g_eng = torch.autograd.grad(out, [x, *mod._flat_weights], go)
+    torch.manual_seed(123)
+    masks = dropout_masks(L, T, B, H, p, dtype=torch.float64)
+    assert len(masks) == L - 1 and (masks[0] == 0).any()
+    ref, _, cells = ref_unrolled(cell, mod, x, masks=masks)
+    cell_params = [w for c in cells for w in (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)]
+    g_ref = torch.autograd.grad(ref, [x, *cell_params], go)
+    assert_rel(out, ref, 1e-10, "output")
+    for a, b, name in zip(g_eng, g_ref, ["x", *mod._flat_weights_names], strict=True):
+        assert_rel(a, b, 1e-10, name)
+    # not training (or p=0): no dropout, equal to the module
+    assert_rel(run_engine(cell, mod, x, dropout=p, training=False), mod.eval()(x)[0], 1e-10)
+
+
+# ------------------------------------------------------------------ per-timestep norms
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_norms_match_unrolled_cells(path, cell, with_lengths):
+    B, T, n_in, H, L = 4, 8, 3, 5, 2
+    mod = make(cell, n_in, H, L)
+    lens = torch.tensor([8, 3, 5, 1]) if with_lengths else None
+    x = torch.randn(B, T, n_in, dtype=torch.float64)
+    w = torch.randn(B, T, H, dtype=torch.float64)
+    rec = GradNormRecorder(track_log10=True)
+    out = run_engine(cell, mod, x, lengths=lens, recorder=rec)
+    (out * w).sum().backward()
+    ref, hs, _ = ref_unrolled(cell, mod, x, lengths=lens)
+    (ref * w).sum().backward()
+    expected = ref_norms(hs, lens)
+    assert rec.norms.dtype == torch.float64 and rec.norms.shape == (L, T)
+    torch.testing.assert_close(rec.norms, expected, rtol=1e-4, atol=0)
+    torch.testing.assert_close(rec.log10_norms, expected.log10(), rtol=0, atol=1e-6)
+    assert rec.num_records == 1
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_norms_with_dropout_are_before_dropout(path, cell):
+    B, T, n_in, H, L, p = 3, 5, 2, 4, 2, 0.5
+    mod = make(cell, n_in, H, L)
+    x = torch.randn(B, T, n_in, dtype=torch.float64)
+    rec = GradNormRecorder()
+    torch.manual_seed(7)
+    run_engine(cell, mod, x, dropout=p, training=True, recorder=rec)[:, -2:].sum().backward()
+    torch.manual_seed(7)
+    masks = dropout_masks(L, T, B, H, p, dtype=torch.float64)
+    ref, hs, _ = ref_unrolled(cell, mod, x, masks=masks)
+    ref[:, -2:].sum().backward()
+    torch.testing.assert_close(rec.norms, ref_norms(hs), rtol=1e-4, atol=0)
+
+
+def test_norms_float32_small_values(path):
+    """float32, loss on the last step only: the norms fall by orders of magnitude."""
+    cell, B, T, n_in, H = "lstm", 8, 60, 2, 16
+    mod = make(cell, n_in, H, 1, dtype=torch.float32)
+    x = torch.randn(B, T, n_in)
+    rec = GradNormRecorder()
+    run_engine(cell, mod, x, recorder=rec)[:, -1].sum().backward()
+    mod64 = copy.deepcopy(mod).double()
+    ref, hs, _ = ref_unrolled(cell, mod64, x.double())
+    ref[:, -1].sum().backward()
+    expected = ref_norms(hs)
+    assert expected[0, 0] < 1e-8 * expected[0, -1]
+    torch.testing.assert_close(rec.norms, expected, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_log10_tracking_below_float32_range(path, cell):
+    """tanh RNN/LSTM/GRU with small recurrent weights: ||dL/dh_t|| falls below 1e-45 (float32
+    underflows to 0) but stays above 1e-300 (float64 does not). The float32 engine must report
+    the float64 autograd reference's log10 norms, and its training gradient must not change."""
+    B, n_in, H = 4, 2, 8
+    T = {"rnn": 80, "lstm": 250, "gru": 250}[cell]
+    mod = make(cell, n_in, H, 1, dtype=torch.float32, seed=3, scale=0.3)
+    x = torch.randn(B, T, n_in)
+    rec = GradNormRecorder(track_log10=True)
+    out = run_engine(cell, mod, x, recorder=rec)
+    out[:, -1].sum().backward()
+    grads_with = [w.grad.clone() for w in mod.parameters()]
+    # reference in float64 through nn cells
+    mod64 = copy.deepcopy(mod).double()
+    ref, hs, _ = ref_unrolled(cell, mod64, x.double())
+    ref[:, -1].sum().backward()
+    expected = ref_norms(hs).log10()
+    assert expected.min() < -50, "test case must underflow float32"
+    assert torch.isfinite(expected).all()
+    torch.testing.assert_close(rec.log10_norms, expected, rtol=0, atol=1e-3)
+    # float32 autograd indeed underflows to exactly zero at early steps
+    ref32, hs32, _ = ref_unrolled(cell, mod, x)
+    ref32[:, -1].sum().backward()
+    assert ref_norms(hs32)[0, 0] == 0
+    # same gradients without the recorder
+    mod.zero_grad()
+    run_engine(cell, mod, x)[:, -1].sum().backward()
+    for a, b in zip(grads_with, [w.grad for w in mod.parameters()], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_non_finite_padding_is_ignored(path, cell):
+    mod = make(cell, 2, 4, 2)
+    lens = torch.tensor([5, 2, 4])
+    x = torch.randn(3, 5, 2, dtype=torch.float64)
+    x_bad = x.clone()
+    x_bad[1, 2:] = float("nan")
+    x_bad[2, 4] = float("inf")
+    x_bad.requires_grad_()
+    rec = GradNormRecorder()
+    out = run_engine(cell, mod, x_bad, lengths=lens, recorder=rec)
+    grads = torch.autograd.grad(out.sum(), [x_bad, *mod._flat_weights])
+    ref = run_module(mod, x.requires_grad_(), lens)
+    g_ref = torch.autograd.grad(ref.sum(), [x, *mod._flat_weights])
+    assert_rel(out, ref, 1e-10, "output")
+    for a, b in zip(grads, g_ref, strict=True):
+        assert_rel(a, b, 1e-10)
+    assert torch.isfinite(rec.norms).all()
+
+
+def test_log10_exactly_zero_where_no_gradient(path):
+    mod = make("gru", 2, 4, 2)
+    rec = GradNormRecorder(track_log10=True)
+    lens = torch.tensor([3, 2])
+    out = run_engine(
+        "gru", mod, torch.randn(2, 6, 2, dtype=torch.float64), lengths=lens, recorder=rec
+    )
+    out.sum().backward()
+    assert torch.isneginf(rec.log10_norms[:, 3:]).all()
+    assert (rec.norms[:, 3:] == 0).all()
+    assert (rec.norms[:, :3] > 0).all()
+
+
+# ------------------------------------------------------------------ gradient range and scaling
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_upstream_of_very_different_magnitudes(path, cell):
+    """Loss terms at different steps differing by 1e40: exercises the exponent bookkeeping
+    (reference-exponent changes during the weight-gradient accumulation)."""
+    B, T, n_in, H = 3, 7, 2, 4
+    mod = make(cell, n_in, H, 2)
+    x = torch.randn(B, T, n_in, dtype=torch.float64, requires_grad=True)
+    go = torch.randn(B, T, H, dtype=torch.float64)
+    go[:, -1] *= 1e-30
+    go[:, 0] *= 1e10
+    params = [x, *mod._flat_weights]
+    g_ref = torch.autograd.grad(mod(x)[0], params, go)
+    g_eng = torch.autograd.grad(run_engine(cell, mod, x), params, go)
+    for a, b, name in zip(g_eng, g_ref, ["x", *mod._flat_weights_names], strict=True):
+        assert_rel(a, b, 1e-10, name)
+
+
+def test_vanishing_float32_gradients_match_float64(path):
+    """Long tanh RNN in float32: the engine's gradients equal the float64 truth to float32
+    precision (the tiny, would-be-denormal contributions are negligible)."""
+    mod = make("rnn", 2, 16, 1, dtype=torch.float32, seed=1, scale=0.5)
+    x = torch.randn(4, 150, 2, requires_grad=True)
+    g_eng = torch.autograd.grad(run_engine("rnn", mod, x)[:, -1].sum(), [x, *mod._flat_weights])
+    mod64 = copy.deepcopy(mod).double()
+    x64 = x.detach().double().requires_grad_()
+    g64 = torch.autograd.grad(mod64(x64)[0][:, -1].sum(), [x64, *mod64._flat_weights])
+    for a, b in zip(g_eng, g64, strict=True):
+        assert_rel(a.double(), b, 1e-5)
+    assert g_eng[0][:, 0].abs().max() < 1e-30  # dx vanished; flushed values are exact zeros
+
+
+# ------------------------------------------------------------------ training equivalence
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_training_matches_autograd(path, cell):
+    torch.manual_seed(0)
+    ref = make(cell, 3, 6, 2)
+    head_ref = nn.Linear(6, 1).double()
+    eng, head_eng = copy.deepcopy(ref), copy.deepcopy(head_ref)
+    opt_ref = torch.optim.Adam([*ref.parameters(), *head_ref.parameters()], lr=1e-2)
+    opt_eng = torch.optim.Adam([*eng.parameters(), *head_eng.parameters()], lr=1e-2)
+    rec = GradNormRecorder()
+    for step in range(4):
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(5, 7, 3, generator=g, dtype=torch.float64)
+        y = torch.randn(5, 1, generator=g, dtype=torch.float64)
+        lens = torch.tensor([7, 2, 5, 7, 3])
+        for m, h, opt, use_engine in (
+            (ref, head_ref, opt_ref, False),
+            (eng, head_eng, opt_eng, True),
+        ):
+            opt.zero_grad()
+            out = (
+                run_engine(cell, m, x, lengths=lens, recorder=rec)
+                if use_engine
+                else (run_module(m, x, lens))
+            )
+            last = out[torch.arange(5), lens - 1]
+            nn.functional.mse_loss(h(last), y).backward()
+            opt.step()
+    for a, b in zip(eng.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert rec.num_records == 4
+
+
+# ------------------------------------------------------------------ behaviour and API
+
+
+def test_output_layout_and_inplace_protection(path):
+    mod = make("lstm", 2, 4, 1)
+    x = torch.randn(3, 5, 2, dtype=torch.float64)
+    out = run_engine("lstm", mod, x)
+    assert out.shape == (3, 5, 4)
+    out2 = run_engine("lstm", mod, x)
+    with pytest.raises(RuntimeError):
+        out2.mul_(2).sum().backward()
+    # the first output's buffers are untouched by the second call
+    assert_rel(out, mod(x)[0], 1e-12)
+
+
+def test_retain_graph_and_repeated_calls(path):
+    """Buffers are recycled across calls; a retained graph must keep its own."""
+    mod = make("gru", 2, 4, 2)
+    x = torch.randn(3, 5, 2, dtype=torch.float64)
+    out = run_engine("gru", mod, x)
+    g1 = torch.autograd.grad(out.sum(), mod._flat_weights, retain_graph=True)
+    for _ in range(2):  # other calls in between may reuse free buffers
+        run_engine("gru", mod, x * 2).sum().backward()
+    g2 = torch.autograd.grad(out.sum(), mod._flat_weights)
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_no_grad_and_partial_requires_grad(path):
+    mod = make("rnn", 2, 4, 1)
+    x = torch.randn(3, 5, 2, dtype=torch.float64)
+    with torch.no_grad():
+        assert_rel(run_engine("rnn", mod, x), mod(x)[0], 1e-12)
+    mod.weight_hh_l0.requires_grad_(False)
+    run_engine("rnn", mod, x).sum().backward()
+    assert mod.weight_hh_l0.grad is None and mod.weight_ih_l0.grad is not None
+
+
+def test_does_not_change_flush_denormal_state(path):
+    def flushing() -> bool:
+        return (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0
+
+    before = flushing()
+    mod = make("lstm", 2, 4, 1, dtype=torch.float32)
+    run_engine("lstm", mod, torch.randn(2, 30, 2)).sum().backward()
+    assert flushing() == before
+
+
+def test_input_validation():
+    mod = make("lstm", 2, 4, 1)
+    x = torch.randn(3, 5, 2, dtype=torch.float64)
+    with pytest.raises(ValueError):
+        recurrent("lstm2", x, list(mod._flat_weights), num_layers=1, hidden_size=4)
+    with pytest.raises(ValueError):
+        recurrent("gru", x, list(mod._flat_weights), num_layers=1, hidden_size=4)
+    with pytest.raises(ValueError):
+        recurrent("lstm", x, list(mod._flat_weights), num_layers=2, hidden_size=4)
+    with pytest.raises(ValueError):
+        recurrent("lstm", x.float(), list(mod._flat_weights), num_layers=1, hidden_size=4)
+    with pytest.raises(ValueError):
+        recurrent("lstm", x[0], list(mod._flat_weights), num_layers=1, hidden_size=4)
+
+
+def test_native_kernels_build():
+    if not engine.native_available():
+        pytest.skip("no C++ compiler available; the pure-torch path is used")
+    assert engine._native() is engine._native()  # built once, cached
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    mod = make("lstm", 2, 4, 2)
+    x = torch.randn(3, 5, 2, dtype=torch.float64)
+    rec_cpu, rec_gpu = GradNormRecorder(), GradNormRecorder()
+    run_engine("lstm", mod, x, recorder=rec_cpu).sum().backward()
+    g_cpu = [w.grad.clone() for w in mod.parameters()]
+    mod_gpu = copy.deepcopy(mod).cuda()
+    mod_gpu.zero_grad()
+    run_engine("lstm", mod_gpu, x.cuda(), recorder=rec_gpu).sum().backward()
+    for a, b in zip(g_cpu, [w.grad.cpu() for w in mod_gpu.parameters()], strict=True):
+        assert_rel(b, a, 1e-10)
+    torch.testing.assert_close(rec_gpu.norms, rec_cpu.norms, rtol=1e-8, atol=0)
+
+
+@pytest.mark.parametrize("cell,B", [("lstm", 64), ("gru", 96), ("rnn", 256)])
+def test_threaded_kernels(cell, B):
+    """Shapes large enough for the native kernels to split rows over threads (when built with
+    OpenMP): same results as the module, and the same as the serial kernels."""
+    if not engine.native_available():
+        pytest.skip("native kernels unavailable")
+    nat = engine._native()
+    mod = make(cell, 2, 128, 2)
+    x = torch.randn(B, 3, 2, dtype=torch.float64, requires_grad=True)
+    go = torch.randn(B, 3, 128, dtype=torch.float64)
+    params = [x, *mod._flat_weights]
+    g_ref = torch.autograd.grad(mod(x)[0], params, go)
+    results = []
+    try:
+        for on in (1, 0):
+            nat.lib.seqbench_set_threading(on)
+            rec = GradNormRecorder()
+            out = run_engine(cell, mod, x, recorder=rec)
+            results.append((torch.autograd.grad(out, params, go), rec.norms))
+    finally:
+        nat.lib.seqbench_set_threading(1 if engine._threading_wanted() else 0)
+    for grads, _ in results:
+        for a, b in zip(grads, g_ref, strict=True):
+            assert_rel(a, b, 1e-10)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-12, atol=0)
