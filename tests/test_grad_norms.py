@@ -49,10 +49,12 @@ def reference_norms(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> n
     return np.array([[h.grad.norm().item() for h in hs] for hs in states])
 
 
+@pytest.mark.parametrize("engine", [False, True], ids=["unrolled", "engine"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_norms_match_unrolled_cells(cell: str) -> None:
+def test_norms_match_unrolled_cells(cell: str, engine: bool) -> None:
     torch.manual_seed(0)
-    model = SequenceModel(cell, input_size=3, output_size=1, hidden_size=16, num_layers=2)
+    model = SequenceModel(cell, input_size=3, output_size=1, hidden_size=16, num_layers=2,
+                          engine=engine)  # fmt: skip
     model = model.double()
     x = torch.randn(5, 12, 3, dtype=torch.float64)
     y = torch.randn(5, dtype=torch.float64)
@@ -108,8 +110,27 @@ def test_underflow_is_zero_and_minus_inf_never_nan() -> None:
     assert not any(isinstance(v, float) and math.isnan(v) for v in s.as_dict().values())
 
 
+def test_engine_sees_below_float32_range() -> None:
+    """Where the unrolled float32 path underflows to 0, the engine reports the true tiny norm
+    (checked against a float64 run of the same model)."""
+    torch.manual_seed(0)
+    model = SequenceModel("rnn", 2, 1, hidden_size=32, engine=True)
+    x = torch.rand(16, 400, 2)
+    out, trace = model(x, record_states=True)
+    out[:, -1].pow(2).mean().backward()
+    ours = grad_norms(trace)[0]
+    model64 = model.double()  # the same weights in float64, on the unrolled autograd path
+    model64.engine = False
+    out64, states = model64(x.double(), record_states=True)
+    out64[:, -1].pow(2).mean().backward()
+    ref = grad_norms(states)[0]
+    assert 0 < ours[0] < 1e-38  # below float32's normal range
+    np.testing.assert_allclose(ours, ref, rtol=1e-3)
+
+
 def test_tanh_rnn_underflows_in_float32() -> None:
-    """A long tanh RNN's gradient underflows float32 to exactly 0; reported as 0 and -inf."""
+    """A long tanh RNN's gradient underflows float32 to exactly 0 on the unrolled path;
+    reported as 0 and -inf."""
     torch.manual_seed(0)
     model = SequenceModel("rnn", 2, 1, hidden_size=32)
     x = torch.rand(16, 400, 2)
