@@ -33,7 +33,7 @@ from seqbench.loggers.tensorboard import TensorBoardLogger
 from seqbench.model import SequenceModel, count_parameters
 from seqbench.results import RunRecorder, atomic_write
 from seqbench.scheduler import SchedulerStep, build_scheduler
-from seqbench.sweep import completed_before
+from seqbench.sweep import EXIT_IO, completed_before
 from seqbench.tasks import build_task
 from seqbench.train import (
     Clip,
@@ -65,6 +65,15 @@ def main(cfg: DictConfig) -> float | None:
         except ConfigError as err:
             print(f"seqbench: error: {err}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
+        except OSError as err:  # disk full, read-only file system, ...
+            print(
+                f"seqbench: error: writing the run's files in {run_dir} failed "
+                f"({err.strerror or err}: {err.filename or ''}). Free disk space or choose a "
+                "writable hydra.run.dir; the last complete checkpoint (checkpoint.pt or "
+                "checkpoint.prev.pt) and result files are left as they were.",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_IO)
     # In a sweep, one job's failure is recorded in its metrics.json and the sweep goes on.
     overrides = list(hydra_cfg.overrides.task)
     earlier = completed_before(run_dir, overrides)

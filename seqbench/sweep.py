@@ -4,6 +4,8 @@ that already completed when a sweep is re-run into the same directory."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +43,39 @@ def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
         print_table(table, title=f"{sweep_dir}: {len(run_dirs)} runs")
 
 
-class SweepSummary(HydraCallback):
-    """Hydra callback (conf/config.yaml, hydra.callbacks): summarize when a multirun ends."""
+class HydraHooks(HydraCallback):
+    """Hydra callbacks (conf/config.yaml, hydra.callbacks): check that the output directory is
+    writable before Hydra creates it, and summarize when a multirun ends."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        ensure_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        ensure_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         summarize_sweep(Path(config.hydra.sweep.dir))
+
+
+EXIT_IO = 74  # sysexits EX_IOERR: the output directory cannot be written
+
+
+def ensure_writable(directory: Path, key: str) -> None:
+    """Exit with one clear message (no traceback) if `directory` cannot be created or written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".seqbench-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        print(
+            f"seqbench: error: {key}={directory} cannot be written ({reason}: "
+            f"{err.filename or directory}). Choose a writable directory, e.g. "
+            f"{key}=outputs/my-run, or free disk space.",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_IO)
 
 
 def completed_before(run_dir: Path, overrides: list[str]) -> dict | None:

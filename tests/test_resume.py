@@ -108,3 +108,35 @@ def test_resume_with_a_different_config_is_refused(small_run, tmp_path: Path) ->
     result = seqbench_cli(f"resume={run_dir}", "model=gru", cwd=tmp_path)
     assert result.returncode == 2 and "model (checkpoint:" in result.stderr
     assert "resume_force=true" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_unwritable_output_directory_is_a_clear_error(tmp_path: Path, multirun: bool) -> None:
+    (tmp_path / "a-file").write_text("")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    result = seqbench_cli(*(["-m"] if multirun else []), f"{key}={tmp_path / 'a-file' / 'run'}",
+                          "train.steps=2", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 74
+    assert "Traceback" not in result.stderr and f"{key}=" in result.stderr
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
+    small_run, tmp_path: Path, monkeypatch
+) -> None:
+    import errno
+
+    from seqbench import checkpoint
+
+    run_dir = make_run(tmp_path, small_run)
+    before = load_training_state(run_dir)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(OSError):
+        checkpoint.save_checkpoint(run_dir, {"step": 99})
+    monkeypatch.undo()
+    after = load_training_state(run_dir)  # the newest complete checkpoint is still there
+    assert after["step"] == before["step"] and after["source"] == PREVIOUS
+    assert not list(run_dir.glob("*.tmp"))  # no half-written file left behind

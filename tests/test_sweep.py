@@ -182,3 +182,11 @@ def test_optuna_direction_comes_from_the_task(task: str, direction: str) -> None
     cfg = compose_config(["hydra/sweeper=optuna", f"task={task}"], hydra=True)
     assert cfg.hydra.sweeper.direction == direction
     assert cfg.hydra.sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+
+
+def test_submitit_local_launcher(tmp_path: Path) -> None:
+    """hydra/launcher=submitit_local: the Slurm launcher's local mode, as a user tries it."""
+    sweep_dir = sweep(tmp_path, "submitit", "model=rnn,gru", "hydra/launcher=submitit_local")
+    statuses = [json.loads(p.read_text())["status"] for p in sweep_dir.glob("*/metrics.json")]
+    assert statuses == ["completed", "completed"]
+    assert (sweep_dir / "comparison.csv").exists()
