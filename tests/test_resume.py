@@ -140,3 +140,17 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
     after = load_training_state(run_dir)  # the newest complete checkpoint is still there
     assert after["step"] == before["step"] and after["source"] == PREVIOUS
     assert not list(run_dir.glob("*.tmp"))  # no half-written file left behind
+
+
+def test_truncated_metrics_json_is_never_taken_for_a_completed_run(small_run, tmp_path) -> None:
+    from seqbench.sweep import completed_before
+
+    run_dir = make_run(tmp_path, small_run)
+    text = (run_dir / "metrics.json").read_text()
+    overrides = json.loads(text)["overrides"]
+    assert completed_before(run_dir, overrides) is not None
+    rng = random.Random(1)
+    for cut in sorted(rng.sample(range(1, len(text) - 1), 20)):
+        (run_dir / "metrics.json").write_text(text[:cut])
+        assert completed_before(run_dir, overrides) is None  # a sweep re-runs or resumes it
+        assert load_training_state(run_dir)["step"] == 8  # the checkpoint is independent of it
