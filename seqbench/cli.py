@@ -124,7 +124,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: Path | None = None) -> float | N
         m.cell, task.input_size, task.output_size, hidden_size=m.hidden_size,
         num_layers=m.num_layers, dropout=m.dropout, forget_bias=m.forget_bias, init=m.init,
         vocab_size=task.vocab_size, embedding_dim=m.embedding_dim,
-        engine=m.engine == "engine" or (m.engine == "auto" and device.type == "cpu"),
+        bidirectional=m.bidirectional,
+        engine=m.engine == "engine" or (m.engine == "auto" and device.type == "cpu"
+                                        and not m.bidirectional),
     ).to(device)  # fmt: skip
     try:
         optimizer = instantiate(cfg.optimizer)(model.parameters())

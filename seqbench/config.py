@@ -24,6 +24,7 @@ class ModelConfig:
     init: str = "default"  # default | orthogonal | xavier
     embedding_dim: int = 64  # token tasks only: size of the input embeddings
     engine: str = "auto"  # auto (engine on CPU, fused cuDNN on CUDA) | engine | fused
+    bidirectional: bool = False  # sentiment and stocks only
 
 
 @dataclass
@@ -252,6 +253,17 @@ def register_configs() -> None:
     cs.store(group="schema/scheduler", name="step", node=StepScheduleConfig)
 
 
+# Why a bidirectional layer is refused for these tasks (the message of check_config).
+LEAKS = {
+    "chargen": "the backward direction would read the characters the model must predict, so "
+    "it would learn to copy the future instead of modelling text",
+    "copy": "the backward direction would meet the symbols to recall right after the "
+    "delimiter without carrying them over T steps, so it would not measure memory",
+    "adding": "the backward direction would read the second marked value right away and "
+    "reach the first without the T/2-step forward memory the task exists to measure",
+}
+
+
 class ConfigError(ValueError):
     """A user mistake found before training: a value that composes but cannot run (a negative
     size, CUDA asked for but absent, a missing data file). The command prints it as one
@@ -287,6 +299,18 @@ def check_config(cfg: Any) -> None:
     need(cfg.model.init in INITS, "model.init", f"one of {list(INITS)}")
     need(cfg.model.embedding_dim >= 1, "model.embedding_dim", "a positive integer")
     need(cfg.model.engine in ENGINES, "model.engine", f"one of {list(ENGINES)}")
+    if cfg.model.bidirectional:
+        need(
+            cfg.task.name not in LEAKS,
+            "model.bidirectional",
+            f"only for sentiment and stocks: with task={cfg.task.name} "
+            f"{LEAKS.get(cfg.task.name, '')}",
+        )
+        need(
+            cfg.model.engine != "engine",
+            "model.bidirectional",
+            "the BPTT engine is unidirectional: use model.engine=auto or fused with it",
+        )
     need(cfg.task.seq_len >= 2, "task.seq_len", "an integer >= 2")
     if "val_size" in cfg.task:
         need(cfg.task.val_size >= 1, "task.val_size", "a positive integer")

@@ -102,7 +102,7 @@ def train(
         diagnose = step == 0 or (diagnostics_every > 0 and step % diagnostics_every == 0)
         batch = task.sample(batch_size)
         model.train()
-        output, states = model(batch.x, record_states=diagnose)
+        output, states = model(batch.x, record_states=diagnose, lengths=batch.lengths)
         loss = task.loss(output, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -155,7 +155,7 @@ def measure_grad_norms(
     the real positions per step (T,)."""
     batch = task.sample(batch_size)
     model.train()
-    output, states = model(batch.x, record_states=True)
+    output, states = model(batch.x, record_states=True, lengths=batch.lengths)
     model.zero_grad(set_to_none=True)
     task.loss(output, batch).backward()
     model.zero_grad(set_to_none=True)

@@ -157,3 +157,22 @@ def test_padded_batches_summarize_over_real_positions() -> None:
     s = summarize(norms, positions=positions)
     assert s.timesteps == 5 and s.positions == 10
     assert s.vanishing_ratio == pytest.approx(-3.0)  # ||dL/dh_1|| / ||dL/dh_5||
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_bidirectional_unrolled_path_is_the_fused_packed_layer(cell: str) -> None:
+    """The diagnostic unrolled path computes what nn.*(bidirectional=True) computes on packed
+    sequences, at every readout position (each sequence's last real step)."""
+    torch.manual_seed(0)
+    model = SequenceModel(cell, 3, 2, hidden_size=6, num_layers=2, bidirectional=True).double()
+    x = torch.randn(4, 9, 3, dtype=torch.float64)
+    lengths = torch.tensor([9, 4, 6, 1])
+    rows = torch.arange(4)
+    unrolled, states = model(x, record_states=True, lengths=lengths)
+    with torch.no_grad():
+        fused, _ = model(x, lengths=lengths)
+    torch.testing.assert_close(unrolled[rows, lengths - 1], fused[rows, lengths - 1])
+    assert len(states) == 4  # (layer, direction)
+    unrolled[rows, lengths - 1].sum().backward()
+    norms = grad_norms(states)
+    assert norms.shape == (4, 9) and (norms[:, 0] > 0).all()

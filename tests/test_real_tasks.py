@@ -61,7 +61,7 @@ class Constant(nn.Module):
         super().__init__()
         self.fn = fn
 
-    def forward(self, x, record_states: bool = False):
+    def forward(self, x, record_states: bool = False, lengths=None):
         return self.fn(x), []
 
 
@@ -559,3 +559,14 @@ def test_cuda_real_tasks(tmp_path: Path, review_slice: str, task: str) -> None:
     overrides = [*small, *task_overrides(task, review_slice), "hardware=cuda"]
     m = run_metrics([*overrides, "log.tensorboard=false"], tmp_path / "run")
     assert m["status"] == "completed" and m["device"].startswith("cuda") and "test" in m
+
+
+@pytest.mark.parametrize("task", ["sentiment", "stocks"])
+def test_bidirectional_runs_for_classification_and_regression(tmp_path, review_slice, task) -> None:
+    overrides = [*SMALL_REAL, *task_overrides(task, review_slice), "model=gru",
+                 "model.bidirectional=true", "log.tensorboard=false"]  # fmt: skip
+    m = run_metrics(overrides, tmp_path / "run")
+    assert m["status"] == "completed" and math.isfinite(m["test"][m["metric"]])
+    assert len(m["grad_norms"]["init"]["layers"]) == 2  # forward and backward direction
+    grads = pd.read_csv(tmp_path / "run" / "grad_norms.csv")
+    assert sorted(grads["layer"].unique()) == [0, 1]

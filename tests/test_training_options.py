@@ -121,3 +121,15 @@ def test_int8_inference_matches_float(small_run, model: str) -> None:
     if model != "rnn":
         assert model.upper() in inference["quantized_modules"]
     assert inference["float32"]["latency_ms"] > 0 and inference["speedup_val_pass"] > 0
+
+
+@pytest.mark.parametrize(
+    "task,why", [("chargen", "predict"), ("copy", "memory"), ("adding", "memory")]
+)
+def test_bidirectional_is_refused_where_it_leaks_or_voids_the_task(task: str, why: str) -> None:
+    from seqbench.config import ConfigError, check_config
+
+    cfg = compose_config([f"task={task}", "model.bidirectional=true"])
+    with pytest.raises(ConfigError, match=r"model\.bidirectional=True") as err:
+        check_config(cfg)
+    assert why in str(err.value) and "sentiment and stocks" in str(err.value)

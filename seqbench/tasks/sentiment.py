@@ -182,7 +182,7 @@ class SentimentTask:
         logits = []
         for start in range(0, len(data.y), EVAL_CHUNK):
             chunk = slice(start, start + EVAL_CHUNK)
-            output, _ = model(data.x[chunk])  # (chunk, T, C)
+            output, _ = model(data.x[chunk], lengths=data.lengths[chunk])  # (chunk, T, C)
             logits.append(last_step(output, data.lengths[chunk]))
         return self.metrics(torch.cat(logits), data.y)
 
