@@ -124,6 +124,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: Path | None = None) -> float | N
         m.cell, task.input_size, task.output_size, hidden_size=m.hidden_size,
         num_layers=m.num_layers, dropout=m.dropout, forget_bias=m.forget_bias, init=m.init,
         vocab_size=task.vocab_size, embedding_dim=m.embedding_dim,
+        track_log10=cfg.diagnostics.log_magnitude,
         bidirectional=m.bidirectional,
         engine=m.engine == "engine" or (m.engine == "auto" and device.type == "cpu"
                                         and not m.bidirectional),
@@ -193,7 +194,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: Path | None = None) -> float | N
     if cfg.log.tensorboard:
         tensorboard = TensorBoardLogger(
             run_dir / "tb", cfg.diagnostics.explode_factor, resume_step=start_step or None,
-            snapshots=[(s, n) for s, n, _ in recorder.snapshots], clipped=recorder.clipped_steps,
+            snapshots=[(s, n) for s, n, *_ in recorder.snapshots], clipped=recorder.clipped_steps,
             lr=lr,
         )  # fmt: skip
         callbacks.append(tensorboard)
@@ -218,9 +219,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: Path | None = None) -> float | N
             )  # fmt: skip
         extra["stopped_early"] = early.stopped_at is not None
         extra["stopped_at_step"] = early.stopped_at
-        norms, positions = measure_grad_norms(model, task, cfg.train.batch_size)
+        snapshot = measure_grad_norms(model, task, cfg.train.batch_size)
         for callback in callbacks:
-            callback.on_grad_norms(recorder.steps_done, norms, positions)
+            callback.on_grad_norms(recorder.steps_done, *snapshot)
         save_checkpoint(run_dir, training_state())
         final_saved = True
         if cfg.inference.compare and device.type == "cpu":

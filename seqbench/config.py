@@ -194,6 +194,7 @@ class TrainConfig:
 class DiagnosticsConfig:
     every: int = 100  # exact dL/dh_t norms at step 0 and every `every` steps; 0 = only at init
     explode_factor: float = 10.0  # flag exploding when max_t ||dL/dh_t|| > factor * ||dL/dh_T||
+    log_magnitude: bool = False  # engine: also log10 ||dL/dh_t||, exact below float64's range
 
 
 @dataclass

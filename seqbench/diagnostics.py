@@ -33,6 +33,13 @@ def grad_norms(trace: GradNormRecorder | list[list[Tensor]]) -> np.ndarray:
     return torch.stack(rows).cpu().numpy()
 
 
+def grad_log10_norms(trace: GradNormRecorder | list[list[Tensor]]) -> np.ndarray | None:
+    """(num_layers, T) log10 ||dL/dh_t|| from an engine recorder that tracks them, else None."""
+    if isinstance(trace, GradNormRecorder) and trace.log10_norms is not None:
+        return trace.log10_norms.numpy().copy()
+    return None
+
+
 def real_positions(lengths: Tensor | None, batch_size: int, steps: int) -> np.ndarray:
     """(T,) how many sequences of the batch have a real (not padded) position at each step."""
     if lengths is None:
@@ -68,32 +75,43 @@ class GradSummary:
 
 
 def summarize(
-    norms: np.ndarray, explode_factor: float = 10.0, positions: np.ndarray | None = None
+    norms: np.ndarray,
+    explode_factor: float = 10.0,
+    positions: np.ndarray | None = None,
+    log10: np.ndarray | None = None,
 ) -> GradSummary:
     """Summarize one layer's norms (T,) as described in `GradSummary`.
 
     With `positions` (real sequences per step, for padded batches), only the steps that hold a
-    real position count: T is the last of them.
+    real position count: T is the last of them. With `log10` (the engine's log-magnitudes,
+    `diagnostics.log_magnitude=true`), the ratio and decay rate come from them, so they stay
+    exact where the norm itself underflows float64.
     """
     if positions is None:
         positions = np.ones(len(norms), dtype=np.int64)
     real_steps = int(np.nonzero(positions > 0)[0].max()) + 1 if (positions > 0).any() else 1
     norms = norms[:real_steps]
-    first, last = float(norms[0]), float(norms[-1])
-    if first == 0.0:
+    if log10 is None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.where(norms > 0, np.log10(np.where(norms > 0, norms, 1.0)), -math.inf)
+        logs = np.where(np.isfinite(norms), logs, math.inf)
+    else:
+        logs = np.asarray(log10[:real_steps], dtype=np.float64)
+    first, last = float(logs[0]), float(logs[-1])
+    if first == -math.inf:
         ratio = -math.inf
-    elif last == 0.0:
+    elif last == -math.inf:
         ratio = math.inf
     else:
-        ratio = math.log10(first / last)
+        ratio = first - last
     finite = np.isfinite(norms)
-    positive = finite & (norms > 0)
+    positive = np.isfinite(logs)
     steps = np.nonzero(positive)[0]
     decay = None
     if len(steps) >= 2:
-        decay = float(np.polyfit(steps, np.log10(norms[steps]), 1)[0])
+        decay = float(np.polyfit(steps, logs[steps], 1)[0])
     max_norm = float(norms.max()) if finite.all() else math.inf
-    exploding = not finite.all() or max_norm > explode_factor * last
+    exploding = not finite.all() or max_norm > explode_factor * float(norms[-1])
     return GradSummary(
         ratio, decay, max_norm, bool(exploding), int(positive.sum()), real_steps,
         int(positions[:real_steps].sum()),

@@ -39,6 +39,8 @@ class SequenceModel(nn.Module):
         engine: train through seqbench's BPTT engine (`seqbench.engine`: hand-written backward,
             exact per-timestep gradient norms on every step at almost no cost) instead of the
             fused PyTorch layer. Same parameters and the same function either way.
+        track_log10: with the engine, also record log10 ||dL/dh_t||, exact even where the norm
+            underflows float64 (`diagnostics.log_magnitude`).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class SequenceModel(nn.Module):
         embedding_dim: int = 64,
         bidirectional: bool = False,
         engine: bool = False,
+        track_log10: bool = False,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
@@ -65,6 +68,7 @@ class SequenceModel(nn.Module):
             raise ValueError("the BPTT engine is unidirectional; use the fused path")
         self.cell = cell
         self.engine = engine
+        self.track_log10 = track_log10
         self.bidirectional = bidirectional
         self.embed = None
         if vocab_size is not None:
@@ -97,7 +101,7 @@ class SequenceModel(nn.Module):
         if self.embed is not None:
             x = self.embed(x)  # (B, T) -> (B, T, E)
         if self.engine and torch.is_grad_enabled():
-            recorder = GradNormRecorder() if record_states else None
+            recorder = GradNormRecorder(self.track_log10) if record_states else None
             weights = [w for layer in range(self.rnn.num_layers)
                        for w in _layer_weights(self.rnn, layer)]  # fmt: skip
             seq = recurrent(

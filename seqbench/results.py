@@ -73,7 +73,7 @@ class RunRecorder(Callback):
         self.clipped_steps = 0
         self.losses_since_eval: list[float] = []
         self.history: list[dict] = []
-        self.snapshots: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self.snapshots: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []
         self.best: dict | None = None
         self.solved = solved
         self.lr = lr
@@ -91,8 +91,13 @@ class RunRecorder(Callback):
             "losses_since_eval": list(self.losses_since_eval),
             "history": list(self.history),
             "snapshots": [
-                (step, torch.from_numpy(norms), torch.from_numpy(positions))
-                for step, norms, positions in self.snapshots
+                (
+                    step,
+                    torch.from_numpy(norms),
+                    torch.from_numpy(positions),
+                    None if log10 is None else torch.from_numpy(log10),
+                )
+                for step, norms, positions, log10 in self.snapshots
             ],
             "best": self.best,
             "solved_step": self.solved_step,
@@ -105,7 +110,10 @@ class RunRecorder(Callback):
         self.clipped_steps = state["clipped_steps"]
         self.losses_since_eval = list(state["losses_since_eval"])
         self.history = list(state["history"])
-        self.snapshots = [(s, n.numpy(), p.numpy()) for s, n, p in state["snapshots"]]
+        self.snapshots = [
+            (s, n.numpy(), p.numpy(), None if g is None else g.numpy())
+            for s, n, p, g in state["snapshots"]
+        ]
         self.best = state["best"]
         self.solved_step = state["solved_step"]
         self.max_grad_norm = state["max_grad_norm"]
@@ -130,8 +138,10 @@ class RunRecorder(Callback):
         if self.solved_step is None and self.solved is not None and self.solved(metrics):
             self.solved_step = step
 
-    def on_grad_norms(self, step: int, norms: np.ndarray, positions: np.ndarray) -> None:
-        self.snapshots.append((step, norms, positions))
+    def on_grad_norms(
+        self, step: int, norms: np.ndarray, positions: np.ndarray, log10: np.ndarray | None
+    ) -> None:
+        self.snapshots.append((step, norms, positions, log10))
         self.max_grad_norm = max(self.max_grad_norm, float(np.max(norms, initial=0.0)))
 
     @property
@@ -141,8 +151,13 @@ class RunRecorder(Callback):
     def grad_summary(self, index: int) -> dict | None:
         if not self.snapshots:
             return None
-        step, norms, positions = self.snapshots[index]
-        layers = [summarize(layer, self.explode_factor, positions).as_dict() for layer in norms]
+        step, norms, positions, log10 = self.snapshots[index]
+        layers = [
+            summarize(
+                norms[i], self.explode_factor, positions, None if log10 is None else log10[i]
+            ).as_dict()
+            for i in range(len(norms))
+        ]
         return {"step": step, "timesteps": norms.shape[1], "layers": layers}
 
     def metrics(self, status: str, **extra: Any) -> dict:
@@ -183,11 +198,11 @@ class RunRecorder(Callback):
         return metrics
 
 
-def grad_norm_frame(snapshots: list[tuple[int, np.ndarray, np.ndarray]]) -> pd.DataFrame:
-    """Long format: one row per (step, layer, t) with t = 1..T, the norm ||dL/dh_t|| and how
-    many sequences of the batch are real (not padding) at t."""
+def grad_norm_frame(snapshots: list[tuple]) -> pd.DataFrame:
+    """Long format: one row per (step, layer, t) with t = 1..T, the norm ||dL/dh_t||, how many
+    sequences of the batch are real (not padding) at t, and log10_norm when tracked."""
     frames = []
-    for step, norms, positions in snapshots:
+    for step, norms, positions, log10 in snapshots:
         layers, steps = norms.shape
         frames.append(
             pd.DataFrame(
@@ -197,6 +212,7 @@ def grad_norm_frame(snapshots: list[tuple[int, np.ndarray, np.ndarray]]) -> pd.D
                     "t": np.tile(np.arange(1, steps + 1), layers),
                     "norm": norms.reshape(-1),
                     "positions": np.tile(positions, layers),
+                    **({} if log10 is None else {"log10_norm": log10.reshape(-1)}),
                 }
             )
         )

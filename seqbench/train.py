@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqbench.diagnostics import grad_norms, real_positions
+from seqbench.diagnostics import grad_log10_norms, grad_norms, real_positions
 from seqbench.model import SequenceModel
 from seqbench.tasks import Task
 
@@ -19,7 +19,9 @@ class Callback:
     """Hooks the loop calls; subclasses override what they need."""
 
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None: ...
-    def on_grad_norms(self, step: int, norms: np.ndarray, positions: np.ndarray) -> None: ...
+    def on_grad_norms(
+        self, step: int, norms: np.ndarray, positions: np.ndarray, log10: np.ndarray | None
+    ) -> None: ...
     def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
     def on_text(self, step: int, texts: dict[str, str]) -> None: ...
     def on_step_end(self, step: int) -> None: ...
@@ -115,7 +117,7 @@ def train(
         if diagnose:
             norms = grad_norms(states)  # (L, T)
             positions = real_positions(batch.lengths, len(batch.x), norms.shape[1])
-            _emit(callbacks, "on_grad_norms", step, norms, positions)
+            _emit(callbacks, "on_grad_norms", step, norms, positions, grad_log10_norms(states))
         optimizer.step()
         _emit(callbacks, "on_step", step + 1, loss_value, grad_norm, clipped)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
@@ -150,9 +152,9 @@ def evaluate(model: SequenceModel, task: Task, split: str = "val") -> dict[str, 
 
 def measure_grad_norms(
     model: SequenceModel, task: Task, batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-timestep gradient norms (L, T) at the current parameters, without updating them, and
-    the real positions per step (T,)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per-timestep gradient norms (L, T) at the current parameters, without updating them, the
+    real positions per step (T,), and log10 norms when the engine tracks them."""
     batch = task.sample(batch_size)
     model.train()
     output, states = model(batch.x, record_states=True, lengths=batch.lengths)
@@ -160,7 +162,8 @@ def measure_grad_norms(
     task.loss(output, batch).backward()
     model.zero_grad(set_to_none=True)
     norms = grad_norms(states)
-    return norms, real_positions(batch.lengths, len(batch.x), norms.shape[1])
+    positions = real_positions(batch.lengths, len(batch.x), norms.shape[1])
+    return norms, positions, grad_log10_norms(states)
 
 
 def _emit(callbacks: Sequence[Callback], hook: str, *args) -> None:

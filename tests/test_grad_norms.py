@@ -176,3 +176,24 @@ def test_bidirectional_unrolled_path_is_the_fused_packed_layer(cell: str) -> Non
     unrolled[rows, lengths - 1].sum().backward()
     norms = grad_norms(states)
     assert norms.shape == (4, 9) and (norms[:, 0] > 0).all()
+
+
+def test_log_magnitude_beyond_float64(small_run, tmp_path) -> None:
+    """diagnostics.log_magnitude=true: a tanh RNN over 3,000 steps, whose gradient at t=1 is
+    below 1e-308 (0 as a float64 norm), still gets a finite log10 norm and a finite ratio."""
+    import pandas as pd
+
+    run_dir = tmp_path / "long"
+    m = small_run("model=rnn", "task.seq_len=3000", "train.steps=1", "train.batch_size=4",
+                  "diagnostics.log_magnitude=true", "log.tensorboard=false",
+                  "inference.compare=false", run_dir=run_dir)  # fmt: skip
+    grads = pd.read_csv(run_dir / "grad_norms.csv")
+    init = grads[grads["step"] == 0]
+    assert init["log10_norm"].notna().all() and np.isfinite(init["log10_norm"]).all()
+    assert init["norm"].iloc[0] == 0.0 and init["log10_norm"].iloc[0] < -308
+    positive = init[init["norm"] > 0]
+    np.testing.assert_allclose(positive["log10_norm"], np.log10(positive["norm"]), atol=1e-9)
+    ratio = m["grad_norms"]["init"]["layers"][0]["vanishing_ratio"]
+    assert math.isfinite(ratio) and ratio < -300
+    expected = init["log10_norm"].iloc[0] - init["log10_norm"].iloc[-1]
+    assert ratio == pytest.approx(expected)

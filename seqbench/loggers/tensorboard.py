@@ -53,10 +53,13 @@ class TensorBoardLogger(Callback):
         for name, text in texts.items():
             self.writer.add_text(f"sample/{name}", text, step)
 
-    def on_grad_norms(self, step: int, norms: np.ndarray, positions: np.ndarray) -> None:
+    def on_grad_norms(
+        self, step: int, norms: np.ndarray, positions: np.ndarray, log10: np.ndarray | None
+    ) -> None:
         self.snapshots.append((step, norms))
         for layer, layer_norms in enumerate(norms):
-            s = summarize(layer_norms, self.explode_factor, positions)
+            logs = None if log10 is None else log10[layer]
+            s = summarize(layer_norms, self.explode_factor, positions, logs)
             # An underflowed ||dL/dh_1|| gives ratio -inf: TensorBoard cannot plot it, so the
             # point is skipped and grad/nonzero_steps shows how many timesteps still get gradient.
             if math.isfinite(s.vanishing_ratio):
