@@ -168,7 +168,6 @@ def run(cfg: DictConfig, run_dir: Path, resume: Path | None = None) -> float | N
             scheduler.load_state_dict(state["scheduler"])
         for row in recorder.history:  # early stopping's count follows from the history
             early.on_eval(row["step"], {task.metric: row[f"val_{task.metric}"]})
-        recorder.info["overrides"] = state["recorder_info_overrides"]
         best.best = recorder.best["value"] if recorder.best else None
         set_rng_state(state["rng"], task.generator)
         start_step = state["step"]
@@ -182,7 +181,6 @@ def run(cfg: DictConfig, run_dir: Path, resume: Path | None = None) -> float | N
             "rng": rng_state(task.generator),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "recorder": recorder.state_dict(),
-            "recorder_info_overrides": recorder.info["overrides"],
         }
 
     console = ConsoleLogger(cfg.train.steps, task.metric, cfg.log.progress, start_step)
@@ -270,15 +268,13 @@ def resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
         explicit = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
     else:  # called as a library: every key counts as given
         explicit = [key for key, _ in _flatten(current, "")]
+    current_cfg = OmegaConf.create(current)  # resolved, once
     merged = OmegaConf.create(saved)
     differing = []
     for key in explicit:
         if key in ("resume", "resume_force") or key.startswith("hydra"):
             continue
-        ours, theirs = (
-            OmegaConf.select(OmegaConf.create(current), key),
-            OmegaConf.select(merged, key),
-        )
+        ours, theirs = OmegaConf.select(current_cfg, key), OmegaConf.select(merged, key)
         if key.startswith("log.") or cfg.resume_force:
             OmegaConf.update(merged, key, ours, force_add=True)
         elif ours != theirs:

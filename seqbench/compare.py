@@ -162,7 +162,7 @@ def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
                 continue
             data = done[col].to_numpy(dtype=float)
             data = data[~np.isnan(data)]
-            row[f"{col}_mean"] = _mean(data)
+            row[f"{col}_mean"] = float(np.mean(data)) if len(data) else math.nan
             row[f"{col}_std"] = (
                 float(np.std(data, ddof=1))
                 if len(data) > 1 and np.isfinite(data).all()
@@ -170,12 +170,6 @@ def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
             )
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _mean(data: np.ndarray) -> float:
-    if len(data) == 0:
-        return math.nan
-    return float(np.mean(data))
 
 
 # Short headers for the terminal table.

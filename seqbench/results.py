@@ -103,6 +103,7 @@ class RunRecorder(Callback):
             "solved_step": self.solved_step,
             "max_grad_norm": self.max_grad_norm,
             "elapsed": self.elapsed(),
+            "overrides": self.info.get("overrides"),  # the original command's, kept on resume
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -118,6 +119,7 @@ class RunRecorder(Callback):
         self.solved_step = state["solved_step"]
         self.max_grad_norm = state["max_grad_norm"]
         self.start = time.perf_counter() - state["elapsed"]  # wall time adds up across resumes
+        self.info["overrides"] = state["overrides"]
 
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
         self.steps_done = step
