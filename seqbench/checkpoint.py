@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqbench.config import ConfigError
+from seqbench.callbacks import Callback
+from seqbench.errors import ConfigError
 from seqbench.results import atomic_write, better
-from seqbench.train import Callback
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"

@@ -15,6 +15,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from seqbench.callbacks import Diverged, Interrupted
 from seqbench.checkpoint import (
     BestCheckpoint,
     PeriodicCheckpoint,
@@ -24,22 +25,21 @@ from seqbench.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from seqbench.config import ConfigError, check_config, register_configs
+from seqbench.config import check_config, register_configs
+from seqbench.errors import EXIT_CODES, EXIT_IO, EXIT_USAGE, ConfigError
 from seqbench.hardware import configure, seed_everything, select_device
 from seqbench.inference import compare_inference
-from seqbench.interrupt import EXIT_CODES, stop_on_signals
+from seqbench.interrupt import stop_on_signals
 from seqbench.loggers.console import ConsoleLogger
 from seqbench.loggers.tensorboard import TensorBoardLogger
 from seqbench.model import SequenceModel, count_parameters
 from seqbench.results import RunRecorder, atomic_write
 from seqbench.scheduler import SchedulerStep, build_scheduler
-from seqbench.sweep import EXIT_IO, completed_before
+from seqbench.sweep import completed_before
 from seqbench.tasks import build_task
 from seqbench.train import (
     Clip,
-    Diverged,
     EarlyStopping,
-    Interrupted,
     evaluate,
     measure_grad_norms,
     train,
@@ -51,7 +51,6 @@ register_configs()
 # finds it from any working directory.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-EXIT_USAGE = 2  # a value that cannot run; nothing was written
 # Interrupted runs exit with 130 (SIGINT) or 143 (SIGTERM) after writing their files.
 
 

@@ -13,6 +13,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from seqbench.errors import ConfigError
+
 
 @dataclass
 class ModelConfig:
@@ -263,12 +265,6 @@ LEAKS = {
     "adding": "the backward direction would read the second marked value right away and "
     "reach the first without the T/2-step forward memory the task exists to measure",
 }
-
-
-class ConfigError(ValueError):
-    """A user mistake found before training: a value that composes but cannot run (a negative
-    size, CUDA asked for but absent, a missing data file). The command prints it as one
-    paragraph, without a traceback, and exits with status 2."""
 
 
 def check_config(cfg: Any) -> None:

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from seqbench.config import ConfigError
+from seqbench.errors import ConfigError
 
 DEVICES = ("cpu", "cuda", "auto")
 

@@ -8,8 +8,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report
-
 
 class StopRequest:
     """Callable for `train(stop=...)`: the name of the signal received, or None."""

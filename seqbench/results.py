@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from seqbench.callbacks import Callback
 from seqbench.diagnostics import summarize
-from seqbench.train import Callback
 
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 

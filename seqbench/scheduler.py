@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
-from seqbench.train import Callback
+from seqbench.callbacks import Callback
 
 SCHEDULERS = ("none", "plateau", "cosine", "step")
 

@@ -13,6 +13,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
 from seqbench.compare import aggregate, find_runs, group_keys, load_runs, print_table, write_tables
+from seqbench.errors import EXIT_IO
 
 
 def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
@@ -55,9 +56,6 @@ class HydraHooks(HydraCallback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         summarize_sweep(Path(config.hydra.sweep.dir))
-
-
-EXIT_IO = 74  # sysexits EX_IOERR: the output directory cannot be written
 
 
 def ensure_writable(directory: Path, key: str) -> None:

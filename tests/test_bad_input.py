@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from seqbench.config import ConfigError, check_config
+from seqbench.config import check_config
+from seqbench.errors import ConfigError
 from seqbench.tasks import make_generator
 from seqbench.tasks.adding import adding_batch
 from seqbench.tasks.copy import copy_batch

@@ -12,7 +12,8 @@ from hydra.utils import instantiate
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from seqbench.cli import CONF_DIR
-from seqbench.config import ConfigError, check_config
+from seqbench.config import check_config
+from seqbench.errors import ConfigError
 from tests.conftest import compose_config
 
 GROUPS = {

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from seqbench.cli import run
-from seqbench.config import ConfigError, check_config
+from seqbench.config import check_config
+from seqbench.errors import ConfigError
 from seqbench.model import SequenceModel
 from seqbench.tasks import build_task
 from seqbench.tasks.chargen import CharGenTask

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from seqbench.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_training_state
-from seqbench.config import ConfigError
+from seqbench.errors import ConfigError
 from tests.conftest import SMALL, compose_config, seqbench_cli, without_timings
 
 LONG = ["hardware=cpu", "task.seq_len=20", "train.steps=400", "train.eval_every=50",

@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from seqbench.train import Callback
+from seqbench.callbacks import Callback
 
 MODES = ("auto", "rich", "plain", "none")
 

@@ -10,8 +10,8 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no window ba
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from seqbench.callbacks import Callback
 from seqbench.diagnostics import summarize
-from seqbench.train import Callback
 
 
 class TensorBoardLogger(Callback):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from seqbench.config import ConfigError
+from seqbench.errors import ConfigError
 
 
 def package_file(package: str, version: str, relative: str, what: str) -> Path:

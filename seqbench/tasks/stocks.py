@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqbench.config import ConfigError
+from seqbench.errors import ConfigError
 from seqbench.tasks import Batch, make_generator
 from seqbench.tasks.data import package_file, read_csv, split_sizes, user_file
 
