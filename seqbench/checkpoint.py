@@ -19,7 +19,8 @@ from torch import nn
 
 from seqbench.callbacks import Callback
 from seqbench.errors import ConfigError
-from seqbench.results import atomic_write, better
+from seqbench.files import atomic_write
+from seqbench.results import better
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"

@@ -27,13 +27,14 @@ from seqbench.checkpoint import (
 )
 from seqbench.config import check_config, register_configs
 from seqbench.errors import EXIT_CODES, EXIT_IO, EXIT_USAGE, ConfigError
+from seqbench.files import atomic_write
 from seqbench.hardware import configure, seed_everything, select_device
 from seqbench.inference import compare_inference
 from seqbench.interrupt import stop_on_signals
 from seqbench.loggers.console import ConsoleLogger
 from seqbench.loggers.tensorboard import TensorBoardLogger
 from seqbench.model import SequenceModel, count_parameters
-from seqbench.results import RunRecorder, atomic_write
+from seqbench.results import RunRecorder
 from seqbench.scheduler import SchedulerStep, build_scheduler
 from seqbench.sweep import completed_before
 from seqbench.tasks import build_task

@@ -221,7 +221,7 @@ def write_tables(
     table: pd.DataFrame, out_dir: Path, formats: Sequence[str] = ("csv", "md")
 ) -> list[Path]:
     """comparison.csv (raw numbers), comparison.md / comparison.tex (display strings)."""
-    from seqbench.results import atomic_write
+    from seqbench.files import atomic_write
 
     written = []
     display = to_display(table)
