@@ -403,3 +403,13 @@ def _rename_optuna_sweeper_config(cs: ConfigStore) -> None:
         return
     cs.repo.get("hydra", {}).get("sweeper", {}).pop("optuna.yaml", None)
     cs.store(group="hydra/sweeper", name="optuna_plugin", node=OptunaSweeperConf)
+
+
+def flatten(node: dict, prefix: str = ""):
+    """Yield (dotted.key, value) for every leaf of a nested dict."""
+    for key, value in node.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            yield from flatten(value, name)
+        else:
+            yield name, value
