@@ -24,6 +24,7 @@ from seqbench.results import better
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
+# What `training_state` writes and `load_training_state` requires (the scheduler may be None).
 REQUIRED = ("model", "optimizer", "config", "step", "rng", "recorder")
 
 
@@ -53,6 +54,45 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     generator.set_state(state["task"])
+
+
+def training_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    recorder: Any,
+    generator: torch.Generator,
+    config: dict,
+) -> dict[str, Any]:
+    """Everything a run needs to continue to the same result: weights, optimizer and scheduler
+    state, the resolved config, the step, every RNG and the recorder's history."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "config": config,
+        "step": recorder.steps_done,
+        "rng": rng_state(generator),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "recorder": recorder.state_dict(),
+    }
+
+
+def restore_training_state(
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    recorder: Any,
+    generator: torch.Generator,
+) -> int:
+    """Load what `training_state` wrote into the freshly built objects; return the step."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    recorder.load_state_dict(state["recorder"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"], generator)
+    return state["step"]
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
@@ -100,7 +140,7 @@ class PeriodicCheckpoint(Callback):
     """Saves the full training state every `every` steps (0: never; the run saves at the end).
 
     Args:
-        state: returns the training state dict at the current step (see `cli.training_state`).
+        state: returns the training state dict at the current step (see `training_state`).
     """
 
     def __init__(self, run_dir: Path, every: int, state) -> None:

@@ -3,7 +3,6 @@ that already completed when a sweep is re-run into the same directory."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -74,15 +73,3 @@ def ensure_writable(directory: Path, key: str) -> None:
             file=sys.stderr,
         )
         sys.exit(EXIT_IO)
-
-
-def completed_before(run_dir: Path, overrides: list[str]) -> dict | None:
-    """metrics.json of an earlier completed run of the same job in `run_dir`, else None."""
-    path = Path(run_dir) / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if metrics.get("status") == "completed" and metrics.get("overrides") == overrides:
-        return metrics
-    return None

@@ -143,7 +143,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
 
 
 def test_truncated_metrics_json_is_never_taken_for_a_completed_run(small_run, tmp_path) -> None:
-    from seqbench.sweep import completed_before
+    from seqbench.resume import completed_before
 
     run_dir = make_run(tmp_path, small_run)
     text = (run_dir / "metrics.json").read_text()

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no window backend
+from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from seqbench.callbacks import Callback
+from seqbench.config import flatten
 from seqbench.diagnostics import summarize
 
 
@@ -126,3 +128,27 @@ class TensorBoardLogger(Callback):
         ax.legend(fontsize="small")
         fig.tight_layout()
         return fig
+
+
+def run_hparams(cfg) -> dict:
+    """What the HParams dashboard compares: model, task, optimizer and training settings."""
+    flat = {"model": cfg.model.cell, "task": cfg.task.name, "seed": cfg.seed,
+            "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1].lower()}  # fmt: skip
+    for group in ("model", "task", "optimizer", "train"):
+        node = OmegaConf.to_container(cfg[group], resolve=True)
+        for key, value in flatten(node, group):
+            if not key.split(".")[-1].startswith("_"):
+                flat[key] = value
+    return flat
+
+
+def final_numbers(metrics: dict) -> dict[str, float]:
+    """The HParams metrics of a finished run, from its metrics.json content."""
+    end = (metrics.get("grad_norms") or {}).get("end") or {"layers": [{}]}
+    return {
+        "best_metric": metrics.get("best_metric"),
+        "final_metric": metrics.get("final_metric"),
+        "solved_step": metrics.get("solved_step"),
+        "end_vanishing_ratio": end["layers"][0].get("vanishing_ratio"),
+        "diverged": float(metrics["status"] == "diverged"),
+    }

@@ -1,0 +1,215 @@
+"""One job: build the task, model, optimizer and callbacks from a composed config, train, and
+write the run directory. The command line (`seqbench.cli`) maps Hydra and exit codes around it;
+this module takes a config object and can be called without Hydra."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from seqbench.callbacks import Callback, Diverged, Interrupted
+from seqbench.checkpoint import (
+    BestCheckpoint,
+    PeriodicCheckpoint,
+    load_checkpoint,
+    load_training_state,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
+from seqbench.config import check_config
+from seqbench.errors import EXIT_CODES, ConfigError
+from seqbench.hardware import configure, seed_everything, select_device
+from seqbench.inference import compare_inference
+from seqbench.interrupt import stop_on_signals
+from seqbench.loggers.console import ConsoleLogger
+from seqbench.loggers.tensorboard import TensorBoardLogger, final_numbers, run_hparams
+from seqbench.model import SequenceModel, count_parameters
+from seqbench.results import RunRecorder
+from seqbench.resume import resumed_config
+from seqbench.scheduler import SchedulerStep, build_scheduler
+from seqbench.tasks import Task, build_task
+from seqbench.train import Clip, EarlyStopping, evaluate, measure_grad_norms, train
+
+
+@dataclass
+class Job:
+    """What a run is made of, built from the config before training starts."""
+
+    cfg: Any
+    run_dir: Path
+    device: torch.device
+    task: Task
+    model: SequenceModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any | None
+    recorder: RunRecorder
+
+    def state(self) -> dict:
+        """The full training state at the current step, for checkpoint.pt."""
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        return training_state(self.model, self.optimizer, self.scheduler, self.recorder,
+                              self.task.generator, config)  # fmt: skip
+
+
+def run(cfg: Any, run_dir: Path, resume: Path | None = None) -> float | None:
+    """Train one configuration and write its run directory; return the best validation metric.
+
+    With `resume` (or `cfg.resume`), continue the run in that directory from its checkpoint.
+    Exits with 130/143 after writing every file when SIGINT/SIGTERM stopped the run.
+    """
+    check_config(cfg)
+    resume = resume or (Path(cfg.resume) if cfg.resume else None)
+    state = None
+    if resume is not None:
+        state = load_training_state(resume)
+        cfg = resumed_config(cfg, state["config"])
+        run_dir = resume
+    device, notice = select_device(cfg.hardware.device)
+    configure(cfg.hardware.flush_denormal, cfg.hardware.num_threads)
+    seed_everything(cfg.seed)
+    job = build_job(cfg, Path(run_dir), device)
+    task, recorder = job.task, job.recorder
+    stopping = cfg.train.early_stopping
+    early = EarlyStopping(task.metric, task.mode, stopping.patience, stopping.min_delta)
+    best = BestCheckpoint(job.run_dir / "best.pt", job.model, task.metric, task.mode)
+    start_step = 0
+    if state is not None:
+        start_step = restore_training_state(state, job.model, job.optimizer, job.scheduler,
+                                            recorder, task.generator)  # fmt: skip
+        for row in recorder.history:  # early stopping's count follows from the history
+            early.on_eval(row["step"], {task.metric: row[f"val_{task.metric}"]})
+        best.best = recorder.best["value"] if recorder.best else None
+
+    console = ConsoleLogger(cfg.train.steps, task.metric, cfg.log.progress, start_step)
+    callbacks: list[Callback] = [recorder, best, early, console]
+    if job.scheduler is not None:  # logged rates are those after s updates: lr(s)
+        callbacks.append(SchedulerStep(job.scheduler, task.metric))
+    callbacks.append(PeriodicCheckpoint(job.run_dir, cfg.checkpoint.every, job.state))
+    tensorboard = None
+    if cfg.log.tensorboard:
+        tensorboard = TensorBoardLogger(
+            job.run_dir / "tb", cfg.diagnostics.explode_factor, resume_step=start_step or None,
+            snapshots=[(s, n) for s, n, *_ in recorder.snapshots], clipped=recorder.clipped_steps,
+            lr=recorder.lr,
+        )  # fmt: skip
+        callbacks.append(tensorboard)
+    if notice:
+        console.info(notice)
+    if state is not None:
+        console.info(f"Resuming {job.run_dir} at step {start_step} (from {state['source']}).")
+    console.info(
+        f"{cfg.model.cell} on {task.name}: {recorder.info['num_parameters']:,} parameters, "
+        f"{device}, seed {cfg.seed}; baseline {task.metric} {task.baseline:.4f}. "
+        f"Run dir: {job.run_dir}"
+    )
+
+    status, extra, stopped = "completed", {"diverged_step": None, "error": None}, None
+    final_saved = False
+    try:
+        with stop_on_signals() as stop:
+            train(
+                job.model, task, job.optimizer, steps=cfg.train.steps,
+                batch_size=cfg.train.batch_size, eval_every=cfg.train.eval_every,
+                clip=Clip(**cfg.train.clip), diagnostics_every=cfg.diagnostics.every,
+                callbacks=callbacks, start_step=start_step, stop=stop, done=early,
+            )  # fmt: skip
+        extra["stopped_early"] = early.stopped_at is not None
+        extra["stopped_at_step"] = early.stopped_at
+        final_snapshot(job, callbacks)
+        final_saved = True
+        extra.update(final_evaluations(job))
+    except Diverged as err:
+        status, extra = "diverged", {"diverged_step": err.step, "error": str(err)}
+    except Interrupted as err:
+        status, stopped = "interrupted", err.reason
+    except KeyboardInterrupt:  # a second Ctrl-C: mid-step, so the checkpoint stays as it was
+        status, stopped, final_saved = "interrupted", "SIGINT", True
+    except Exception as err:  # a bug or a resource error: record it, then re-raise below
+        status, extra["error"] = "failed", f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        console.close()
+        if not final_saved:
+            save_checkpoint(job.run_dir, job.state())
+        metrics = recorder.write(status, **extra)
+        if tensorboard is not None:
+            tensorboard.write_hparams(run_hparams(cfg), final_numbers(metrics))
+        for callback in callbacks:
+            getattr(callback, "close", lambda: None)()
+    console.summary(metrics, str(job.run_dir))
+    if stopped is not None:
+        print(
+            f"seqbench: interrupted ({stopped}) after step {recorder.steps_done}; "
+            f"resume with: seqbench resume={job.run_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_CODES[stopped])
+    return metrics["best_metric"]
+
+
+def build_job(cfg: Any, run_dir: Path, device: torch.device) -> Job:
+    """Task, model, optimizer, scheduler and the run's recorder, in the order that fixes what
+    each seed draws (task data first, then the model's initial weights)."""
+    task = build_task(cfg.task, device, cfg.seed)
+    m = cfg.model
+    model = SequenceModel(
+        m.cell, task.input_size, task.output_size, hidden_size=m.hidden_size,
+        num_layers=m.num_layers, dropout=m.dropout, forget_bias=m.forget_bias, init=m.init,
+        vocab_size=task.vocab_size, embedding_dim=m.embedding_dim,
+        track_log10=cfg.diagnostics.log_magnitude,
+        bidirectional=m.bidirectional,
+        engine=m.engine == "engine" or (m.engine == "auto" and device.type == "cpu"
+                                        and not m.bidirectional),
+    ).to(device)  # fmt: skip
+    try:
+        optimizer = instantiate(cfg.optimizer)(model.parameters())
+    except ValueError as err:  # torch.optim's own checks, for anything check_config missed
+        raise ConfigError(f"optimizer: {err}. Check the optimizer.* values.") from err
+    info = {
+        "model": m.cell,
+        "task": task.name,
+        "seed": cfg.seed,
+        "num_parameters": count_parameters(model),
+        "steps_planned": cfg.train.steps,
+        "device": str(device),
+        "baseline": task.baseline,
+        "baseline_name": task.baseline_name,
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "torch": torch.__version__,
+        "task_info": task.info,
+    }
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.steps, task.mode)
+    recorder = RunRecorder(
+        run_dir, info, task.metric, task.mode, cfg.diagnostics.explode_factor,
+        solved=getattr(task, "solved", None), lr=lambda: optimizer.param_groups[0]["lr"],
+    )  # fmt: skip
+    return Job(cfg, run_dir, device, task, model, optimizer, scheduler, recorder)
+
+
+def final_snapshot(job: Job, callbacks: list[Callback]) -> None:
+    """After the last step: a gradient-norm snapshot at the final weights, then checkpoint.pt."""
+    snapshot = measure_grad_norms(job.model, job.task, job.cfg.train.batch_size)
+    for callback in callbacks:
+        callback.on_grad_norms(job.recorder.steps_done, *snapshot)
+    save_checkpoint(job.run_dir, job.state())
+
+
+def final_evaluations(job: Job) -> dict[str, Any]:
+    """The float32 vs int8 comparison (CPU) and the test split, scored once with the best
+    validation weights (best.pt), for metrics.json."""
+    results: dict[str, Any] = {}
+    if job.cfg.inference.compare and job.device.type == "cpu":
+        results["inference"] = compare_inference(job.model, job.task, job.cfg.inference.repeats)
+    if "test" in job.task.splits:
+        best = load_checkpoint(job.run_dir / "best.pt", job.device)["model"]
+        job.model.load_state_dict(best)
+        results["test"] = evaluate(job.model, job.task, "test")
+    return results

@@ -1,0 +1,94 @@
+"""Continuing runs: `resume=RUN_DIR` on the command line, and a sweep re-run into the same
+directory (completed jobs are skipped, interrupted ones continue, failed ones start again)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from seqbench.config import flatten
+from seqbench.errors import ConfigError
+from seqbench.files import atomic_write
+
+
+def resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
+    """The checkpoint's config, plus this command's log.* settings.
+
+    Raises:
+        ConfigError: an override on this command line differs from the checkpoint's config
+            (listing each key), unless resume_force=true, which applies them.
+    """
+    current = OmegaConf.to_container(cfg, resolve=True)
+    if HydraConfig.initialized():
+        explicit = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    else:  # called as a library: every key counts as given
+        explicit = [key for key, _ in flatten(current)]
+    current_cfg = OmegaConf.create(current)  # resolved, once
+    merged = OmegaConf.create(saved)
+    differing = []
+    for key in explicit:
+        if key in ("resume", "resume_force") or key.startswith("hydra"):
+            continue
+        ours, theirs = OmegaConf.select(current_cfg, key), OmegaConf.select(merged, key)
+        if key.startswith("log.") or cfg.resume_force:
+            OmegaConf.update(merged, key, ours, force_add=True)
+        elif ours != theirs:
+            differing.append(f"{key} (checkpoint: {theirs}, now: {ours})")
+    if differing:
+        raise ConfigError(
+            f"resume={cfg.resume}: this command line changes the run's config: "
+            + "; ".join(differing)
+            + ". Resume without those overrides, or add resume_force=true to apply them."
+        )
+    OmegaConf.update(merged, "resume", cfg.resume, force_add=True)
+    return merged
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The status recorded in the run's metrics.json, or None if there is none (or unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def completed_before(run_dir: Path, overrides: list[str]) -> dict | None:
+    """metrics.json of an earlier completed run of the same job in `run_dir`, else None."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if metrics.get("status") == "completed" and metrics.get("overrides") == overrides:
+        return metrics
+    return None
+
+
+def prepare_sweep_job(run_dir: Path) -> Path | None:
+    """Before a sweep job runs into `run_dir`: the directory to resume from when an earlier run
+    there was interrupted with a checkpoint; otherwise drop stale results and return None."""
+    if run_status(run_dir) == "interrupted" and (run_dir / "checkpoint.pt").exists():
+        return run_dir
+    (run_dir / "metrics.json").unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    return None
+
+
+def write_failed(run_dir: Path, cfg: Any, overrides: list[str], err: Exception) -> None:
+    """metrics.json for a sweep job that failed before (or while) training."""
+    metrics = {
+        "status": "failed",
+        "model": cfg.model.cell,
+        "task": cfg.task.name,
+        "seed": cfg.seed,
+        "steps": 0,
+        "overrides": overrides,
+        "error": f"{type(err).__name__}: {err}",
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2))
