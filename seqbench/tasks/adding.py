@@ -14,11 +14,19 @@ the first value across at least T/2 steps.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqbench.tasks import Batch, SyntheticTask
+from seqbench.tasks.base import Batch, SyntheticTask, SyntheticTaskConfig
+
+
+@dataclass
+class AddingConfig(SyntheticTaskConfig):
+    name: str = "adding"
+    seq_len: int = 100  # T: the first marked value must be carried at least T/2 steps
 
 
 def adding_batch(n: int, seq_len: int, generator: torch.Generator) -> Batch:
@@ -39,6 +47,11 @@ def adding_batch(n: int, seq_len: int, generator: torch.Generator) -> Batch:
 
 class AddingTask(SyntheticTask):
     name = "adding"
+    schema = AddingConfig
+    bidirectional_refusal = (
+        "the backward direction would read the second marked value right away and "
+        "reach the first without the T/2-step forward memory the task exists to measure"
+    )
     input_size = 2
     output_size = 1
     metric = "mse"
@@ -63,3 +76,6 @@ class AddingTask(SyntheticTask):
 
     def solved(self, metrics: dict[str, float]) -> bool:
         return metrics["mse"] < 0.01  # 6% of the baseline, the usual threshold
+
+
+TASK = AddingTask

@@ -29,6 +29,7 @@ character costs finite bits), as cross-entropy on the same characters. After eac
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,13 +38,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqbench.errors import ConfigError
-from seqbench.tasks import Batch, make_generator
+from seqbench.tasks.base import (
+    Batch,
+    Need,
+    TaskConfig,
+    check_seq_len,
+    check_split_fractions,
+    make_generator,
+)
 from seqbench.tasks.data import package_file, read_text, split_sizes, user_file
 
 PAD, UNK = 0, 1
 EVAL_CHUNK = 256  # windows per forward pass at evaluation
 EXPECTED = "a UTF-8 plain-text file"
 CORPORA = ("shakespeare", "hamlet")
+
+
+@dataclass
+class CharGenConfig(TaskConfig):
+    name: str = "chargen"
+    seq_len: int = 100  # characters per training window (truncated BPTT length)
+    corpus: str = "shakespeare"  # shakespeare (42 works) | hamlet; ignored when path is set
+    path: str | None = None  # a UTF-8 text file; null = the packaged corpus named by `corpus`
+    val_fraction: float = 0.05  # contiguous: train, then val, then test (the last 5 %)
+    test_fraction: float = 0.05
+    prompt: str = "The "  # sample text starts here; every character must be in the vocabulary
+    temperature: float = 0.8
+    sample_len: int = 200  # characters generated after the prompt at each validation
 
 
 def load_corpus(corpus: str, path: str | None) -> tuple[str, str]:
@@ -89,6 +110,11 @@ class CharVocab:
 
 class CharGenTask:
     name = "chargen"
+    schema = CharGenConfig
+    bidirectional_refusal = (
+        "the backward direction would read the characters the model must predict, so "
+        "it would learn to copy the future instead of modelling text"
+    )
     input_size = 1  # unused: token inputs
     metric = "bpc"
     mode = "min"
@@ -153,6 +179,15 @@ class CharGenTask:
             "baseline_test": self.unigram_bpc("test"),
         }
 
+    @classmethod
+    def check(cls, cfg: Any, need: Need) -> None:
+        check_seq_len(cfg, need)
+        check_split_fractions(cfg, need)
+        need(cfg.corpus in CORPORA, "task.corpus", "shakespeare or hamlet")
+        need(len(cfg.prompt) >= 1, "task.prompt", "at least one character")
+        need(cfg.temperature > 0, "task.temperature", "a value > 0")
+        need(cfg.sample_len >= 1, "task.sample_len", "a positive integer")
+
     def sample(self, batch_size: int) -> Batch:
         train = self.data["train"]
         starts = torch.randint(
@@ -214,3 +249,6 @@ class CharGenTask:
             out, state = model.rnn(model.embed(next_id), state)
         model.train(was_training)
         return {"sample": self.prompt + self.vocab.decode(generated)}
+
+
+TASK = CharGenTask

