@@ -160,14 +160,13 @@ def build_job(cfg: Any, run_dir: Path, device: torch.device) -> Job:
     each seed draws (task data first, then the model's initial weights)."""
     task = build_task(cfg.task, device, cfg.seed)
     m = cfg.model
+    model_args = dict(m)  # every other key of model.* is an argument of SequenceModel
+    engine = model_args.pop("engine")
+    engine = engine == "engine" or (engine == "auto" and device.type == "cpu"
+                                    and not m.bidirectional)  # fmt: skip
     model = SequenceModel(
-        m.cell, task.input_size, task.output_size, hidden_size=m.hidden_size,
-        num_layers=m.num_layers, dropout=m.dropout, forget_bias=m.forget_bias, init=m.init,
-        vocab_size=task.vocab_size, embedding_dim=m.embedding_dim,
-        track_log10=cfg.diagnostics.log_magnitude,
-        bidirectional=m.bidirectional,
-        engine=m.engine == "engine" or (m.engine == "auto" and device.type == "cpu"
-                                        and not m.bidirectional),
+        input_size=task.input_size, output_size=task.output_size, vocab_size=task.vocab_size,
+        track_log10=cfg.diagnostics.log_magnitude, engine=engine, **model_args,
     ).to(device)  # fmt: skip
     try:
         optimizer = instantiate(cfg.optimizer)(model.parameters())

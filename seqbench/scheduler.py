@@ -14,14 +14,13 @@ is lr(s).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
 from seqbench.callbacks import Callback
-
-SCHEDULERS = ("none", "plateau", "cosine", "step")
 
 
 def cosine_factor(step: int, steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -32,25 +31,45 @@ def cosine_factor(step: int, steps: int, warmup_steps: int, min_lr_ratio: float)
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def plateau(
+    optimizer: torch.optim.Optimizer, steps: int, mode: str, *, factor: float, patience: int,
+    threshold: float, min_lr: float,
+) -> ReduceLROnPlateau:  # fmt: skip
+    return ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience,
+                             threshold=threshold, min_lr=min_lr)  # fmt: skip
+
+
+def cosine(
+    optimizer: torch.optim.Optimizer, steps: int, mode: str, *, warmup_steps: int,
+    min_lr_ratio: float,
+) -> LambdaLR:  # fmt: skip
+    return LambdaLR(optimizer, lambda s: cosine_factor(s, steps, warmup_steps, min_lr_ratio))
+
+
+def step(
+    optimizer: torch.optim.Optimizer, steps: int, mode: str, *, step_size: int, gamma: float
+) -> LRScheduler:
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size, gamma)
+
+
+# scheduler.name -> builder; every other key of the scheduler's config is a keyword argument of
+# its builder, so a stale or misspelled key fails (tests/test_bindings.py builds each YAML).
+BUILDERS: dict[str, Callable[..., LRScheduler | ReduceLROnPlateau]] = {
+    "plateau": plateau, "cosine": cosine, "step": step,
+}  # fmt: skip
+SCHEDULERS = ("none", *BUILDERS)  # conf/scheduler/*.yaml
+
+
 def build_scheduler(
     cfg: Any, optimizer: torch.optim.Optimizer, steps: int, mode: str
 ) -> LRScheduler | ReduceLROnPlateau | None:
     """The torch scheduler for `cfg.name` (None for "none")."""
+    params = {key: value for key, value in cfg.items() if key != "name"}
     if cfg.name == "none":
         return None
-    if cfg.name == "plateau":
-        return ReduceLROnPlateau(
-            optimizer, mode=mode, factor=cfg.factor, patience=cfg.patience,
-            threshold=cfg.threshold, min_lr=cfg.min_lr,
-        )  # fmt: skip
-    if cfg.name == "cosine":
-        return LambdaLR(
-            optimizer,
-            lambda s: cosine_factor(s, steps, cfg.warmup_steps, cfg.min_lr_ratio),
-        )
-    if cfg.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.gamma)
-    raise ValueError(f"unknown scheduler {cfg.name!r}; choose one of {list(SCHEDULERS)}")
+    if cfg.name not in BUILDERS:
+        raise ValueError(f"unknown scheduler {cfg.name!r}; choose one of {list(SCHEDULERS)}")
+    return BUILDERS[cfg.name](optimizer, steps, mode, **params)
 
 
 class SchedulerStep(Callback):

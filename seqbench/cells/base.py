@@ -1,0 +1,169 @@
+"""What seqbench knows about a recurrent cell, in one description per cell.
+
+A :class:`Cell` holds the cell's name and gate count, its reference step equations (the
+unrolled diagnostic path of :mod:`seqbench.model` and the tests), its initialisation (per gate
+block; the LSTM's forget-gate bias), the fused PyTorch layer when there is one, and its pieces
+of the BPTT engine (:class:`EngineKernels`; ``None`` for a cell the engine cannot run, which
+then trains on the fused or the reference path).
+
+The weights follow PyTorch's layout for every cell: per layer ``weight_ih (G*H, I)``,
+``weight_hh (G*H, H)``, ``bias_ih``, ``bias_hh`` (``G*H``), gate blocks stacked along the rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # the engine hands these to the kernels; the cells never import it
+    from seqbench.engine.backward_torch import BackwardState
+    from seqbench.engine.forward import LayerForward
+
+INITS = ("default", "orthogonal", "xavier")
+
+# step(x_proj_t, h_proj, h, c) -> (h, c): one step from the input projection W_ih x_t + b_ih
+# (B, G*H), the recurrent projection W_hh h_{t-1} + b_hh (B, G*H) and the previous state;
+# c is the cell state of cells that carry one (LSTM) and passes through unchanged otherwise.
+Step = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def same_split(dgates: Tensor, w_ih: Tensor, hidden: int) -> tuple[Tensor, Tensor, Tensor]:
+    """dG columns feeding the input and the recurrent weights, and w_ih's rows in dG's order."""
+    return dgates, dgates, w_ih
+
+
+def same_order(
+    dw_ih: Tensor, colsum: Tensor, hidden: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dw_ih, db_ih, db_hh) in PyTorch's gate order from the engine's dG column order."""
+    db = colsum.to(dtype)
+    return dw_ih, db, db
+
+
+@dataclass(frozen=True)
+class EngineKernels:
+    """A cell's pieces of :mod:`seqbench.engine` (see ``seqbench/engine/__init__.py``).
+
+    Attributes:
+        forward: runs one layer forward (native kernel or pure torch, as ``layer.native``
+            says), fills ``layer.h_all`` and returns the tensors its backward needs.
+        backward_step: the pure-torch backward equations of one step: from ``dh`` (B, H) and
+            the carry scale ``b``, write dG into ``d`` (B, dgate_blocks*H) and update
+            ``state.rec`` (and ``state.cc``) for step t-1.
+        dgate_blocks: columns of dG per hidden unit (``W`` of the C++ kernel).
+        native_saved: the saved tensors as the native kernel's (ACT, AUX1, AUX2) slots.
+        native_source: the C++ kernel file (``<cell>.cpp`` next to the module), or None for a
+            cell that runs on the pure-torch path only.
+        carry_in_kernel: the backward kernel writes its own part of the recurrent carry into
+            ``rec`` (GRU: dh_t * z_t), so the recurrent product is added to it.
+        split_dgates: (dG, w_ih, H) -> (dG columns for w_ih, dG columns for w_hh, w_ih's rows
+            in the order of the first).
+        pytorch_grads: (dw_ih, dG column sums (float64), H, dtype) -> (dw_ih, db_ih, db_hh) in
+            PyTorch's gate order.
+        saved_elements: (T, B, H) -> elements of the buffers ``forward`` keeps beside the
+            hidden states (for the memory table of ``scripts/bench.py``).
+    """
+
+    forward: Callable[[LayerForward], tuple[Tensor, ...]]
+    backward_step: Callable[[BackwardState, int, Tensor, Tensor, Tensor], None]
+    dgate_blocks: int
+    native_saved: Callable[[tuple[Tensor, ...], Tensor], tuple[Tensor | None, ...]]
+    native_source: Path | None = None
+    carry_in_kernel: bool = False
+    split_dgates: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor]] = same_split
+    pytorch_grads: Callable[..., tuple[Tensor, Tensor, Tensor]] = same_order
+    saved_elements: Callable[[int, int, int], int] = lambda steps, batch, hidden: 0
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One recurrent cell, described once.
+
+    Attributes:
+        name: the config's ``model.cell``.
+        gates: gate blocks in the weights (G: weight_ih is (G*H, I)).
+        step: the reference step equations (see ``Step``).
+        cell_state: carries a cell state c beside h (LSTM).
+        forget_gate: index of the forget-gate block, for ``model.forget_bias``; None if none.
+        fused: the fused PyTorch layer (``nn.LSTM``), or None (then the reference path runs).
+        fused_cell: PyTorch's single-step module (``nn.LSTMCell``), an independent reference
+            for the tests.
+        quantizable: ``torch.ao`` dynamic int8 quantization supports ``fused``.
+        engine: the engine's kernels, or None (then the model falls back with a notice).
+    """
+
+    name: str
+    gates: int
+    step: Step
+    cell_state: bool = False
+    forget_gate: int | None = None
+    fused: type[nn.RNNBase] | None = None
+    fused_cell: type[nn.RNNCellBase] | None = None
+    quantizable: bool = False
+    engine: EngineKernels | None = None
+
+    def unroll(self, seq: Tensor, weights: tuple[Tensor, Tensor, Tensor, Tensor]) -> list[Tensor]:
+        """One layer over seq (B, T, I), step by step, from zero state. Returns h_1..h_T."""
+        w_ih, w_hh, b_ih, b_hh = weights
+        batch, steps, _ = seq.shape
+        hidden = w_hh.shape[1]
+        x_proj = F.linear(seq, w_ih, b_ih)  # (B, T, G*H): the input path of every step at once
+        h = seq.new_zeros(batch, hidden)
+        c = seq.new_zeros(batch, hidden)
+        hs = []
+        for t in range(steps):
+            h, c = self.step(x_proj[:, t], F.linear(h, w_hh, b_hh), h, c)
+            hs.append(h)
+        return hs
+
+    def initialise(self, rnn: nn.Module, init: str, forget_bias: float) -> None:
+        """Apply ``init`` to a layer stack of this cell, then the forget-gate bias if any.
+
+        "default" keeps the stack's own initialisation; "orthogonal": an orthogonal square
+        block per gate of weight_hh, Xavier-uniform blocks of weight_ih, zero biases;
+        "xavier": Xavier-uniform blocks everywhere, zero biases.
+        """
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
+        if init != "default":
+            with torch.no_grad():
+                for name, param in rnn.named_parameters():
+                    if name.startswith("bias"):
+                        param.zero_()
+                    elif init == "orthogonal" and name.startswith("weight_hh"):
+                        for block in param.chunk(self.gates, dim=0):  # one square block per gate
+                            nn.init.orthogonal_(block)
+                    else:
+                        for block in param.chunk(self.gates, dim=0):
+                            nn.init.xavier_uniform_(block)
+        if self.forget_gate is not None:
+            self.set_forget_bias(rnn, forget_bias)
+
+    def set_forget_bias(self, rnn: Any, value: float) -> None:
+        """Make the effective forget-gate bias exactly ``value`` in every layer and direction.
+
+        PyTorch adds two bias vectors; the forget slice of ``bias_ih`` gets the value and that
+        of ``bias_hh`` is zeroed, so the two do not add up to twice the value.
+        """
+        if self.forget_gate is None:
+            raise ValueError(f"cell {self.name!r} has no forget gate")
+        h = rnn.hidden_size
+        rows = slice(self.forget_gate * h, (self.forget_gate + 1) * h)
+        suffixes = ("", "_reverse") if rnn.bidirectional else ("",)
+        with torch.no_grad():
+            for layer in range(rnn.num_layers):
+                for suffix in suffixes:
+                    getattr(rnn, f"bias_ih_l{layer}{suffix}")[rows].fill_(value)
+                    getattr(rnn, f"bias_hh_l{layer}{suffix}")[rows].zero_()
+
+
+def kernel_file(module_file: str) -> Path | None:
+    """The C++ kernel file next to a cell module (``lstm.py`` -> ``lstm.cpp``), if shipped."""
+    path = Path(module_file).with_suffix(".cpp")
+    return path if path.is_file() else None

@@ -1,0 +1,93 @@
+"""LSTM (gates i, f, g, o, as nn.LSTM): c_t = f*c + i*g, h_t = o*tanh(c_t).
+
+Engine kernels: ``lstm.cpp`` (native) and the pure-torch equations below. The forward keeps the
+gate activations (T, B, 4H) and the cell states (T+1, B, H); the backward carries dL/dc_t in
+``state.cc`` beside the recurrent carry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from seqbench.cells.base import Cell, EngineKernels, kernel_file
+
+if TYPE_CHECKING:
+    from seqbench.engine.backward_torch import BackwardState
+    from seqbench.engine.forward import LayerForward
+
+
+def step(x_proj: Tensor, h_proj: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    i, f, g, o = (x_proj + h_proj).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def forward(layer: LayerForward) -> tuple[Tensor, ...]:
+    T, B, H = layer.steps, layer.batch, layer.hidden
+    h_all = layer.h_all
+    act = layer.empty((T, B, 4 * H))  # pre-activations in, activations i, f, g, o out
+    project = layer.projector(act, layer.b_ih + layer.b_hh)
+    c_all = layer.empty((T + 1, B, H))
+    c_all[0].zero_()
+    if layer.native:
+        fn = layer.kernel()
+        P = layer.params(B, H, act.data_ptr(), c_all.data_ptr(), h_all.data_ptr(), layer.lens)
+        acts, hs = act.unbind(0), h_all.unbind(0)
+        for t in range(T):
+            project(t)
+            if t:
+                acts[t].addmm_(hs[t], layer.w_hh_t)
+            fn(P, t)
+    else:
+        project(0)
+        for t in range(T):
+            g = act[t]
+            if t:
+                g.addmm_(h_all[t], layer.w_hh_t)
+            g[:, : 2 * H].sigmoid_()
+            g[:, 2 * H : 3 * H].tanh_()
+            g[:, 3 * H :].sigmoid_()
+            i, f, gg, o = g.chunk(4, 1)
+            c = torch.addcmul(f * c_all[t], i, gg, out=c_all[t + 1])
+            torch.mul(o, torch.tanh(c), out=h_all[t + 1])
+            if layer.valid is not None:
+                h_all[t + 1].mul_(layer.valid[t])
+    return act, c_all
+
+
+def backward_step(state: BackwardState, t: int, dh: Tensor, b: Tensor, d: Tensor) -> None:
+    act, c_all = state.saved
+    i, f, g, o = act[t].chunk(4, 1)
+    tc = torch.tanh(c_all[t + 1])
+    dc = (state.cc.double() * b).to(dh.dtype) + dh * o * (1 - tc * tc)
+    di, df, dgg, do = d.chunk(4, 1)
+    torch.mul(dc * g, i * (1 - i), out=di)
+    torch.mul(dc * c_all[t], f * (1 - f), out=df)
+    torch.mul(dc * i, 1 - g * g, out=dgg)
+    torch.mul(dh * tc, o * (1 - o), out=do)
+    state.cc = dc * f
+    if t:
+        state.rec = d @ state.w_hh
+
+
+CELL = Cell(
+    name="lstm",
+    gates=4,
+    step=step,
+    cell_state=True,
+    forget_gate=1,
+    fused=nn.LSTM,
+    fused_cell=nn.LSTMCell,
+    quantizable=True,
+    engine=EngineKernels(
+        forward=forward,
+        backward_step=backward_step,
+        dgate_blocks=4,
+        native_saved=lambda saved, h_all: (saved[0], saved[1], None),
+        native_source=kernel_file(__file__),
+        saved_elements=lambda T, B, H: T * B * 4 * H + (T + 1) * B * H,
+    ),
+)

@@ -1,0 +1,132 @@
+"""Backward, one layer, on the native path.
+
+Per step: one call of the cell's fused backward kernel (gate derivatives, the rescaled signal,
+its float64 sum of squares for the norms, the bias-gradient column sums), one matrix product for
+the recurrence, one for the input gradient, and the weight-gradient accumulation (``addmm_``).
+
+Vanishing gradients would turn float32 values into denormals, on which x86 matrix products are
+10-100x slower. The engine never produces them: the backward signal is carried as
+``2**e_t * g_t`` with an integer exponent ``e_t`` per step and ``g_t`` renormalised so that
+``max|g_t|`` is about 1 (exact: scaling by a power of two). Weight gradients are accumulated
+with the factor ``2**(e_t - R)`` for a running reference exponent ``R``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+from torch import Tensor
+
+from seqbench.cells import Cell
+from seqbench.engine.buffers import cache
+from seqbench.engine.constants import BWD_SLOTS, CUT
+from seqbench.engine.native import Native, params, ptr
+
+
+class LayerGrads:
+    """One layer's backward results; ``d_in`` holds normalised rows (true = row * 2**d_in_exp)."""
+
+    __slots__ = ("d_in", "d_in_exp", "db_hh", "db_ih", "dw_hh", "dw_ih", "log10", "norms")
+
+
+def ldexp_tensor(x: Tensor, e: int, dtype: torch.dtype) -> Tensor:
+    """x * 2**e computed in float64, returned as dtype."""
+    if e == 0:
+        return x.to(dtype)
+    if e > 1023:
+        scale = math.inf
+    elif e < -1074:
+        scale = 0.0
+    else:
+        scale = math.ldexp(1.0, e)
+    return (x.double() * scale).to(dtype)
+
+
+def bwd_params(**slots: int) -> ctypes.Array:
+    """The backward kernels' parameter block, slots named as in the header's ``enum Bwd``."""
+    if set(slots) != set(BWD_SLOTS):
+        raise ValueError(f"backward parameter slots {sorted(slots)} != {sorted(BWD_SLOTS)}")
+    return params(*(slots[name] for name in BWD_SLOTS))
+
+
+def layer_backward_native(
+    nat: Native, cell: Cell, up, up_ts, up_rs, up_exp, inp, h_all, saved, w_ih, w_hh, lens_cpu,
+    need_wgrad, need_din, want_norms,
+):  # fmt: skip
+    """up (B,T,H) or (T,B,H) upstream gradient with strides up_ts, up_rs; up_exp: int32 (T,)
+    exponents of its rows or None."""
+    k = cell.engine
+    T, B, n_in = inp.shape
+    H = w_hh.shape[1]
+    dt, dev = inp.dtype, inp.device
+    G = k.dgate_blocks * H
+    cut = CUT[dt]
+    dGs = torch.empty(B, G, dtype=dt, device=dev)
+    rec = torch.zeros(B, H, dtype=dt, device=dev)
+    cc = torch.zeros(B, H, dtype=dt, device=dev) if cell.cell_state else None
+    st = torch.zeros(2, dtype=torch.int32)
+    sq = torch.empty(T, dtype=torch.float64)
+    ms = torch.empty(T, dtype=torch.int32)
+    cs = torch.empty(T, G, dtype=dt)  # per-step column sums of dG (bias gradients)
+    sqrow = torch.empty(H, dtype=torch.float64)
+    ms_c = (ctypes.c_int * T).from_address(ms.data_ptr())
+    act, aux1, aux2 = k.native_saved(saved, h_all)
+    P = bwd_params(
+        B_=B, H_=H, UP=up.data_ptr(), UP_TS=up_ts, UP_RS=up_rs, UP_EXP=ptr(up_exp),
+        REC=rec.data_ptr(), CC=ptr(cc), ST=st.data_ptr(), ACT=ptr(act), AUX1=ptr(aux1),
+        AUX2=ptr(aux2), DG=dGs.data_ptr(), SQ=sq.data_ptr(), MS=ms.data_ptr(), CS=cs.data_ptr(),
+        LEN=ptr(lens_cpu), SQROW=sqrow.data_ptr() if want_norms else 0,
+    )  # fmt: skip
+    fn = nat.fns[(f"{cell.name}_bwd", dt)]
+    dg_in, dg_h, w_in = k.split_dgates(dGs, w_ih, H)
+    acc_hh = torch.zeros(dg_h.shape[1], H, dtype=dt, device=dev)
+    acc_ih = torch.zeros(dg_in.shape[1], n_in, dtype=dt, device=dev)
+    d_in = cache.empty((T, B, n_in), dt, dev) if need_din else None
+    dg_h_t, dg_in_t = dg_h.t(), dg_in.t()
+    hs, xs = h_all.unbind(0), inp.unbind(0)
+    d_ins = d_in.unbind(0) if d_in is not None else None
+    R = None
+    for t in range(T - 1, -1, -1):
+        nz = fn(P, t)
+        if not nz:  # no signal at or after this step (e.g. padding): everything is zero
+            if not k.carry_in_kernel:
+                rec.zero_()
+            if d_ins is not None:
+                d_ins[t].zero_()
+            continue
+        if t:
+            if k.carry_in_kernel:
+                rec.addmm_(dg_h, w_hh)
+            else:
+                torch.mm(dg_h, w_hh, out=rec)
+        if d_ins is not None:
+            torch.mm(dg_in, w_in, out=d_ins[t])
+        if need_wgrad:
+            m = ms_c[t]
+            if R is None:
+                R = m
+            elif m > R + 30:
+                acc_hh.mul_(math.ldexp(1.0, R - m))
+                acc_ih.mul_(math.ldexp(1.0, R - m))
+                R = m
+            d = m - R
+            if d >= -cut:
+                alpha = math.ldexp(1.0, d)
+                if t:
+                    acc_hh.addmm_(dg_h_t, hs[t], alpha=alpha)
+                acc_ih.addmm_(dg_in_t, xs[t], alpha=alpha)
+    out = LayerGrads()
+    ms64 = ms.double()
+    out.norms = sq.sqrt() * torch.exp2(ms64)
+    out.log10 = 0.5 * torch.log10(sq) + ms64 * math.log10(2.0)
+    out.d_in, out.d_in_exp = d_in, ms
+    out.dw_hh = out.dw_ih = out.db_hh = out.db_ih = None
+    if need_wgrad:
+        R = 0 if R is None else R
+        out.dw_hh = ldexp_tensor(acc_hh, R, dt)
+        dw_ih = ldexp_tensor(acc_ih, R, dt)
+        colsum = (cs.double() * torch.exp2(ms64)[:, None]).sum(0)
+        out.dw_ih, out.db_ih, out.db_hh = k.pytorch_grads(dw_ih, colsum, H, dt)
+    return out

@@ -1,0 +1,101 @@
+"""Backward, one layer, on the pure-torch path: the native path's algorithm (the same
+power-of-two rescaling of the backward signal) in torch operations, without a host
+synchronisation per step, for CUDA tensors, other dtypes, or where no compiler is available."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from seqbench.cells import Cell
+from seqbench.engine.backward_native import LayerGrads
+from seqbench.engine.constants import CUT, NEG
+
+
+class BackwardState:
+    """What a cell's ``backward_step(state, t, dh, b, d)`` reads and updates.
+
+    ``rec`` (B, H): the recurrent carry into step t (the cell sets it for step t-1); ``cc``
+    (B, H): the cell-state carry of cells with one, else None; ``saved``: the cell forward's
+    tensors; ``h_all`` (T+1, B, H); ``w_hh``; ``hidden``: H.
+    """
+
+    __slots__ = ("cc", "h_all", "hidden", "rec", "saved", "w_hh")
+
+    def __init__(self, rec, cc, saved, h_all, w_hh) -> None:  # fmt: skip
+        self.rec, self.cc, self.saved, self.h_all, self.w_hh = rec, cc, saved, h_all, w_hh
+        self.hidden = w_hh.shape[1]
+
+
+def layer_backward_torch(
+    cell: Cell, up_bt, up_exp, inp, h_all, saved, w_ih, w_hh, valid, need_wgrad, need_din,
+    want_norms,
+):  # fmt: skip
+    """up_bt(t) -> (B,H) upstream at step t; up_exp: (T,) float64 exponents or None."""
+    k = cell.engine
+    T, B, n_in = inp.shape
+    H = w_hh.shape[1]
+    dt, dev = inp.dtype, inp.device
+    G = k.dgate_blocks * H
+    cut = float(CUT.get(dt, 60))
+    neg = torch.tensor(float(NEG), dtype=torch.float64, device=dev)
+    zero64 = torch.zeros((), dtype=torch.float64, device=dev)
+    dG = torch.zeros(T, B, G, dtype=dt, device=dev)
+    state = BackwardState(
+        torch.zeros(B, H, dtype=dt, device=dev),
+        torch.zeros(B, H, dtype=dt, device=dev) if cell.cell_state else None,
+        saved, h_all, w_hh,
+    )  # fmt: skip
+    s = zero64.clone()
+    sq = torch.zeros(T, dtype=torch.float64, device=dev)
+    ms = torch.zeros(T, dtype=torch.float64, device=dev)
+    nzs = torch.zeros(T, dtype=torch.bool, device=dev)
+
+    def expo(t: Tensor, base: Tensor) -> Tensor:
+        mx = t.abs().amax().double()
+        ok = mx > 0
+        e = torch.frexp(torch.where(torch.isfinite(mx), mx, 1.0))[1].double() - 1.0
+        return torch.where(ok, base + e, neg)
+
+    for t in range(T - 1, -1, -1):
+        u = up_bt(t)
+        if valid is not None:
+            u = torch.where(valid[t] > 0, u, 0.0)
+        sig = up_exp[t] if up_exp is not None else zero64
+        eu = expo(u, sig)
+        rec, cc = state.rec, state.cc
+        er = expo(rec if cc is None else torch.stack([rec, cc]), s)
+        m = torch.maximum(eu, er)
+        nz = m > neg
+        m = torch.where(nz, m, s)
+        a = torch.where((eu == neg) | (eu - m < -cut), 0.0, torch.exp2(sig - m))
+        b = torch.where((er == neg) | (er - m < -cut), 0.0, torch.exp2(s - m))
+        dh = (u.double() * a + rec.double() * b).to(dt)
+        if want_norms:
+            sq[t] = dh.double().square().sum()
+        ms[t] = m
+        nzs[t] = nz
+        s = m
+        k.backward_step(state, t, dh, b, dG[t])
+    out = LayerGrads()
+    out.norms = (sq.sqrt() * torch.exp2(ms)).cpu()
+    out.log10 = (0.5 * torch.log10(sq) + ms * math.log10(2.0)).cpu()
+    dg_in, dg_h, w_in = k.split_dgates(dG, w_ih, H)
+    out.d_in = dg_in @ w_in if need_din else None  # normalised rows; true = row * 2**ms
+    out.d_in_exp = ms
+    out.dw_hh = out.dw_ih = out.db_hh = out.db_ih = None
+    if need_wgrad:
+        big = torch.where(nzs, ms, neg).amax()
+        wts = torch.where(nzs & (ms - big >= -cut), torch.exp2(ms - big), 0.0)
+        rel_h = dg_h * wts.to(dt)[:, None, None]
+        rel_i = dg_in * wts.to(dt)[:, None, None]
+        scale = torch.exp2(torch.clamp(big, -1100.0, 1100.0))
+        dw_hh = rel_h[1:].reshape(-1, rel_h.shape[-1]).t() @ h_all[1:T].reshape(-1, H)
+        dw_ih = rel_i.reshape(-1, rel_i.shape[-1]).t() @ inp.reshape(-1, n_in)
+        out.dw_hh = (dw_hh.double() * scale).to(dt)
+        dw_ih = (dw_ih.double() * scale).to(dt)
+        colsum = (dG.double().sum(1) * torch.exp2(ms)[:, None]).sum(0)
+        out.dw_ih, out.db_ih, out.db_hh = k.pytorch_grads(dw_ih, colsum, H, dt)
+    return out

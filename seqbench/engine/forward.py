@@ -1,0 +1,97 @@
+"""Forward, one layer: what the engine hands to a cell's forward kernel.
+
+The input projection of a layer is computed for all steps with a few large matrix products;
+on the native path in chunks of about 1 MiB, just ahead of the recurrence, so the per-step
+kernels still find them in cache. Per step, the cell's kernel does one in-place ``addmm_``
+(the recurrent product) and one call of its fused elementwise kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from seqbench.cells import Cell
+from seqbench.engine.buffers import cache
+from seqbench.engine.native import Native, params, ptr
+
+
+def chunk_steps(steps: int, row_bytes: int) -> int:
+    """Steps per input-projection chunk: about 1 MiB, so a chunk is still in L2 when the
+    per-step kernels read it."""
+    return max(1, min(steps, (1 << 20) // max(1, row_bytes)))
+
+
+class LayerForward:
+    """One layer's forward pass over ``inp`` (T, B, I), time-major.
+
+    A cell's ``forward(layer)`` fills ``h_all`` (T+1, B, H; ``h_all[0]`` is the zero initial
+    state) and returns what its backward needs. It reads the weights (``w_ih``, ``w_hh``,
+    ``b_ih``, ``b_hh``, and ``w_hh_t = w_hh.t()``), ``lens`` (pointer to the int64 lengths, or
+    0) and ``valid`` ((T, B, 1) 0/1 mask, or None) for padding, and ``native`` (whether to use
+    its C++ kernel).
+    """
+
+    params = staticmethod(params)
+
+    def __init__(
+        self,
+        cell: Cell,
+        inp: Tensor,
+        weights: tuple[Tensor, Tensor, Tensor, Tensor],
+        lens_cpu: Tensor | None,
+        valid: Tensor | None,
+        nat: Native | None,
+    ) -> None:
+        self.cell, self.inp, self.nat = cell, inp, nat
+        self.steps, self.batch, _ = inp.shape
+        self.w_ih, self.w_hh, self.b_ih, self.b_hh = weights
+        self.hidden = self.w_hh.shape[1]
+        self.dtype, self.device = inp.dtype, inp.device
+        self.native = nat is not None
+        self.lens, self.valid = ptr(lens_cpu), valid
+        self.h_all = self.empty((self.steps + 1, self.batch, self.hidden))
+        self.h_all[0].zero_()
+        self.w_hh_t, self.w_ih_t = self.w_hh.t(), self.w_ih.t()
+
+    def empty(self, shape: tuple[int, ...]) -> Tensor:
+        """A work buffer of the layer's dtype and device (recycled between calls)."""
+        return cache.empty(shape, self.dtype, self.device)
+
+    def kernel(self) -> ctypes._CFuncPtr:
+        """The cell's native forward kernel ``fn(P, t)`` for this dtype."""
+        return self.nat.fns[(f"{self.cell.name}_fwd", self.dtype)]
+
+    def projector(self, proj: Tensor, bias: Tensor) -> Callable[[int], None]:
+        """``project(t)`` writes ``inp @ w_ih.T + bias`` into ``proj`` (T, B, G) for the chunk
+        of steps starting at t when t starts a chunk; the pure-torch path does all steps at
+        ``project(0)``."""
+        T, inp, w_ih_t = self.steps, self.inp, self.w_ih_t
+        G = proj.shape[-1]
+        K = chunk_steps(T, self.batch * G * inp.element_size()) if self.native else T
+
+        def project(t: int) -> None:
+            if t % K == 0:
+                t1 = min(T, t + K)
+                torch.addmm(
+                    bias, inp[t:t1].reshape(-1, inp.shape[2]), w_ih_t, out=proj[t:t1].view(-1, G)
+                )
+
+        return project
+
+
+def layer_forward(
+    cell: Cell,
+    inp: Tensor,
+    weights: tuple[Tensor, Tensor, Tensor, Tensor],
+    lens_cpu: Tensor | None,
+    valid: Tensor | None,
+    nat: Native | None,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """(h_all (T+1, B, H) with h_all[0] = 0, the cell's saved tensors)."""
+    layer = LayerForward(cell, inp, weights, lens_cpu, valid, nat)
+    saved = cell.engine.forward(layer)
+    return layer.h_all, saved

@@ -1,0 +1,236 @@
+"""The engine's autograd function: :func:`recurrent` runs a stacked recurrent network forward
+and its backward is the hand-written BPTT (``forward.py``, ``backward_native.py``,
+``backward_torch.py``), delivering the per-timestep norms to a :class:`GradNormRecorder`."""
+
+from __future__ import annotations
+
+import torch
+
+from seqbench.cells import CELLS, Cell, get_cell
+from seqbench.engine.backward_native import layer_backward_native
+from seqbench.engine.backward_torch import layer_backward_torch
+from seqbench.engine.buffers import cache
+from seqbench.engine.forward import layer_forward
+from seqbench.engine.native import use_native
+from seqbench.engine.recorder import GradNormRecorder
+
+
+def engine_cells() -> list[str]:
+    """Names of the registered cells the engine can run."""
+    return [name for name, cell in CELLS.items() if cell.engine is not None]
+
+
+def dropout_masks(
+    num_layers: int,
+    seq_len: int,
+    batch: int,
+    hidden_size: int,
+    p: float,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> list[torch.Tensor]:
+    """The inter-layer dropout masks :func:`recurrent` draws when ``training`` and ``p > 0``.
+
+    Returns ``num_layers - 1`` tensors of shape ``(T, B, H)`` (time-major), with values 0 or
+    ``1/(1-p)`` (inverted dropout); mask ``l`` multiplies layer ``l``'s output sequence before
+    it enters layer ``l+1``. Masks are drawn in layer order with ``torch.bernoulli_`` from the
+    global RNG of ``device``, and :func:`recurrent` draws nothing else, so re-seeding and calling
+    this function reproduces the masks of a ``recurrent`` call exactly.
+    """
+    masks = []
+    for _ in range(num_layers - 1):
+        m = torch.empty(seq_len, batch, hidden_size, dtype=dtype, device=device)
+        if p >= 1.0:
+            m.zero_()
+        else:
+            m.bernoulli_(1.0 - p).mul_(1.0 / (1.0 - p))
+        masks.append(m)
+    return masks
+
+
+class _Recurrent(torch.autograd.Function):
+    """Arguments as :func:`recurrent`'s, with the cell's description in place of its name."""
+
+    @staticmethod
+    def forward(ctx, cell, num_layers, hidden_size, dropout, training, lengths, recorder, x,
+                *weights):  # fmt: skip
+        B, T, _ = x.shape
+        dt, dev = x.dtype, x.device
+        nat = use_native(x, cell)
+        valid = lens_cpu = None
+        if lengths is not None:
+            lens_cpu = lengths.to(device="cpu", dtype=torch.int64).clamp(0, T).contiguous()
+            steps = torch.arange(T, device=dev)[:, None]
+            valid_b = steps < lens_cpu.to(dev)[None, :]  # (T, B) bool
+            valid = valid_b.to(dt)[..., None]  # (T, B, 1)
+        inp = cache.empty((T, B, x.shape[2]), dt, dev).copy_(x.transpose(0, 1))
+        if valid is not None:
+            inp.masked_fill_(~valid_b[..., None], 0.0)
+        masks = []
+        if training and dropout > 0 and num_layers > 1:
+            masks = dropout_masks(num_layers, T, B, hidden_size, dropout, dtype=dt, device=dev)
+        inputs, h_alls, saved_all = [], [], []
+        for layer in range(num_layers):
+            w_ih, w_hh, b_ih, b_hh = weights[4 * layer : 4 * layer + 4]
+            h_all, saved = layer_forward(cell, inp, (w_ih, w_hh, b_ih, b_hh), lens_cpu, valid, nat)
+            inputs.append(inp)
+            h_alls.append(h_all)
+            saved_all.append(saved)
+            inp = h_all[1:]
+            if masks and layer < num_layers - 1:
+                inp = torch.mul(inp, masks[layer], out=cache.empty(inp.shape, dt, dev))
+        ctx.meta = (cell, num_layers, len(saved_all[0]), recorder, nat)
+        flat_saved = [t for s in saved_all for t in s]
+        ctx.save_for_backward(*weights, *inputs, *h_alls, *flat_saved, *masks)
+        ctx.lens = (lens_cpu, valid)
+        ctx.has_masks = bool(masks)
+        return h_alls[-1][1:].transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        cell, L, nsaved, recorder, nat = ctx.meta
+        tensors = ctx.saved_tensors
+        weights = tensors[: 4 * L]
+        inputs = tensors[4 * L : 5 * L]
+        h_alls = tensors[5 * L : 6 * L]
+        rest = tensors[6 * L :]
+        saved_all = [rest[i * nsaved : (i + 1) * nsaved] for i in range(L)]
+        masks = rest[L * nsaved :]
+        lens_cpu, valid = ctx.lens
+        need_x = ctx.needs_input_grad[7]
+        need_w = any(ctx.needs_input_grad[8:])
+        dt = grad_out.dtype
+        grads: list[torch.Tensor | None] = [None] * (4 * L)
+        norms, logs = [], []
+        # upstream for the top layer: grad_out (B, T, H), exponent 0
+        if grad_out.stride(-1) != 1:
+            grad_out = grad_out.contiguous()
+        up, up_exp = grad_out, None
+        up_ts, up_rs = grad_out.stride(1), grad_out.stride(0)
+        x_grad = None
+        want_norms = recorder is not None
+        for layer in range(L - 1, -1, -1):
+            w_ih, w_hh = weights[4 * layer], weights[4 * layer + 1]
+            need_din = layer > 0 or need_x
+            if nat is not None:
+                g = layer_backward_native(
+                    nat, cell, up, up_ts, up_rs, up_exp, inputs[layer], h_alls[layer],
+                    saved_all[layer], w_ih, w_hh, lens_cpu, need_w, need_din, want_norms,
+                )  # fmt: skip
+            else:
+                if up_exp is None:
+                    go = up
+                    up_bt = lambda t, go=go: go[:, t]  # noqa: E731
+                else:
+                    up_bt = up.__getitem__
+                g = layer_backward_torch(
+                    cell, up_bt, up_exp, inputs[layer], h_alls[layer], saved_all[layer], w_ih,
+                    w_hh, valid, need_w, need_din, want_norms,
+                )  # fmt: skip
+            norms.append(g.norms)
+            logs.append(g.log10)
+            if need_w:
+                grads[4 * layer : 4 * layer + 4] = [g.dw_ih, g.dw_hh, g.db_ih, g.db_hh]
+            if layer > 0:
+                up = g.d_in
+                if ctx.has_masks:
+                    up = torch.mul(up, masks[layer - 1], out=cache.empty(up.shape, dt, up.device))
+                up_exp = g.d_in_exp
+                if nat is not None:
+                    up_ts, up_rs = up.stride(0), up.stride(1)
+                else:
+                    up_exp = up_exp.double() if up_exp.dtype != torch.float64 else up_exp
+            elif need_x:
+                dx = g.d_in
+                if nat is not None:
+                    nat.fns[("scale_rows", dt)](
+                        dx.data_ptr(), dx.shape[0], dx[0].numel(), g.d_in_exp.data_ptr()
+                    )
+                else:
+                    dx = (dx.double() * torch.exp2(g.d_in_exp)[:, None, None]).to(dt)
+                x_grad = dx.transpose(0, 1)
+        if recorder is not None:
+            recorder._record(
+                torch.stack(norms[::-1]).to("cpu", torch.float64),
+                torch.stack(logs[::-1]).to("cpu", torch.float64),
+            )
+        for k in range(4 * L):
+            if not ctx.needs_input_grad[8 + k]:
+                grads[k] = None
+        return (None, None, None, None, None, None, None, x_grad, *grads)
+
+
+def recurrent(
+    cell: str,
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    *,
+    num_layers: int,
+    hidden_size: int,
+    dropout: float = 0.0,
+    training: bool = False,
+    lengths: torch.Tensor | None = None,
+    recorder: GradNormRecorder | None = None,
+) -> torch.Tensor:
+    """Run a stacked recurrent network of a registered cell with engine kernels ('rnn' = tanh,
+    'lstm', 'gru'; see :mod:`seqbench.cells`) over x (B, T, I) (batch_first) with zero initial
+    state; return the top layer's output sequence (B, T, H).
+
+    Differentiable w.r.t. ``x`` and every weight via a :class:`torch.autograd.Function` whose
+    backward is the hand-written BPTT described in :mod:`seqbench.engine`.
+
+    ``weights`` is exactly ``list(module._flat_weights)`` of an ``nn.RNN``/``nn.LSTM``/``nn.GRU``
+    built with ``batch_first=True, bias=True, bidirectional=False``: per layer
+    ``[w_ih, w_hh, b_ih, b_hh]`` in PyTorch's gate order (LSTM i, f, g, o; GRU r, z, n with
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``).
+
+    ``dropout``/``training``: with ``dropout > 0`` and ``training=True``, inverted-dropout masks
+    from :func:`dropout_masks` (torch's global RNG) multiply each non-top layer's output
+    sequence before it enters the next layer.
+
+    ``lengths`` (B,) int64: for ``t >= lengths[b]`` the output of sequence ``b`` is zero and
+    nothing at those positions influences the result or the gradients (the carried state is not
+    observable since no final state is returned); padded inputs may hold any finite or
+    non-finite values. Padded positions contribute zero to the norms.
+
+    ``recorder``: if given, each backward stores ``norms[l, t] = ||dL/dh_t^{(l)}||_F`` (float64,
+    CPU, shape ``(num_layers, T)``), where ``h_t^{(l)}`` is layer ``l``'s output at step ``t``
+    *before* the inter-layer dropout; see :class:`GradNormRecorder`.
+
+    The returned tensor is a transposed view of a time-major buffer (like ``nn.LSTM``'s own
+    ``batch_first`` output on CPU); modifying it in place is refused by autograd.
+    """
+    if cell not in CELLS or CELLS[cell].engine is None:
+        raise ValueError(f"cell must be one of {engine_cells()}, got {cell!r}")
+    spec: Cell = get_cell(cell)
+    if x.dim() != 3:
+        raise ValueError(f"x must be (B, T, I), got shape {tuple(x.shape)}")
+    if len(weights) != 4 * num_layers:
+        raise ValueError(
+            f"expected {4 * num_layers} weights (w_ih, w_hh, b_ih, b_hh per layer), "
+            f"got {len(weights)}; bias=False and bidirectional modules are not supported"
+        )
+    G = spec.gates * hidden_size
+    for layer in range(num_layers):
+        w_ih, w_hh, b_ih, b_hh = weights[4 * layer : 4 * layer + 4]
+        in_size = x.shape[2] if layer == 0 else hidden_size
+        if (
+            tuple(w_ih.shape) != (G, in_size)
+            or tuple(w_hh.shape) != (G, hidden_size)
+            or tuple(b_ih.shape) != (G,)
+            or tuple(b_hh.shape) != (G,)
+        ):
+            raise ValueError(f"layer {layer}: weight shapes do not match a {cell} layer")
+        if any(w.dtype != x.dtype or w.device != x.device for w in (w_ih, w_hh, b_ih, b_hh)):
+            raise ValueError("weights must have the dtype and device of x")
+    if lengths is not None and lengths.shape != (x.shape[0],):
+        raise ValueError(f"lengths must have shape (B,) = ({x.shape[0]},)")
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+    if x.shape[1] == 0:
+        raise ValueError("sequence length must be >= 1")
+    return _Recurrent.apply(
+        spec, num_layers, hidden_size, float(dropout), bool(training), lengths, recorder, x,
+        *weights,
+    )  # fmt: skip
