@@ -1,7 +1,8 @@
 """Inference comparison after training: the trained model in float32 against dynamic int8
-quantization (`torch.ao.quantization.quantize_dynamic`: int8 weights for nn.LSTM, nn.GRU and
-nn.Linear; PyTorch has no dynamic-quantized tanh nn.RNN, so there only the head is quantized),
-on the CPU, measured on the task's validation split."""
+quantization (`torch.ao.quantization.quantize_dynamic`: int8 weights for nn.Linear and for the
+fused layers that the cells mark `quantizable`, nn.LSTM and nn.GRU; PyTorch has no
+dynamic-quantized tanh nn.RNN, so there only the head is quantized), on the CPU, measured on the
+task's validation split."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from seqbench.cells import CELLS
 from seqbench.tasks import Task
 
 
@@ -24,6 +26,12 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def quantizable_modules() -> set[type[nn.Module]]:
+    """The module types dynamic int8 quantization replaces: the head and the quantizable fused
+    layers of the registered cells."""
+    return {nn.Linear} | {c.fused for c in CELLS.values() if c.quantizable and c.fused}
 
 
 @torch.no_grad()
@@ -38,7 +46,7 @@ def compare_inference(model: nn.Module, task: Task, repeats: int = 3) -> dict:
         warnings.simplefilter("ignore")
         from torch.ao.quantization import quantize_dynamic
 
-        quantized = quantize_dynamic(model, {nn.LSTM, nn.GRU, nn.Linear}, dtype=torch.qint8)
+        quantized = quantize_dynamic(model, quantizable_modules(), dtype=torch.qint8)
     modules = sorted(
         type(m).__name__
         for m in quantized.modules()

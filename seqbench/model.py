@@ -1,33 +1,101 @@
-"""Recurrent sequence models: a tanh RNN, LSTM or GRU stack with a linear head on every step."""
+"""Recurrent sequence models: a stack of one of seqbench's cells (:mod:`seqbench.cells`) with a
+linear head on every step."""
 
 from __future__ import annotations
+
+import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqbench.cells import CELLS, INITS, Cell, get_cell
 from seqbench.engine import GradNormRecorder, recurrent
 
-CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+__all__ = [
+    "CELLS",
+    "ENGINES",
+    "INITS",
+    "ReferenceStack",
+    "SequenceModel",
+    "Trace",
+    "count_parameters",
+    "engine_choice",
+    "reverse_padded",
+    "set_forget_bias",
+]
+
 ENGINES = ("auto", "engine", "fused")
 
 # What forward() returns beside the outputs: the engine's recorder, the unrolled hidden states
 # (per layer, per step), or nothing.
 Trace = GradNormRecorder | list[list[Tensor]]
-INITS = ("default", "orthogonal", "xavier")
+
+
+def engine_choice(
+    cell: str, choice: str, device_type: str, bidirectional: bool
+) -> tuple[bool, str | None]:
+    """Whether a model runs on seqbench's BPTT engine, and a one-line notice when a cell without
+    engine kernels falls back.
+
+    ``choice`` is ``model.engine``: "engine" always, "auto" on the CPU for unidirectional
+    models (the fused cuDNN layer is faster on CUDA), "fused" never.
+    """
+    wanted = choice == "engine" or (choice == "auto" and device_type == "cpu" and not bidirectional)
+    spec = get_cell(cell)
+    if wanted and spec.engine is None:
+        path = "fused PyTorch layer" if spec.fused is not None else "unrolled reference path"
+        return False, (
+            f"cell {cell!r} has no engine kernels: training on the {path} instead "
+            "(per-timestep norms from autograd, every diagnostics.every steps)"
+        )
+    return wanted, None
+
+
+class ReferenceStack(nn.Module):
+    """The parameters of a layer stack for a cell without a fused PyTorch layer, named and shaped
+    as ``nn.LSTM``'s (``weight_ih_l0``, ..., ``_reverse``) and initialised as PyTorch does
+    (uniform in +-1/sqrt(hidden)). It runs through the cell's reference equations."""
+
+    def __init__(
+        self,
+        cell: Cell,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        batch_first: bool = True,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ) -> None:
+        super().__init__()
+        self.cell = cell
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.dropout, self.bidirectional = dropout, bidirectional
+        rows = cell.gates * hidden_size
+        bound = 1.0 / math.sqrt(hidden_size)
+        for layer in range(num_layers):
+            width = input_size if layer == 0 else hidden_size * (2 if bidirectional else 1)
+            for suffix in ("", "_reverse") if bidirectional else ("",):
+                shapes = {"weight_ih": (rows, width), "weight_hh": (rows, hidden_size),
+                          "bias_ih": (rows,), "bias_hh": (rows,)}  # fmt: skip
+                for kind, shape in shapes.items():
+                    param = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+                    self.register_parameter(f"{kind}_l{layer}{suffix}", param)
 
 
 class SequenceModel(nn.Module):
-    """A stacked recurrent layer (`nn.RNN`/`nn.LSTM`/`nn.GRU`, batch first) and a linear readout.
+    """A stacked recurrent layer (the cell's fused PyTorch layer, batch first) and a linear
+    readout.
 
     Args:
-        cell: "rnn" (tanh), "lstm" or "gru".
+        cell: a registered cell (:data:`seqbench.cells.CELLS`): "rnn" (tanh), "lstm", "gru".
         input_size: features per timestep.
         output_size: outputs per timestep (the head is applied at every step).
         hidden_size: units per layer.
         num_layers: stacked layers.
         dropout: dropout on the outputs of every layer but the last.
-        forget_bias: LSTM only: initial forget-gate bias.
+        forget_bias: cells with a forget gate (LSTM): its initial bias.
         init: "default" (PyTorch's uniform), "orthogonal" (orthogonal recurrent blocks, Xavier
             input weights, zero biases) or "xavier" (Xavier-uniform weights, zero biases).
         vocab_size: token inputs: embed ids (B, T) in 0..vocab_size-1 first (id 0 is padding).
@@ -38,7 +106,8 @@ class SequenceModel(nn.Module):
             sequence backwards); with `lengths`, each sequence is reversed within its own length.
         engine: train through seqbench's BPTT engine (`seqbench.engine`: hand-written backward,
             exact per-timestep gradient norms on every step at almost no cost) instead of the
-            fused PyTorch layer. Same parameters and the same function either way.
+            fused PyTorch layer. Same parameters and the same function either way. A cell
+            without engine kernels falls back to the fused (or reference) path with a warning.
         track_log10: with the engine, also record log10 ||dL/dh_t||, exact even where the norm
             underflows float64 (`diagnostics.log_magnitude`).
     """
@@ -60,13 +129,16 @@ class SequenceModel(nn.Module):
         track_log10: bool = False,
     ) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(CELLS)}")
+        spec = get_cell(cell)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
         if bidirectional and engine:
             raise ValueError("the BPTT engine is unidirectional; use the fused path")
+        if engine and spec.engine is None:
+            warnings.warn(engine_choice(cell, "engine", "cpu", False)[1], stacklevel=2)
+            engine = False
         self.cell = cell
+        self.spec = spec
         self.engine = engine
         self.track_log10 = track_log10
         self.bidirectional = bidirectional
@@ -74,14 +146,13 @@ class SequenceModel(nn.Module):
         if vocab_size is not None:
             self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
             input_size = embedding_dim
-        self.rnn = CELLS[cell](
+        stack = spec.fused or (lambda *a, **kw: ReferenceStack(spec, *a, **kw))
+        self.rnn = stack(
             input_size, hidden_size, num_layers, batch_first=True, dropout=dropout,
             bidirectional=bidirectional,
         )  # fmt: skip
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), output_size)
-        _init_recurrent(self.rnn, init)
-        if cell == "lstm":
-            set_forget_bias(self.rnn, forget_bias)
+        spec.initialise(self.rnn, init, forget_bias)
 
     def forward(
         self, x: Tensor, record_states: bool = False, lengths: Tensor | None = None
@@ -93,7 +164,8 @@ class SequenceModel(nn.Module):
         - otherwise, with ``record_states``: the stack is unrolled step by step through the same
           parameters and every h_t of every layer is kept with ``retain_grad()``, so each
           ``h_t.grad`` is the total derivative through the recurrence; the trace is those states.
-        - otherwise the fused layer runs and the trace is empty.
+        - otherwise the fused layer runs and the trace is empty (a cell without a fused layer
+          runs unrolled).
         Bidirectional: the trace has two entries per layer (forward, then backward), the
         backward one in its processing order (its first entry has read the last real step).
         `lengths` (B,) matters only to bidirectional models (unidirectional ones are causal).
@@ -110,9 +182,10 @@ class SequenceModel(nn.Module):
                 training=self.training, recorder=recorder,
             )  # fmt: skip
             return self.head(seq), recorder if recorder is not None else []
+        fused = self.spec.fused is not None
         if self.bidirectional:
-            return self._bidirectional(x, record_states, lengths)
-        if not record_states:
+            return self._bidirectional(x, record_states or not fused, lengths, record_states)
+        if not record_states and fused:
             seq, _ = self.rnn(x)  # (B, T, H)
             return self.head(seq), []
         states: list[list[Tensor]] = []
@@ -120,19 +193,20 @@ class SequenceModel(nn.Module):
         for layer in range(self.rnn.num_layers):
             if layer > 0:
                 seq = F.dropout(seq, self.rnn.dropout, self.training)
-            hs = _unroll_layer(self.cell, seq, _layer_weights(self.rnn, layer))
-            for h in hs:
-                h.retain_grad()
+            hs = self.spec.unroll(seq, _layer_weights(self.rnn, layer))
+            if record_states:
+                for h in hs:
+                    h.retain_grad()
             states.append(hs)
             seq = torch.stack(hs, dim=1)  # (B, T, H)
-        return self.head(seq), states
+        return self.head(seq), states if record_states else []
 
     def _bidirectional(
-        self, x: Tensor, record_states: bool, lengths: Tensor | None
+        self, x: Tensor, unroll: bool, lengths: Tensor | None, record_states: bool
     ) -> tuple[Tensor, Trace]:
         steps, hidden = x.shape[1], self.rnn.hidden_size
         states: list[list[Tensor]] = []
-        if not record_states:
+        if not unroll:
             if lengths is None:
                 seq, _ = self.rnn(x)  # (B, T, 2H)
             else:
@@ -147,14 +221,14 @@ class SequenceModel(nn.Module):
             for layer in range(self.rnn.num_layers):
                 if layer > 0:
                     seq = F.dropout(seq, self.rnn.dropout, self.training)
-                forward = _unroll_layer(self.cell, seq, _layer_weights(self.rnn, layer))
-                backward = _unroll_layer(
-                    self.cell, reverse_padded(seq, lengths),
-                    _layer_weights(self.rnn, layer, "_reverse"),
-                )  # fmt: skip
-                for h in forward + backward:
-                    h.retain_grad()
-                states += [forward, backward]
+                forward = self.spec.unroll(seq, _layer_weights(self.rnn, layer))
+                backward = self.spec.unroll(
+                    reverse_padded(seq, lengths), _layer_weights(self.rnn, layer, "_reverse")
+                )
+                if record_states:
+                    for h in forward + backward:
+                        h.retain_grad()
+                    states += [forward, backward]
                 backward_seq = reverse_padded(torch.stack(backward, dim=1), lengths)
                 seq = torch.cat([torch.stack(forward, dim=1), backward_seq], dim=-1)
         # forward state at each step, backward state after the whole sequence (at step 1)
@@ -177,71 +251,25 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def set_forget_bias(lstm: nn.LSTM, value: float) -> None:
-    """Make the effective forget-gate bias exactly `value` in every layer.
-
-    PyTorch adds two bias vectors (gate order i, f, g, o); the forget slice of `bias_ih` gets the
-    value and that of `bias_hh` is zeroed, so the two do not add up to twice the value.
-    """
-    h = lstm.hidden_size
-    suffixes = ("", "_reverse") if lstm.bidirectional else ("",)
-    with torch.no_grad():
-        for layer in range(lstm.num_layers):
-            for suffix in suffixes:
-                getattr(lstm, f"bias_ih_l{layer}{suffix}")[h : 2 * h].fill_(value)
-                getattr(lstm, f"bias_hh_l{layer}{suffix}")[h : 2 * h].zero_()
+def set_forget_bias(rnn: nn.Module, value: float) -> None:
+    """Make the effective forget-gate bias exactly `value` in every layer and direction of a
+    stack whose cell has a forget gate (see :meth:`seqbench.cells.Cell.set_forget_bias`)."""
+    _cell_of(rnn).set_forget_bias(rnn, value)
 
 
-def _init_recurrent(rnn: nn.RNNBase, init: str) -> None:
-    if init == "default":
-        return
-    gates = rnn.weight_hh_l0.shape[0] // rnn.hidden_size
-    with torch.no_grad():
-        for name, param in rnn.named_parameters():
-            if name.startswith("bias"):
-                param.zero_()
-            elif init == "orthogonal" and name.startswith("weight_hh"):
-                for block in param.chunk(gates, dim=0):  # one square block per gate
-                    nn.init.orthogonal_(block)
-            else:
-                for block in param.chunk(gates, dim=0):
-                    nn.init.xavier_uniform_(block)
+def _cell_of(rnn: nn.Module) -> Cell:
+    if isinstance(rnn, ReferenceStack):
+        return rnn.cell
+    for cell in CELLS.values():
+        if cell.fused is not None and type(rnn) is cell.fused:
+            return cell
+    raise ValueError(f"{type(rnn).__name__} is not the layer stack of a registered cell")
 
 
 def _layer_weights(
-    rnn: nn.RNNBase, layer: int, suffix: str = ""
+    rnn: nn.Module, layer: int, suffix: str = ""
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return tuple(
         getattr(rnn, f"{kind}_l{layer}{suffix}")
         for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     )  # type: ignore[return-value]
-
-
-def _unroll_layer(
-    cell: str, seq: Tensor, weights: tuple[Tensor, Tensor, Tensor, Tensor]
-) -> list[Tensor]:
-    """One layer, step by step, with PyTorch's documented equations. Returns h_1..h_T."""
-    w_ih, w_hh, b_ih, b_hh = weights
-    batch, steps, _ = seq.shape
-    hidden = w_hh.shape[1]
-    x_proj = F.linear(seq, w_ih, b_ih)  # (B, T, G*H): the input path of every step at once
-    h = seq.new_zeros(batch, hidden)
-    c = seq.new_zeros(batch, hidden)
-    hs = []
-    for t in range(steps):
-        h_proj = F.linear(h, w_hh, b_hh)  # (B, G*H)
-        if cell == "rnn":
-            h = torch.tanh(x_proj[:, t] + h_proj)
-        elif cell == "lstm":
-            i, f, g, o = (x_proj[:, t] + h_proj).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-        else:  # gru, gate order r, z, n
-            x_r, x_z, x_n = x_proj[:, t].chunk(3, dim=1)
-            h_r, h_z, h_n = h_proj.chunk(3, dim=1)
-            r = torch.sigmoid(x_r + h_r)
-            z = torch.sigmoid(x_z + h_z)
-            n = torch.tanh(x_n + r * h_n)
-            h = (1 - z) * n + z * h
-        hs.append(h)
-    return hs
