@@ -40,6 +40,7 @@ class OptimizerConfig:
 @dataclass
 class AdamConfig(OptimizerConfig):
     _target_: str = "torch.optim.Adam"
+    lr: float = 3e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
 
@@ -53,6 +54,7 @@ class AdamWConfig(AdamConfig):
 @dataclass
 class SGDConfig(OptimizerConfig):
     _target_: str = "torch.optim.SGD"
+    lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
 
@@ -100,7 +102,7 @@ class StepScheduleConfig(SchedulerConfig):
 
 @dataclass
 class HardwareConfig:
-    device: str = "auto"  # cpu | cuda | auto (cuda when present)
+    device: str = MISSING  # cpu | cuda | auto (cuda when present): the option's name
     flush_denormal: bool = True  # float32 denormals -> 0: 4-7x faster RNN backward on CPU
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
