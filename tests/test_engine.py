@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import copy
+import math
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from seqbench import engine
-from seqbench.engine import GradNormRecorder, dropout_masks, recurrent
+from seqbench.cells import CELLS, get_cell
+from seqbench.engine import GradNormRecorder, dropout_masks, native, recurrent
+from seqbench.engine.backward_native import bwd_params
+from seqbench.engine.constants import BWD_SLOTS, CUT, HEADER, NEG, THREADING_MIN_WORK
 
-MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-CELLS = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
+# every registered cell the engine runs, checked against its fused PyTorch layer
+ENGINE_CELLS = [name for name, c in CELLS.items() if c.engine is not None and c.fused is not None]
 
 
 @pytest.fixture(params=["native", "torch"])
@@ -29,7 +34,7 @@ def path(request, monkeypatch):
 
 def make(cell, n_in, H, L, dtype=torch.float64, seed=0, scale=1.0):
     torch.manual_seed(seed)
-    mod = MODULES[cell](n_in, H, num_layers=L, batch_first=True).to(dtype)
+    mod = get_cell(cell).fused(n_in, H, num_layers=L, batch_first=True).to(dtype)
     if scale != 1.0:
         with torch.no_grad():
             for w in mod.parameters():
@@ -75,7 +80,7 @@ def ref_unrolled(cell, mod, x, lengths=None, masks=None):
     L, H = mod.num_layers, mod.hidden_size
     cells = []
     for layer in range(L):
-        c = CELLS[cell](mod.input_size if layer == 0 else H, H).to(x.dtype)
+        c = get_cell(cell).fused_cell(mod.input_size if layer == 0 else H, H).to(x.dtype)
         with torch.no_grad():
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(c, name).copy_(getattr(mod, f"{name}_l{layer}"))
@@ -87,7 +92,7 @@ def ref_unrolled(cell, mod, x, lengths=None, masks=None):
         cs = x.new_zeros(B, H)
         outs, hl = [], []
         for t in range(T):
-            if cell == "lstm":
+            if get_cell(cell).cell_state:
                 hn, cn = c(inp[t], (h, cs))
             else:
                 hn, cn = c(inp[t], h), None
@@ -122,7 +127,7 @@ def ref_norms(hs, lengths=None):
 # ------------------------------------------------------------------ gradients vs nn modules
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ENGINE_CELLS)
 @pytest.mark.parametrize(
     "L,B,T,n_in,H,lengths",
     [
@@ -148,7 +153,7 @@ def test_grads_match_module(path, cell, L, B, T, n_in, H, lengths):
         assert_rel(a, b, 1e-10, name)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ENGINE_CELLS)
 def test_grads_match_module_float32(path, cell):
     mod = make(cell, 3, 16, 2, dtype=torch.float32)
     x = torch.randn(6, 20, 3, requires_grad=True)
@@ -162,7 +167,7 @@ def test_grads_match_module_float32(path, cell):
         assert_rel(a, b, 1e-5, name)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ENGINE_CELLS)
 def test_dropout_same_masks(path, cell):
     B, T, n_in, H, L, p = 3, 6, 2, 4, 3, 0.4
     mod = make(cell, n_in, H, L)
@@ -187,7 +192,7 @@ def test_dropout_same_masks(path, cell):
 # ------------------------------------------------------------------ per-timestep norms
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ENGINE_CELLS)
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_norms_match_unrolled_cells(path, cell, with_lengths):
     B, T, n_in, H, L = 4, 8, 3, 5, 2
@@ -207,7 +212,7 @@ def test_norms_match_unrolled_cells(path, cell, with_lengths):
     assert rec.num_records == 1
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ENGINE_CELLS)
 def test_norms_with_dropout_are_before_dropout(path, cell):
     B, T, n_in, H, L, p = 3, 5, 2, 4, 2, 0.5
     mod = make(cell, n_in, H, L)
@@ -237,13 +242,13 @@ def test_norms_float32_small_values(path):
     torch.testing.assert_close(rec.norms, expected, rtol=1e-3, atol=0)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ENGINE_CELLS)
 def test_log10_tracking_below_float32_range(path, cell):
     """tanh RNN/LSTM/GRU with small recurrent weights: ||dL/dh_t|| falls below 1e-45 (float32
     underflows to 0) but stays above 1e-300 (float64 does not). The float32 engine must report
     the float64 autograd reference's log10 norms, and its training gradient must not change."""
     B, n_in, H = 4, 2, 8
-    T = {"rnn": 80, "lstm": 250, "gru": 250}[cell]
+    T = {"rnn": 80}.get(cell, 250)
     mod = make(cell, n_in, H, 1, dtype=torch.float32, seed=3, scale=0.3)
     x = torch.randn(B, T, n_in)
     rec = GradNormRecorder(track_log10=True)
@@ -269,7 +274,7 @@ def test_log10_tracking_below_float32_range(path, cell):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ENGINE_CELLS)
 def test_non_finite_padding_is_ignored(path, cell):
     mod = make(cell, 2, 4, 2)
     lens = torch.tensor([5, 2, 4])
@@ -305,7 +310,7 @@ def test_log10_exactly_zero_where_no_gradient(path):
 # ------------------------------------------------------------------ gradient range and scaling
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ENGINE_CELLS)
 def test_upstream_of_very_different_magnitudes(path, cell):
     """Loss terms at different steps differing by 1e40: exercises the exponent bookkeeping
     (reference-exponent changes during the weight-gradient accumulation)."""
@@ -339,7 +344,7 @@ def test_vanishing_float32_gradients_match_float64(path):
 # ------------------------------------------------------------------ training equivalence
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ENGINE_CELLS)
 def test_training_matches_autograd(path, cell):
     torch.manual_seed(0)
     ref = make(cell, 3, 6, 2)
@@ -434,12 +439,6 @@ def test_input_validation():
         recurrent("lstm", x[0], list(mod._flat_weights), num_layers=1, hidden_size=4)
 
 
-def test_native_kernels_build():
-    if not engine.native_available():
-        pytest.skip("no C++ compiler available; the pure-torch path is used")
-    assert engine._native() is engine._native()  # built once, cached
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     mod = make("lstm", 2, 4, 2)
@@ -455,28 +454,107 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(rec_gpu.norms, rec_cpu.norms, rtol=1e-8, atol=0)
 
 
-@pytest.mark.parametrize("cell,B", [("lstm", 64), ("gru", 96), ("rnn", 256)])
-def test_threaded_kernels(cell, B):
-    """Shapes large enough for the native kernels to split rows over threads (when built with
-    OpenMP): same results as the module, and the same as the serial kernels."""
+# ------------------------------------------------------------------ native build and threads
+
+
+def test_header_constants_are_the_ones_python_uses():
+    """Python reads the constants and the backward parameter block from the C++ header."""
+    assert NEG == -(2**29)
+    assert {torch.float32: 60, torch.float64: 200} == CUT
+    assert BWD_SLOTS[:2] == ("B_", "H_") and len(set(BWD_SLOTS)) == len(BWD_SLOTS) == 18
+    assert "SEQBENCH_THREADING_MIN_WORK" in HEADER.read_text()
+    with pytest.raises(ValueError, match="slots"):
+        bwd_params(B_=1, H_=2)
+    if engine.native_available():
+        nat = native.native()
+        assert nat.lib.seqbench_abi_version() == native.ABI
+        torch.set_num_threads(1)
+        assert nat.threads_for(THREADING_MIN_WORK) == 1  # one torch thread: serial kernels
+
+
+def test_native_kernels_build(tmp_path, monkeypatch):
+    """A real build into an empty cache directory; the new library computes what the cached one
+    computes (bit for bit) and what PyTorch's layers compute."""
     if not engine.native_available():
-        pytest.skip("native kernels unavailable")
-    nat = engine._native()
-    mod = make(cell, 2, 128, 2)
-    x = torch.randn(B, 3, 2, dtype=torch.float64, requires_grad=True)
-    go = torch.randn(B, 3, 128, dtype=torch.float64)
-    params = [x, *mod._flat_weights]
-    g_ref = torch.autograd.grad(mod(x)[0], params, go)
-    results = []
-    try:
-        for on in (1, 0):
-            nat.lib.seqbench_set_threading(on)
+        pytest.skip("no C++ compiler available; the pure-torch path is used")
+    lib = native.build(str(tmp_path))
+    assert lib is not None and len(list(tmp_path.glob("bptt_*.so"))) == 1
+    fresh = native.Native(lib)
+    assert fresh.cells == {name for name, c in CELLS.items() if c.engine and c.engine.native_source}
+    monkeypatch.setenv("SEQBENCH_NATIVE", "1")
+    for cell in ENGINE_CELLS:
+        mod = make(cell, 3, 5, 2, dtype=torch.float32)
+        x = torch.randn(4, 6, 3, requires_grad=True)
+        params = [x, *mod._flat_weights]
+        results = []
+        for nat in (native.native(), fresh):
+            monkeypatch.setitem(native._state, "lib", nat)
             rec = GradNormRecorder()
             out = run_engine(cell, mod, x, recorder=rec)
-            results.append((torch.autograd.grad(out, params, go), rec.norms))
+            results.append([out.detach(), *torch.autograd.grad(out.sum(), params), rec.norms])
+        for a, b in zip(*results, strict=True):
+            assert torch.equal(a, b)
+        g_ref = torch.autograd.grad(mod(x)[0].sum(), params)
+        for a, b in zip(results[1][1:-1], g_ref, strict=True):
+            assert_rel(a, b, 1e-5)
+
+
+def test_failed_build_says_why_once_and_falls_back(tmp_path, monkeypatch):
+    compiler = tmp_path / "broken-c++"
+    compiler.write_text("#!/bin/sh\necho 'kernel.cpp:3:1: error: planted failure' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    monkeypatch.setenv("SEQBENCH_NATIVE", "1")
+    monkeypatch.setenv("SEQBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.delitem(native._state, "lib", raising=False)  # as in a fresh process
+    mod = make("rnn", 2, 4, 1)
+    x = torch.randn(3, 5, 2, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [run_engine("rnn", mod, x) for _ in range(2)]
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages  # once, not per call
+    assert str(compiler) in messages[0] and "-std=c++17" in messages[0]
+    assert "error: planted failure" in messages[0] and "SEQBENCH_NATIVE=0" in messages[0]
+    assert not engine.native_available()
+    for out in outs:
+        assert_rel(out, mod(x)[0], 1e-12)
+
+
+@pytest.mark.parametrize("cell", ENGINE_CELLS)
+def test_threaded_kernels(cell):
+    """With 2 torch threads and every step's work above THREADING_MIN_WORK, the native kernels
+    split each step's rows over 2 threads (and sum the per-thread bias-gradient and norm
+    partials): gradients and per-timestep norms still match PyTorch."""
+    if not engine.native_available():
+        pytest.skip("native kernels unavailable")
+    nat = native.native()
+    if not nat.openmp:
+        pytest.skip("kernels built without OpenMP (torch does not run on libgomp)")
+    H, T = 64, 4
+    spec = get_cell(cell)
+    B = math.ceil(THREADING_MIN_WORK / (spec.gates * H))  # the smallest step (forward) is over
+    mod = make(cell, 2, H, 2)
+    lens = torch.full((B,), T)
+    lens[::3] = 2
+    x = torch.randn(B, T, 2, dtype=torch.float64, requires_grad=True)
+    go = torch.randn(B, T, H, dtype=torch.float64)
+    params = [x, *mod._flat_weights]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert nat.threads_for(B * spec.gates * H) == 2  # the threaded path is taken
+        rec = GradNormRecorder()
+        out = run_engine(cell, mod, x, lengths=lens, recorder=rec)
+        g_eng = torch.autograd.grad(out, params, go)
     finally:
-        nat.lib.seqbench_set_threading(1 if engine._threading_wanted() else 0)
-    for grads, _ in results:
-        for a, b in zip(grads, g_ref, strict=True):
-            assert_rel(a, b, 1e-10)
-    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-12, atol=0)
+        torch.set_num_threads(threads)
+    ref = run_module(mod, x, lens)
+    g_ref = torch.autograd.grad(ref, params, go)
+    assert_rel(out, ref, 1e-10, "output")
+    for a, b, name in zip(g_eng, g_ref, ["x", *mod._flat_weights_names], strict=True):
+        assert_rel(a, b, 1e-10, name)
+    ref_out, hs, _ = ref_unrolled(cell, mod, x.detach(), lengths=lens)
+    (ref_out * go).sum().backward()
+    torch.testing.assert_close(rec.norms, ref_norms(hs, lens), rtol=1e-9, atol=0)
