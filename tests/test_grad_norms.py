@@ -8,12 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from seqbench.cells import CELLS
 from seqbench.diagnostics import grad_norms, summarize
 from seqbench.model import SequenceModel
 
-CELL_CLASSES = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
+# the registered cells with a PyTorch single-step module: the independent reference
+REFERENCE_CELLS = [name for name, c in CELLS.items() if c.fused_cell is not None]
 
 
 def reference_norms(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
@@ -21,8 +22,8 @@ def reference_norms(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> n
     rnn = model.rnn
     cells = []
     for layer in range(rnn.num_layers):
-        cell = CELL_CLASSES[model.cell](rnn.input_size if layer == 0 else rnn.hidden_size,
-                                        rnn.hidden_size).double()  # fmt: skip
+        in_size = rnn.input_size if layer == 0 else rnn.hidden_size
+        cell = CELLS[model.cell].fused_cell(in_size, rnn.hidden_size).double()
         with torch.no_grad():
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(cell, name).copy_(getattr(rnn, f"{name}_l{layer}"))
@@ -35,7 +36,7 @@ def reference_norms(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> n
         c = torch.zeros_like(h)
         hs = []
         for t in range(steps):
-            if model.cell == "lstm":
+            if CELLS[model.cell].cell_state:
                 h, c = cell(seq[t], (h, c))
             else:
                 h = cell(seq[t], h)
@@ -50,7 +51,7 @@ def reference_norms(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> n
 
 
 @pytest.mark.parametrize("engine", [False, True], ids=["unrolled", "engine"])
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", REFERENCE_CELLS)
 def test_norms_match_unrolled_cells(cell: str, engine: bool) -> None:
     torch.manual_seed(0)
     model = SequenceModel(cell, input_size=3, output_size=1, hidden_size=16, num_layers=2,
@@ -159,7 +160,7 @@ def test_padded_batches_summarize_over_real_positions() -> None:
     assert s.vanishing_ratio == pytest.approx(-3.0)  # ||dL/dh_1|| / ||dL/dh_5||
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", REFERENCE_CELLS)
 def test_bidirectional_unrolled_path_is_the_fused_packed_layer(cell: str) -> None:
     """The diagnostic unrolled path computes what nn.*(bidirectional=True) computes on packed
     sequences, at every readout position (each sequence's last real step)."""
