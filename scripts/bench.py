@@ -49,8 +49,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-CELLS = ("rnn", "lstm", "gru")
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 INPUT_SIZE = 2
 
 
@@ -60,11 +58,24 @@ def _torch():
     return torch
 
 
+def _cell(name: str):
+    from seqbench.cells import get_cell
+
+    return get_cell(name)
+
+
+def bench_cells() -> list[str]:
+    """The registered cells that have both engine kernels and a fused PyTorch layer."""
+    from seqbench.cells import CELLS
+
+    return [n for n, c in CELLS.items() if c.engine is not None and c.fused is not None]
+
+
 def build(cell: str, B: int, T: int, H: int, seed: int = 0):
     """Module, head, input and target, identical in every process for a given seed."""
     torch = _torch()
     g = torch.Generator().manual_seed(seed)
-    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    cls = _cell(cell).fused
     torch.manual_seed(seed)
     mod = cls(INPUT_SIZE, H, batch_first=True)
     head = torch.nn.Linear(H, 1)
@@ -109,7 +120,7 @@ def engine_step(cell, mod, head, x, y, with_norms: bool):
 def floor_step(cell, B, T, H):
     """Only the matrix products of one training step, on preallocated random buffers."""
     torch = _torch()
-    G = GATES[cell] * H
+    G = _cell(cell).gates * H
     g = torch.Generator().manual_seed(1)
     w_ih = torch.randn(G, INPUT_SIZE, generator=g) * 0.1
     w_hh = torch.randn(G, H, generator=g) * 0.1
@@ -251,7 +262,7 @@ def measure_memory(variant: str, cell: str, B: int, T: int, H: int) -> dict:
 def memory_table(shape, timeout_s: float = 240.0):
     """One fresh single-threaded worker process per (cell, variant), two at a time."""
     B, T, H = shape
-    jobs = [(cell, variant) for cell in CELLS for variant in ("pytorch", "engine")]
+    jobs = [(cell, variant) for cell in bench_cells() for variant in ("pytorch", "engine")]
     procs = {}
     results = {}
     pending = list(jobs)
@@ -273,12 +284,9 @@ def memory_table(shape, timeout_s: float = 240.0):
                 del procs[job]
     rows = []
     for cell, variant in jobs:
-        G = GATES[cell]
-        # what the engine keeps per layer: gates (T,B,G*H; not for the tanh RNN), h (T+1,B,H),
-        # LSTM cell (T+1,B,H), GRU W_hn h + b_hn (T,B,H), the time-major input copy (T,B,I)
-        per = (T * B * G * H if cell != "rnn" else 0) + (T + 1) * B * H
-        per += (T + 1) * B * H if cell == "lstm" else 0
-        per += T * B * H if cell == "gru" else 0
+        # what the engine keeps per layer: the cell's own buffers (e.g. LSTM gates (T,B,4H) and
+        # cell states (T+1,B,H)), h (T+1,B,H) and the time-major input copy (T,B,I)
+        per = _cell(cell).engine.saved_elements(T, B, H) + (T + 1) * B * H
         per += T * B * INPUT_SIZE
         res = results.get((cell, variant)) or {}
         rows.append(
@@ -437,7 +445,8 @@ def main(argv=None) -> int:
         default=None,
         help="seconds for the timing part; fewer rounds (>= 5) if needed (default 150, quick 40)",
     )
-    ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
+    cells = bench_cells()
+    ap.add_argument("--cells", nargs="+", default=cells, choices=cells)
     ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory table")
     ap.add_argument("--serve-tuned", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mem-worker", nargs=5, help=argparse.SUPPRESS)
@@ -470,12 +479,13 @@ def main(argv=None) -> int:
     for r in rows if not args.quick else []:  # the targets refer to the full-size shapes
         if (r["B"], r["T"], r["H"]) != main_shape:
             continue
-        need = 2.0 if r["cell"] == "rnn" else 5.0
+        cell = _cell(r["cell"])
+        need = 2.0 if cell.gates == 1 else 5.0  # one gate: little elementwise work to fuse
         checks = [
             f"default/engine_norms {r['default/engine_norms']:.2f}x (target >= {need:g}x)",
             f"norms overhead {r['norms_overhead_%']:.1f}% (target <= 10%)",
         ]
-        if r["cell"] == "lstm":
+        if cell.cell_state:  # the LSTM: the floor target
             checks.append(f"engine_norms/floor {r['engine_norms/floor']:.2f} (target <= 2.5)")
         print(f"{r['cell']}: " + "; ".join(checks))
     if not args.no_mem:
