@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-import torch
-
-from tests.conftest import SMALL, seqbench_cli
+from tests.conftest import SMALL, seqbench_cli, seqbench_main
 
 
 def test_help_lists_groups(tmp_path: Path) -> None:
@@ -40,31 +37,34 @@ def test_run_from_another_directory_writes_outputs_there(tmp_path: Path) -> None
     assert "step 6/6" in result.stdout  # plain progress lines without a terminal
 
 
-@pytest.mark.parametrize(
-    "args,needle",
-    [
-        (["model=transformer"], "model"),
-        (["model.hiden_size=3"], "hiden_size"),
-        (["model.hidden_size=abc"], "model.hidden_size"),
-        (["model.hidden_size=0"], "model.hidden_size"),
-        (["optimizer.lr=-1"], "optimizer.lr"),
-        (["task.seq_len=1"], "task.seq_len"),
-    ],
-)
-def test_user_mistakes_get_a_message_not_a_traceback(tmp_path: Path, args, needle) -> None:
-    result = seqbench_cli(*args, "hardware=cpu", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert needle in result.stderr
-    assert not list(tmp_path.glob("outputs/*/*/metrics.json"))  # nothing half-written
+def test_a_write_that_fails_mid_run_exits_74_with_the_fix(tmp_path: Path, monkeypatch) -> None:
+    """The disk fills after the first periodic checkpoint: one message naming the run directory,
+    the error and the fix, exit status 74 (EX_IOERR), and the step-2 checkpoint left intact."""
+    import errno
 
+    from seqbench import checkpoint
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
-def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
-    result = seqbench_cli("hardware=cuda", cwd=tmp_path)
-    assert result.returncode == 2
+    save, steps = checkpoint.torch.save, []  # the step of every file torch.save writes
+
+    def full_after_the_first(obj, f, *args, **kwargs):
+        steps.append(obj["step"])
+        if len(steps) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_after_the_first)
+    run_dir = tmp_path / "run"
+    result = seqbench_main(*SMALL, "checkpoint.every=2", "log.tensorboard=false",
+                           f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 74, result.stderr
+    assert f"seqbench: error: writing the run's files in {run_dir} failed (No space left on " in (
+        result.stderr
+    )
+    assert "Free disk space or choose a writable hydra.run.dir" in result.stderr
     assert "Traceback" not in result.stderr
-    assert "hardware=cuda" in result.stderr and "hardware=cpu" in result.stderr
+    assert steps[:2] == [2, 3]  # checkpoint.pt at step 2, then best.pt at the validation
+    monkeypatch.undo()
+    assert checkpoint.load_training_state(run_dir)["step"] == 2
 
 
 def test_divergence_exits_cleanly(tmp_path: Path) -> None:

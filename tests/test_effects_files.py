@@ -1,0 +1,250 @@
+"""Every TensorBoard tag and every result-file column the README promises, read back from the
+files (TensorBoard through its own event reader) and checked against where its value comes from:
+TensorBoard against history.csv and grad_norms.csv, metrics.json against history.csv,
+grad_norms.csv and checkpoint.pt, the comparison table against each run's own files. Summaries
+of the gradient norms are recomputed here, independently, from grad_norms.csv."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import run_small
+
+LR = 0.003  # adam's default rate
+# 2 layers, 8 steps, validations at 3, 6 and 8, snapshots at 0, 2, 4, 6 and the end (8), a step
+# schedule (the rate changes within the run) and a threshold that clips some steps, not all
+RUN = ("model=lstm", "model.num_layers=2", "train.steps=8", "train.eval_every=3", "scheduler=step",
+       "scheduler.step_size=3", "scheduler.gamma=0.5", "inference.compare=false")  # fmt: skip
+
+
+def read_events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    guidance = {"scalars": 0, "images": 0, "tensors": 0}
+    return EventAccumulator(str(run_dir / "tb"), size_guidance=guidance).Reload()
+
+
+def clipping_threshold(tmp: Path) -> float:
+    """The median gradient norm of the run's 8 steps, from a first run with no clipping."""
+    run_small(tmp / "probe", *RUN, "train.clip.threshold=null", "diagnostics.every=0")
+    norms = [e.value for e in read_events(tmp / "probe").Scalars("grad/total_norm")]
+    return float(np.median(norms))
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("files")
+    threshold = clipping_threshold(tmp)
+    run_dir = tmp / "run"
+    metrics = run_small(run_dir, *RUN, "diagnostics.every=2", f"train.clip.threshold={threshold!r}")
+    return {
+        "dir": run_dir,
+        "threshold": threshold,
+        "metrics": metrics,
+        "history": pd.read_csv(run_dir / "history.csv"),
+        "grads": pd.read_csv(run_dir / "grad_norms.csv"),
+        "events": read_events(run_dir),
+    }
+
+
+def series(events, tag: str) -> dict[int, float]:
+    points = events.Scalars(tag)
+    steps = [p.step for p in points]
+    assert len(steps) == len(set(steps)), (tag, steps)  # one point per step
+    return {p.step: p.value for p in points}
+
+
+def f32(value: float) -> float:
+    """What TensorBoard stores of a float: float32."""
+    return float(np.float32(value))
+
+
+def layer_norms(grads: pd.DataFrame, step: int, layer: int) -> np.ndarray:
+    rows = grads[(grads["step"] == step) & (grads["layer"] == layer)].sort_values("t")
+    assert rows["t"].tolist() == list(range(1, len(rows) + 1))
+    return rows["norm"].to_numpy()
+
+
+def summary(norms: np.ndarray, explode_factor: float = 10.0) -> dict:
+    """The README's definitions, written out: log10(||dL/dh_1|| / ||dL/dh_T||), the least-squares
+    slope of log10 ||dL/dh_t|| per step over the non-zero values, the maximum, the flag."""
+    logs = np.log10(norms)
+    t = np.arange(len(norms), dtype=float)
+    slope = ((t - t.mean()) * (logs - logs.mean())).sum() / ((t - t.mean()) ** 2).sum()
+    return {
+        "vanishing_ratio": math.log10(norms[0] / norms[-1]),
+        "decay_rate": slope,
+        "max_norm": norms.max(),
+        "exploding": bool(norms.max() > explode_factor * norms[-1]),
+        "nonzero": int((norms > 0).sum()),
+        "timesteps": len(norms),
+    }
+
+
+def test_history_csv(one_run) -> None:
+    history, events = one_run["history"], one_run["events"]
+    assert list(history.columns) == ["step", "wall_time", "train_loss", "lr", "val_mse"]
+    assert history["step"].tolist() == [3, 6, 8]
+    losses = series(events, "train/loss")
+    for previous, step, mean in zip([0, 3, 6], history["step"], history["train_loss"], strict=True):
+        window = [losses[s] for s in range(previous + 1, step + 1)]
+        assert mean == pytest.approx(statistics.fmean(window), rel=1e-6), step
+    # the rate after `step` updates: lr * gamma ** (step // step_size)
+    assert history["lr"].tolist() == pytest.approx([LR * 0.5 ** (s // 3) for s in (3, 6, 8)])
+    assert history["wall_time"].is_monotonic_increasing and history["wall_time"].iloc[0] > 0
+
+
+def test_tensorboard_scalars_match_their_sources(one_run) -> None:
+    events, history, grads = one_run["events"], one_run["history"], one_run["grads"]
+    metrics = one_run["metrics"]
+    scalars = set(events.Tags()["scalars"])
+    names = ("vanishing_ratio", "decay_rate", "max_norm", "nonzero_steps")
+    per_layer = {f"grad/{name}/layer{layer}" for layer in (0, 1) for name in names}
+    finals = ("best_metric", "final_metric", "end_vanishing_ratio", "diverged")
+    hparams = {f"hparams/{name}" for name in finals}
+    expected_tags = {"train/loss", "train/lr", "val/mse", "grad/total_norm", "grad/clip_fraction"}
+    assert scalars == expected_tags | per_layer | hparams
+
+    assert list(series(events, "train/loss")) == list(range(1, 9))
+    lrs = series(events, "train/lr")
+    assert lrs == {s: pytest.approx(f32(LR * 0.5 ** (s // 3))) for s in range(1, 9)}
+    val = series(events, "val/mse")
+    assert val == {s: f32(v) for s, v in zip(history["step"], history["val_mse"], strict=True)}
+
+    # clipped steps: those whose norm (before clipping) exceeds the threshold
+    norms = series(events, "grad/total_norm")
+    assert list(norms) == list(range(1, 9))
+    clipped = [norms[s] > one_run["threshold"] for s in range(1, 9)]
+    assert 0 < sum(clipped) < 8
+    fractions = series(events, "grad/clip_fraction")
+    assert fractions == {s: pytest.approx(f32(sum(clipped[:s]) / s)) for s in (3, 6, 8)}
+    assert metrics["clip_fraction"] == pytest.approx(sum(clipped) / 8)
+
+    for layer in (0, 1):
+        for step in (0, 2, 4, 6, 8):
+            expected = summary(layer_norms(grads, step, layer))
+            for name in ("vanishing_ratio", "decay_rate", "max_norm"):
+                tb = series(events, f"grad/{name}/layer{layer}")
+                assert tb[step] == pytest.approx(expected[name], rel=1e-5), (name, step)
+            nonzero = series(events, f"grad/nonzero_steps/layer{layer}")[step]
+            assert nonzero == expected["nonzero"] == 8
+        assert sorted(series(events, f"grad/max_norm/layer{layer}")) == [0, 2, 4, 6, 8]
+
+    end = metrics["grad_norms"]["end"]["layers"][0]["vanishing_ratio"]
+    for name, value in [("best_metric", metrics["best_metric"]),
+                        ("final_metric", metrics["final_metric"]),
+                        ("end_vanishing_ratio", end), ("diverged", 0.0)]:  # fmt: skip
+        assert series(events, f"hparams/{name}") == {8: pytest.approx(f32(value))}, name
+
+
+def test_tensorboard_pictures_and_hparams(one_run) -> None:
+    events = one_run["events"]
+    images = events.Tags()["images"]
+    assert set(images) == {"grad_heatmap/layer0", "grad_heatmap/layer1", "grad_norm_vs_t"}
+    for tag in images:
+        assert [i.step for i in events.Images(tag)] == [0, 2, 4, 6, 8]
+        assert all(i.encoded_image_string.startswith(b"\x89PNG") for i in events.Images(tag))
+    content = events.PluginTagToContent("hparams")
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = {k: v.ListFields()[0][1] for k, v in start.session_start_info.hparams.items()}
+    assert hparams["model"] == "lstm" and hparams["task"] == "adding"
+    assert hparams["optimizer"] == "adam" and hparams["model.num_layers"] == 2
+    assert hparams["train.clip.threshold"] == pytest.approx(one_run["threshold"])
+
+
+def test_metrics_json_matches_its_sources(one_run) -> None:
+    m, history, grads = one_run["metrics"], one_run["history"], one_run["grads"]
+    ckpt = torch.load(one_run["dir"] / "checkpoint.pt", weights_only=True)
+    assert (m["status"], m["model"], m["task"], m["seed"]) == ("completed", "lstm", "adding", 0)
+    assert m["steps"] == m["steps_planned"] == ckpt["step"] == 8
+    assert m["num_parameters"] == sum(t.numel() for t in ckpt["model"].values())
+    assert m["metric"] == "mse" and m["mode"] == "min" and m["baseline"] == pytest.approx(1 / 6)
+    assert m["final_metric"] == history["val_mse"].iloc[-1]
+    assert m["final"] == {"mse": history["val_mse"].iloc[-1]}
+    best = history["val_mse"].idxmin()
+    assert (m["best_metric"], m["best_step"]) == (history["val_mse"][best], history["step"][best])
+    solved = history.loc[history["val_mse"] < 0.01, "step"]
+    assert m["solved_step"] == (int(solved.iloc[0]) if len(solved) else None)
+    best_pt = torch.load(one_run["dir"] / "best.pt", weights_only=True)
+    assert (best_pt["step"], best_pt["mse"]) == (m["best_step"], m["best_metric"])
+    assert m["steps_per_s"] == pytest.approx(8 / m["wall_time_s"], rel=0.01)
+
+    assert sorted(grads["step"].unique()) == [0, 2, 4, 6, 8]
+    assert m["grad_norms"]["max_norm"] == grads["norm"].max()
+    for when, step in (("init", 0), ("end", 8)):
+        snapshot = m["grad_norms"][when]
+        assert (snapshot["step"], snapshot["timesteps"]) == (step, 8)
+        for layer, recorded in enumerate(snapshot["layers"]):
+            expected = summary(layer_norms(grads, step, layer))
+            for key, value in expected.items():
+                assert recorded[key] == pytest.approx(value, rel=1e-9), (when, layer, key)
+            assert recorded["positions"] == 8 * 8  # T steps x batch of 8, nothing padded
+
+
+def test_comparison_table_matches_the_runs_files(tmp_path: Path) -> None:
+    """aggregate(load_runs(...)) over three runs (two lstm seeds, one gru): every number column
+    is the mean and std of values read from each run's own files."""
+    from seqbench.compare import aggregate, load_runs, to_display
+
+    runs = {("lstm", 0): tmp_path / "a", ("lstm", 1): tmp_path / "b", ("gru", 0): tmp_path / "c"}
+    for (model, seed), run_dir in runs.items():
+        run_small(run_dir, f"model={model}", f"seed={seed}", "train.steps=4", "train.eval_every=2",
+                  "log.tensorboard=false", "inference.compare=false")  # fmt: skip
+    table = aggregate(load_runs(list(runs.values()))).set_index("model")
+    assert sorted(table.index) == ["gru", "lstm"]
+
+    def from_files(run_dir: Path) -> dict:
+        m = json.loads((run_dir / "metrics.json").read_text())
+        history = pd.read_csv(run_dir / "history.csv")
+        grads = pd.read_csv(run_dir / "grad_norms.csv")
+        ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        first, last = grads["step"].min(), grads["step"].max()
+        init, end = summary(layer_norms(grads, first, 0)), summary(layer_norms(grads, last, 0))
+        return {
+            "final_metric": history["val_mse"].iloc[-1],
+            "best_metric": history["val_mse"].min(),
+            "baseline": 1 / 6,
+            "solved_step": math.nan,  # none reaches 0.01 in 4 steps
+            "init_vanishing_ratio": init["vanishing_ratio"],
+            "init_decay_rate": init["decay_rate"],
+            "end_vanishing_ratio": end["vanishing_ratio"],
+            "end_decay_rate": end["decay_rate"],
+            "max_grad_norm": grads["norm"].max(),
+            "wall_time_s": m["wall_time_s"],
+            "steps_per_s": m["steps_per_s"],
+            "num_parameters": sum(t.numel() for t in ckpt["model"].values()),
+        }
+
+    values = {key: from_files(run_dir) for key, run_dir in runs.items()}
+    for model, seeds in (("lstm", [0, 1]), ("gru", [0])):
+        row = table.loc[model]
+        assert (row["task"], row["metric"], row["runs"], row["completed"]) == (
+            "adding", "mse", len(seeds), len(seeds))  # fmt: skip
+        assert (row["diverged"], row["failed"], row["interrupted"], row["solved"]) == (0, 0, 0, 0)
+        for column, first in values[(model, seeds[0])].items():
+            data = [values[(model, s)][column] for s in seeds]
+            if math.isnan(first):
+                assert math.isnan(row[f"{column}_mean"]), column
+                continue
+            assert row[f"{column}_mean"] == pytest.approx(statistics.fmean(data), rel=1e-9), column
+            if len(data) > 1:
+                expected_std = statistics.stdev(data)
+                assert row[f"{column}_std"] == pytest.approx(expected_std, rel=1e-6, abs=1e-12), (
+                    column
+                )
+            else:
+                assert math.isnan(row[f"{column}_std"]), column
+    display = to_display(table.reset_index()).set_index("model")
+    assert display.loc["lstm", "seeds"] == "2/2" and display.loc["gru", "seeds"] == "1/1"
+    assert display.loc["lstm", "diverged/failed"] == "0/0" and display.loc["gru", "solved"] == "0/1"
+    assert display.loc["gru", "num_parameters"] == f"{values[('gru', 0)]['num_parameters']:,}"
