@@ -188,7 +188,7 @@ def build_job(cfg: Any, run_dir: Path, device: torch.device) -> Job:
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.train.steps, task.mode)
     recorder = RunRecorder(
         run_dir, info, task.metric, task.mode, cfg.diagnostics.explode_factor,
-        solved=getattr(task, "solved", None), lr=lambda: optimizer.param_groups[0]["lr"],
+        solved=task.solved, lr=lambda: optimizer.param_groups[0]["lr"],
     )  # fmt: skip
     return Job(cfg, run_dir, device, task, model, optimizer, scheduler, recorder)
 

@@ -94,8 +94,7 @@ def train(
         _emit(callbacks, "on_step", step + 1, loss_value, grad_norm, clipped)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             _emit(callbacks, "on_eval", step + 1, evaluate(model, task))
-            if hasattr(task, "report"):  # e.g. a text sample from a character model
-                _emit(callbacks, "on_text", step + 1, task.report(model))
+            _emit(callbacks, "on_text", step + 1, task.report(model))  # {} for most tasks
         _emit(callbacks, "on_step_end", step + 1)
         if done():
             return
