@@ -15,17 +15,53 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # the engine hands these to the kernels; the cells never import it
-    from seqbench.engine.backward_torch import BackwardState
-    from seqbench.engine.forward import LayerForward
-
 INITS = ("default", "orthogonal", "xavier")
+
+
+class LayerForward(Protocol):
+    """What the engine hands a cell's forward kernel (seqbench.engine.forward.LayerForward):
+    one layer over ``steps`` x ``batch`` with ``hidden`` units; the kernel fills ``h_all``
+    (T+1, B, H; ``h_all[0]`` is zero). ``lens``: pointer to the int64 lengths or 0; ``valid``:
+    (T, B, 1) 0/1 mask or None; ``native``: whether to use the C++ kernel."""
+
+    steps: int
+    batch: int
+    hidden: int
+    dtype: torch.dtype
+    device: torch.device
+    native: bool
+    lens: int
+    valid: Tensor | None
+    h_all: Tensor
+    w_ih: Tensor
+    w_hh: Tensor
+    b_ih: Tensor
+    b_hh: Tensor
+    w_hh_t: Tensor
+
+    def empty(self, shape: tuple[int, ...]) -> Tensor: ...
+    def kernel(self) -> Callable[[Any, int], Any]: ...
+    def projector(self, proj: Tensor, bias: Tensor) -> Callable[[int], None]: ...
+    def params(self, *values: int) -> Any: ...
+
+
+class BackwardState(Protocol):
+    """What a cell's pure-torch backward step reads and updates
+    (seqbench.engine.backward_torch.BackwardState)."""
+
+    rec: Tensor
+    cc: Tensor | None
+    saved: tuple[Tensor, ...]
+    h_all: Tensor
+    w_hh: Tensor
+    hidden: int
+
 
 # step(x_proj_t, h_proj, h, c) -> (h, c): one step from the input projection W_ih x_t + b_ih
 # (B, G*H), the recurrent projection W_hh h_{t-1} + b_hh (B, G*H) and the previous state;

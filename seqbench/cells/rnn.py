@@ -7,16 +7,10 @@ no dynamic-quantized nn.RNN.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 
-from seqbench.cells.base import Cell, EngineKernels, kernel_file
-
-if TYPE_CHECKING:
-    from seqbench.engine.backward_torch import BackwardState
-    from seqbench.engine.forward import LayerForward
+from seqbench.cells.base import BackwardState, Cell, EngineKernels, LayerForward, kernel_file
 
 
 def step(x_proj: Tensor, h_proj: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
