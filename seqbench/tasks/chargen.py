@@ -107,6 +107,14 @@ class CharVocab:
     def unknown(self, text: str) -> list[str]:
         return sorted({c for c, i in zip(text, self.encode(text), strict=True) if i == UNK})
 
+    def suggest(self, prompt: str, train_text: str) -> str:
+        """A prompt this vocabulary takes, for an error message: `prompt` lower-cased if that
+        works, else the training text's first characters (as many as `prompt` had)."""
+        lowered = prompt.lower()
+        if not self.unknown(lowered):
+            return lowered
+        return train_text[: max(1, len(prompt))]
+
 
 class CharGenTask:
     name = "chargen"
@@ -156,7 +164,8 @@ class CharGenTask:
         if unknown:
             raise ConfigError(
                 f"task.prompt={prompt!r} has characters that never occur in the training text "
-                f"({''.join(unknown)!r}); use characters of the corpus, e.g. task.prompt='The '."
+                f"({''.join(unknown)!r}); use characters of the corpus, e.g. "
+                f"task.prompt={self.vocab.suggest(prompt, texts['train'])!r}."
             )
         self.vocab_size = self.output_size = self.vocab.size
         self.device = device

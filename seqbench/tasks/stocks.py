@@ -96,7 +96,9 @@ def load_prices(
                 f"choose one of {tickers[:30]}, or task.ticker=null if the file is one series."
             )
         frame = frame[frame[ticker_column].astype(str) == ticker]
-    dates = pd.to_datetime(frame[date_column], errors="coerce")
+    # format="mixed": each value parsed on its own, as pandas falls back to anyway when it cannot
+    # infer one format (it would also print a UserWarning before our message)
+    dates = pd.to_datetime(frame[date_column], errors="coerce", format="mixed")
     values = pd.to_numeric(frame[value_column], errors="coerce")
     for key, column, parsed, allowed in (
         ("task.date_column", date_column, dates, "dates such as 2013-03-01"),

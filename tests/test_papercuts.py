@@ -1,0 +1,50 @@
+"""Small things a new user meets first: hints that work, no library noise before our message."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqbench.errors import ConfigError
+from seqbench.tasks import build_task
+from tests.conftest import compose_config
+
+CPU = torch.device("cpu")
+
+
+def chargen(path: Path, prompt: str):
+    cfg = compose_config(["task=chargen", f"task.path={path}", f"task.prompt='{prompt}'",
+                          "task.seq_len=8"])  # fmt: skip
+    return build_task(cfg.task, CPU, 0)
+
+
+@pytest.mark.parametrize(
+    "text,prompt",
+    [("the cat sat on the mat. " * 40, "The "), ("abc abd " * 60, "Zq")],
+    ids=["lower-cased prompt", "start of the text"],
+)
+def test_the_prompt_hint_is_a_prompt_the_corpus_takes(tmp_path: Path, text: str, prompt: str):
+    path = tmp_path / "my.txt"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"task\.prompt=") as err:
+        chargen(path, prompt)
+    suggested = re.search(r"e\.g\. task\.prompt='([^']*)'", str(err.value)).group(1)
+    assert suggested != prompt
+    assert chargen(path, suggested).prompt == suggested  # the hint is accepted as it stands
+
+
+def test_unparseable_dates_give_our_message_and_no_library_warning(tmp_path: Path) -> None:
+    path = tmp_path / "prices.csv"
+    rows = "".join(f"not a date {i},{100 + i}\n" for i in range(60))
+    path.write_text("date,close\n" + rows, encoding="utf-8")
+    cfg = compose_config(["task=stocks", f"task.path={path}", "task.ticker=null",
+                          "task.date_column=date", "task.value_column=close"])  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(ConfigError) as err:
+        warnings.simplefilter("always")
+        build_task(cfg.task, CPU, 0)
+    assert "task.date_column='date'" in str(err.value)
+    assert [str(w.message) for w in caught] == []
