@@ -89,7 +89,7 @@ class PlateauConfig(SchedulerConfig):
 @dataclass
 class CosineConfig(SchedulerConfig):
     name: str = "cosine"
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # null: WARMUP_FRACTION (5%) of train.steps, rounded down
     min_lr_ratio: float = 0.0
 
 
@@ -269,7 +269,8 @@ def check_config(cfg: Any) -> None:
         need(sched.patience >= 0, "scheduler.patience", "0 or more validations")
         need(sched.min_lr >= 0, "scheduler.min_lr", "a value >= 0")
     if sched.name == "cosine":
-        need(0 <= sched.warmup_steps < cfg.train.steps, "scheduler.warmup_steps",
+        warmup = sched.warmup_steps
+        need(warmup is None or 0 <= warmup < cfg.train.steps, "scheduler.warmup_steps",
              "0 or more, and fewer than train.steps")  # fmt: skip
         need(0 <= sched.min_lr_ratio <= 1, "scheduler.min_lr_ratio", "a ratio in [0, 1]")
     if sched.name == "step":

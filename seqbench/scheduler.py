@@ -3,8 +3,8 @@
 - none: the optimizer's learning rate throughout.
 - plateau: ReduceLROnPlateau on the validation metric (its direction from the task), stepped at
   each validation.
-- cosine: linear warm-up from 0 over `warmup_steps`, then cosine decay to `min_lr_ratio` x lr at
-  the last step: lr(s) = lr * (s / warmup) for s < warmup, else
+- cosine: linear warm-up from 0 over `warmup_steps` (default: 5% of the run), then cosine decay
+  to `min_lr_ratio` x lr at the last step: lr(s) = lr * (s / warmup) for s < warmup, else
   lr * (r + (1 - r) * (1 + cos(pi * (s - warmup) / (steps - warmup))) / 2).
 - step: lr * gamma ** (s // step_size).
 Per-step schedules are stepped after every optimizer update, so after s updates the learning rate
@@ -21,6 +21,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
 from seqbench.callbacks import Callback
+
+WARMUP_FRACTION = 0.05  # cosine's default warm-up: this fraction of train.steps
 
 
 def cosine_factor(step: int, steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -40,10 +42,12 @@ def plateau(
 
 
 def cosine(
-    optimizer: torch.optim.Optimizer, steps: int, mode: str, *, warmup_steps: int,
+    optimizer: torch.optim.Optimizer, steps: int, mode: str, *, warmup_steps: int | None,
     min_lr_ratio: float,
 ) -> LambdaLR:  # fmt: skip
-    return LambdaLR(optimizer, lambda s: cosine_factor(s, steps, warmup_steps, min_lr_ratio))
+    """warmup_steps None: WARMUP_FRACTION of the run, so a short run is not all warm-up."""
+    warmup = int(steps * WARMUP_FRACTION) if warmup_steps is None else warmup_steps
+    return LambdaLR(optimizer, lambda s: cosine_factor(s, steps, warmup, min_lr_ratio))
 
 
 def step(

@@ -48,3 +48,22 @@ def test_unparseable_dates_give_our_message_and_no_library_warning(tmp_path: Pat
         build_task(cfg.task, CPU, 0)
     assert "task.date_column='date'" in str(err.value)
     assert [str(w.message) for w in caught] == []
+
+
+def test_cosine_warmup_follows_the_run_length() -> None:
+    from seqbench.config import check_config
+    from seqbench.scheduler import build_scheduler
+
+    cfg = compose_config(["scheduler=cosine", "train.steps=60"])
+    check_config(cfg)  # the default warm-up fits a short run
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, 60, "min")
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0, 1 / 3, 2 / 3, 1])  # 5% of 60 steps: 3 warm-up steps
+    with pytest.raises(ConfigError, match=r"scheduler\.warmup_steps=60"):
+        check_config(compose_config(["scheduler=cosine", "train.steps=60",
+                                     "scheduler.warmup_steps=60"]))  # fmt: skip
