@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from seqbench.cells import CELLS, Cell, get_cell
+from seqbench.cells import CELLS, Cell
 from seqbench.engine.backward_native import layer_backward_native
 from seqbench.engine.backward_torch import layer_backward_torch
 from seqbench.engine.buffers import cache
@@ -201,9 +201,9 @@ def recurrent(
     The returned tensor is a transposed view of a time-major buffer (like ``nn.LSTM``'s own
     ``batch_first`` output on CPU); modifying it in place is refused by autograd.
     """
-    if cell not in CELLS or CELLS[cell].engine is None:
+    spec: Cell | None = CELLS.get(cell)
+    if spec is None or spec.engine is None:
         raise ValueError(f"cell must be one of {engine_cells()}, got {cell!r}")
-    spec: Cell = get_cell(cell)
     if x.dim() != 3:
         raise ValueError(f"x must be (B, T, I), got shape {tuple(x.shape)}")
     if len(weights) != 4 * num_layers:
