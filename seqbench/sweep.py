@@ -12,7 +12,8 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
 from seqbench.compare import aggregate, find_runs, group_keys, load_runs, print_table, write_tables
-from seqbench.errors import EXIT_IO
+from seqbench.config import check_config
+from seqbench.errors import EXIT_IO, EXIT_USAGE, ConfigError
 
 
 def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
@@ -48,6 +49,7 @@ class HydraHooks(HydraCallback):
     writable before Hydra creates it, and summarize when a multirun ends."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        refuse_impossible_values(config)  # before Hydra creates the run directory
         ensure_writable(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -55,6 +57,16 @@ class HydraHooks(HydraCallback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         summarize_sweep(Path(config.hydra.sweep.dir))
+
+
+def refuse_impossible_values(config: DictConfig) -> None:
+    """Exit with status 2 and one message (no traceback, nothing written) on a value that
+    composes but cannot run."""
+    try:
+        check_config(config)
+    except ConfigError as err:
+        print(f"seqbench: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
 
 def ensure_writable(directory: Path, key: str) -> None:

@@ -67,3 +67,15 @@ def test_cosine_warmup_follows_the_run_length() -> None:
     with pytest.raises(ConfigError, match=r"scheduler\.warmup_steps=60"):
         check_config(compose_config(["scheduler=cosine", "train.steps=60",
                                      "scheduler.warmup_steps=60"]))  # fmt: skip
+
+
+def test_a_refused_config_writes_nothing(tmp_path: Path) -> None:
+    from tests.conftest import seqbench_cli
+
+    run_dir = tmp_path / "run"
+    done = seqbench_cli("train.steps=-5", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "seqbench: error: train.steps=-5 is not allowed (a positive integer)."
+    )
+    assert not run_dir.exists()  # not even Hydra's cli.log
