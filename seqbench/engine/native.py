@@ -155,7 +155,7 @@ def build(directory: str | None = None) -> ctypes.CDLL | None:
 def _warn(reason: str, fix: str) -> None:
     warnings.warn(
         f"seqbench.engine: {reason}\n{fix}; SEQBENCH_NATIVE=0 skips the build. Using the "
-        "pure-torch path meanwhile (same results, slower).",
+        "pure-torch path meanwhile (equal up to float rounding, slower).",
         RuntimeWarning,
         stacklevel=4,
     )
