@@ -4,6 +4,7 @@ module maps what can go wrong to one message and an exit code."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def main(cfg: DictConfig) -> float | None:
             return run(cfg, run_dir)
         except ConfigError as err:
             print(f"seqbench: error: {err}", file=sys.stderr)
+            _remove_if_only_hydra_files(run_dir)
             sys.exit(EXIT_USAGE)
         except OSError as err:  # disk full, read-only file system, ...
             print(
@@ -61,6 +63,14 @@ def main(cfg: DictConfig) -> float | None:
         if run_status(run_dir) is None:
             write_failed(run_dir, cfg, overrides, err)
         return None
+
+
+def _remove_if_only_hydra_files(run_dir: Path) -> None:
+    """A run refused before it wrote anything leaves no directory behind: Hydra has created it
+    (with .hydra/ and the job's log) before the run could look at the data or the device."""
+    hydra_files = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_files:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _set_job_threads(cfg: DictConfig, hydra_cfg: DictConfig) -> None:

@@ -69,13 +69,20 @@ def test_cosine_warmup_follows_the_run_length() -> None:
                                      "scheduler.warmup_steps=60"]))  # fmt: skip
 
 
-def test_a_refused_config_writes_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train.steps=-5"], "train.steps=-5 is not allowed (a positive integer)."),
+        (["task=stocks", "task.path=missing.csv"], "task.path='missing.csv' does not exist"),
+    ],
+    ids=["checked before Hydra starts", "found while the run starts"],
+)
+def test_a_refused_config_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
     from tests.conftest import seqbench_cli
 
     run_dir = tmp_path / "run"
-    done = seqbench_cli("train.steps=-5", f"hydra.run.dir={run_dir}")
+    done = seqbench_cli(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip() == (
-        "seqbench: error: train.steps=-5 is not allowed (a positive integer)."
-    )
-    assert not run_dir.exists()  # not even Hydra's cli.log
+    assert done.stderr.startswith(f"seqbench: error: {message}")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not run_dir.exists()  # not even Hydra's .hydra/ and cli.log
