@@ -18,7 +18,7 @@ import torch
 
 from seqbench.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_training_state
 from seqbench.errors import ConfigError
-from tests.conftest import SMALL, compose_config, seqbench_cli, without_timings
+from tests.conftest import seqbench_cli, without_timings
 
 LONG = ["hardware=cpu", "task.seq_len=20", "train.steps=400", "train.eval_every=50",
         "diagnostics.every=50", "checkpoint.every=100", "log.progress=plain"]  # fmt: skip
@@ -100,11 +100,8 @@ def test_resume_without_any_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_resume_with_a_different_config_is_refused(small_run, tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, small_run)
-    from seqbench.cli import run
-
-    cfg = compose_config([*SMALL, f"resume={run_dir}", "optimizer.lr=0.5", "model=gru"])
     with pytest.raises(ConfigError, match=r"optimizer\.lr \(checkpoint: 0\.003, now: 0\.5\)"):
-        run(cfg, tmp_path / "x")
+        small_run(f"resume={run_dir}", "optimizer.lr=0.5", "model=gru", run_dir=tmp_path / "x")
     result = seqbench_cli(f"resume={run_dir}", "model=gru", cwd=tmp_path)
     assert result.returncode == 2 and "model (checkpoint:" in result.stderr
     assert "resume_force=true" in result.stderr and "Traceback" not in result.stderr

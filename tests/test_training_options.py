@@ -97,15 +97,11 @@ def test_early_stopped_run_records_it_and_resumes(small_run, tmp_path: Path) -> 
     assert metrics["stopped_at_step"] == 6 and metrics["steps"] == 6 and metrics["best_step"] <= 6
 
     # stop after 4 steps, resume: the patience count continues from the recorded history
-    from seqbench.cli import run
-    from tests.conftest import SMALL
-
     small_run(*args, "train.steps=4", "checkpoint.every=2", run_dir=tmp_path / "b")
     state = torch.load(tmp_path / "b" / "checkpoint.prev.pt", weights_only=True)
     assert state["step"] == 4
-    cfg = compose_config([*SMALL, *args, f"resume={tmp_path / 'b'}", "resume_force=true"])
     (tmp_path / "b" / "checkpoint.pt").unlink()  # continue from the step-4 checkpoint
-    run(cfg, tmp_path / "unused")
+    small_run(*args, f"resume={tmp_path / 'b'}", "resume_force=true", run_dir=tmp_path / "unused")
     resumed = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert resumed["stopped_at_step"] == 6 and resumed["steps"] == 6
 
