@@ -57,7 +57,7 @@ def main(cfg: DictConfig) -> float | None:
     resume = prepare_sweep_job(run_dir)
     _set_job_threads(cfg, hydra_cfg)
     try:
-        return run(cfg, run_dir, resume=resume)
+        return run(cfg, run_dir, resume=resume, sweep_job=f"#{hydra_cfg.job.num}")
     except Exception as err:  # recorded, reported, and the sweep goes on
         print(f"seqbench: job {hydra_cfg.job.num} failed: {err}", file=sys.stderr)
         if run_status(run_dir) is None:

@@ -59,10 +59,13 @@ class Job:
                               self.task.generator, config)  # fmt: skip
 
 
-def run(cfg: Any, run_dir: Path, resume: Path | None = None) -> float | None:
+def run(
+    cfg: Any, run_dir: Path, resume: Path | None = None, sweep_job: str | None = None
+) -> float | None:
     """Train one configuration and write its run directory; return the best validation metric.
 
     With `resume` (or `cfg.resume`), continue the run in that directory from its checkpoint.
+    `sweep_job` (a multirun job's label) keeps the console to one line for the job.
     Exits with 130/143 after writing every file when SIGINT/SIGTERM stopped the run.
     """
     check_config(cfg)
@@ -88,7 +91,7 @@ def run(cfg: Any, run_dir: Path, resume: Path | None = None) -> float | None:
             early.on_eval(row["step"], {task.metric: row[f"val_{task.metric}"]})
         best.best = recorder.best["value"] if recorder.best else None
 
-    console = ConsoleLogger(cfg.train.steps, task.metric, cfg.log.progress, start_step)
+    console = ConsoleLogger(cfg.train.steps, task.metric, cfg.log.progress, start_step, sweep_job)
     callbacks: list[Callback] = [recorder, best, early, console]
     if job.scheduler is not None:  # logged rates are those after s updates: lr(s)
         callbacks.append(SchedulerStep(job.scheduler, task.metric))
@@ -101,15 +104,16 @@ def run(cfg: Any, run_dir: Path, resume: Path | None = None) -> float | None:
             lr=recorder.lr,
         )  # fmt: skip
         callbacks.append(tensorboard)
-    if notice:
-        console.info(notice)
     if state is not None:
         console.info(f"Resuming {job.run_dir} at step {start_step} (from {state['source']}).")
-    console.info(
-        f"{cfg.model.cell} on {task.name}: {recorder.info['num_parameters']:,} parameters, "
-        f"{device}, seed {cfg.seed}; baseline {task.metric} {task.baseline:.4f}. "
-        f"Run dir: {job.run_dir}"
-    )
+    if sweep_job is None:  # a sweep says the device notice once (sweep.HydraHooks)
+        if notice:
+            console.info(notice)
+        console.info(
+            f"{cfg.model.cell} on {task.name}: {recorder.info['num_parameters']:,} parameters, "
+            f"{device}, seed {cfg.seed}; baseline {task.metric} {task.baseline:.4f}. "
+            f"Run dir: {job.run_dir}"
+        )
 
     status, extra, stopped = "completed", {"diverged_step": None, "error": None}, None
     final_saved = False

@@ -54,6 +54,12 @@ class HydraHooks(HydraCallback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         ensure_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+        if config.hardware.device == "auto":  # once here, instead of in every job
+            from seqbench.hardware import select_device
+
+            notice = select_device("auto")[1]
+            if notice and config.log.progress != "none":
+                print(notice)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         summarize_sweep(Path(config.hydra.sweep.dir))

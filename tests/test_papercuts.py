@@ -86,3 +86,20 @@ def test_a_refused_config_writes_nothing(tmp_path: Path, args: list[str], messag
     assert done.stderr.startswith(f"seqbench: error: {message}")
     assert len(done.stderr.strip().splitlines()) == 1
     assert not run_dir.exists()  # not even Hydra's .hydra/ and cli.log
+
+
+def test_a_sweep_says_the_device_notice_once_and_one_line_per_job(tmp_path: Path) -> None:
+    from tests.conftest import SMALL, seqbench_cli
+
+    small = [o for o in SMALL if not o.startswith(("hardware=", "log.progress="))]
+    done = seqbench_cli("-m", "model=rnn,gru", "hardware=auto", *small,
+                        f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    notices = [ln for ln in lines if "no CUDA device found" in ln]
+    assert len(notices) == (0 if torch.cuda.is_available() else 1)
+    jobs = [ln for ln in lines if ln.startswith("seqbench: #")]
+    assert [ln.split()[1] for ln in jobs] == ["#0:", "#1:"]
+    assert all("completed, best val mse" in ln for ln in jobs)
+    assert sum("seqbench run:" in ln for ln in lines) == 0  # no per-job summary table
+    assert sum(f"{tmp_path}: 2 runs" in ln for ln in lines) == 1  # the sweep's one table

@@ -38,16 +38,21 @@ class ConsoleLogger(Callback):
         metric: the validation metric shown next to the loss.
         mode: "rich" (live bar), "plain" (one line per validation, for CI and log files),
             "none", or "auto" (rich when stdout is a terminal, else plain).
+        sweep_job: the job's label in a multirun (#N, as Hydra numbers it), or None for a single
+            run. A sweep job says one line when it ends instead of the summary table; with
+            "auto" its bar disappears when the job ends and nothing is printed without a terminal.
     """
 
-    def __init__(self, total_steps: int, metric: str, mode: str = "auto", start_step: int = 0):
+    def __init__(
+        self, total_steps: int, metric: str, mode: str = "auto", start_step: int = 0,
+        sweep_job: str | None = None,
+    ) -> None:  # fmt: skip
         self.console = Console()
+        self.sweep_job = sweep_job
+        self.silent = mode == "none"
         if mode == "auto":
-            mode = (
-                "rich"
-                if self.console.is_terminal and not self.console.is_dumb_terminal
-                else "plain"
-            )
+            terminal = self.console.is_terminal and not self.console.is_dumb_terminal
+            mode = "rich" if terminal else "none" if sweep_job is not None else "plain"
         self.mode = mode
         self.total = total_steps
         self.metric = metric
@@ -68,6 +73,7 @@ class ConsoleLogger(Callback):
                 TextColumn("eta"),
                 TimeRemainingColumn(),
                 console=self.console,
+                transient=sweep_job is not None,
             )
             self.task_id = self.progress.add_task(
                 "train", total=total_steps, completed=start_step, loss=math.nan,
@@ -110,8 +116,19 @@ class ConsoleLogger(Callback):
         console.print(message, highlight=False, soft_wrap=True)
 
     def summary(self, metrics: dict, run_dir: str) -> None:
-        """The closing table: status, what ran, the metric next to its baseline, gradients."""
-        if self.mode == "none":
+        """The closing table: status, what ran, the metric next to its baseline, gradients. In a
+        sweep, one line per job (the table is in each run's files and the sweep's comparison)."""
+        if self.sweep_job is not None and not self.silent:
+            status = metrics["status"]
+            name = metrics["metric"]
+            self.console.print(
+                f"seqbench: {self.sweep_job}: {status}, best val {name} "
+                f"{_fmt(metrics['best_metric'])} (baseline {_fmt(metrics['baseline'])}), "
+                f"{metrics['steps']:,} steps in {_duration(metrics['wall_time_s'])} -> {run_dir}",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+            return
+        if self.mode == "none" or self.sweep_job is not None:
             return
         table = Table(title=f"seqbench run: {run_dir}", show_header=False, title_justify="left")
         table.add_column(style="bold")
