@@ -31,7 +31,7 @@ from seqbench.inference import compare_inference
 from seqbench.interrupt import stop_on_signals
 from seqbench.loggers.console import ConsoleLogger
 from seqbench.loggers.tensorboard import TensorBoardLogger, final_numbers, run_hparams
-from seqbench.model import SequenceModel, count_parameters
+from seqbench.model import SequenceModel, count_parameters, engine_choice
 from seqbench.results import RunRecorder
 from seqbench.resume import resumed_config
 from seqbench.scheduler import SchedulerStep, build_scheduler
@@ -51,6 +51,7 @@ class Job:
     optimizer: torch.optim.Optimizer
     scheduler: Any | None
     recorder: RunRecorder
+    notice: str | None = None  # e.g. a cell without engine kernels trains on another path
 
     def state(self) -> dict:
         """The full training state at the current step, for checkpoint.pt."""
@@ -104,6 +105,8 @@ def run(
             lr=recorder.lr,
         )  # fmt: skip
         callbacks.append(tensorboard)
+    if job.notice:
+        console.info(job.notice)
     if state is not None:
         console.info(f"Resuming {job.run_dir} at step {start_step} (from {state['source']}).")
     if sweep_job is None:  # a sweep says the device notice once (sweep.HydraHooks)
@@ -165,9 +168,8 @@ def build_job(cfg: Any, run_dir: Path, device: torch.device) -> Job:
     task = build_task(cfg.task, device, cfg.seed)
     m = cfg.model
     model_args = dict(m)  # every other key of model.* is an argument of SequenceModel
-    engine = model_args.pop("engine")
-    engine = engine == "engine" or (engine == "auto" and device.type == "cpu"
-                                    and not m.bidirectional)  # fmt: skip
+    engine, engine_notice = engine_choice(m.cell, model_args.pop("engine"), device.type,
+                                          m.bidirectional)  # fmt: skip
     model = SequenceModel(
         input_size=task.input_size, output_size=task.output_size, vocab_size=task.vocab_size,
         track_log10=cfg.diagnostics.log_magnitude, engine=engine, **model_args,
@@ -194,7 +196,7 @@ def build_job(cfg: Any, run_dir: Path, device: torch.device) -> Job:
         run_dir, info, task.metric, task.mode, cfg.diagnostics.explode_factor,
         solved=task.solved, lr=lambda: optimizer.param_groups[0]["lr"],
     )  # fmt: skip
-    return Job(cfg, run_dir, device, task, model, optimizer, scheduler, recorder)
+    return Job(cfg, run_dir, device, task, model, optimizer, scheduler, recorder, engine_notice)
 
 
 def final_snapshot(job: Job, callbacks: list[Callback]) -> None:
