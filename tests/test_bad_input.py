@@ -108,7 +108,7 @@ BAD = [
      refused("task.temperature=0.0", "a value > 0")),
     ("task=chargen task.corpus=hamlet task.prompt=@@", USAGE,
      "seqbench: error: task.prompt='@@' has characters that never occur in the training text "
-     "('@'); use characters of the corpus, e.g. task.prompt='The '."),
+     "('@'); use characters of the corpus, e.g. task.prompt="),
     ("task=sentiment task.path=/nonexistent/reviews.csv", USAGE,
      "seqbench: error: task.path='/nonexistent/reviews.csv' does not exist"),
     ("task=sentiment task.text_column=review", USAGE,
