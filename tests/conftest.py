@@ -9,7 +9,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -51,10 +51,10 @@ def compose_config(overrides: list[str] = (), hydra: bool = False) -> DictConfig
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
 
 
-def run_small(run_dir: Path, *overrides: str) -> dict:
-    """Run seqbench in-process on a tiny config (SMALL, then `overrides`) into `run_dir`;
+def run_small(run_dir: Path, *overrides: str, base: Sequence[str] = SMALL) -> dict:
+    """Run seqbench in-process on a tiny config (`base`, then `overrides`) into `run_dir`;
     return metrics.json's content. `resume=DIR` among the overrides continues that run."""
-    cfg = compose_config([*SMALL, *overrides])
+    cfg = compose_config([*base, *overrides])
     run_dir.mkdir(parents=True, exist_ok=True)
     run(cfg, run_dir)
     resumed = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)

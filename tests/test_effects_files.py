@@ -248,3 +248,25 @@ def test_comparison_table_matches_the_runs_files(tmp_path: Path) -> None:
     assert display.loc["lstm", "seeds"] == "2/2" and display.loc["gru", "seeds"] == "1/1"
     assert display.loc["lstm", "diverged/failed"] == "0/0" and display.loc["gru", "solved"] == "0/1"
     assert display.loc["gru", "num_parameters"] == f"{values[('gru', 0)]['num_parameters']:,}"
+
+
+def test_chargen_sample_and_test_split(tmp_path: Path) -> None:
+    """After each validation, TensorBoard's sample/sample holds prompt + sample_len generated
+    characters; metrics.json's test split is scored with the best validation weights."""
+    run_dir = tmp_path / "run"
+    metrics = run_small(run_dir, "task=chargen", "task.corpus=hamlet", "task.seq_len=10",
+                        "task.sample_len=20", "hardware=cpu", "model.hidden_size=8",
+                        "model.embedding_dim=8", "train.batch_size=4", "train.steps=2",
+                        "train.eval_every=1", "diagnostics.every=0", "log.progress=none",
+                        "inference.compare=false", base=())  # fmt: skip
+    events = read_events(run_dir)
+    samples = {e.step: e.tensor_proto.string_val[0].decode()
+               for e in events.Tensors("sample/sample/text_summary")}  # fmt: skip
+    assert list(samples) == [1, 2]
+    assert all(s.startswith("The ") and len(s) == 4 + 20 for s in samples.values()), samples
+    history = pd.read_csv(run_dir / "history.csv")
+    val = zip(history["step"], history["val_bpc"], strict=True)
+    assert series(events, "val/bpc") == {step: f32(value) for step, value in val}
+    assert set(metrics["test"]) == {"bpc", "accuracy", "baseline_bpc"}
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    assert best["step"] == metrics["best_step"] and best["bpc"] == metrics["best_metric"]
