@@ -13,8 +13,6 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from seqbench.errors import ConfigError
-
 
 @dataclass
 class ModelConfig:
@@ -189,112 +187,6 @@ def register_configs() -> None:
     cs.store(group="schema/scheduler", name="plateau", node=PlateauConfig)
     cs.store(group="schema/scheduler", name="cosine", node=CosineConfig)
     cs.store(group="schema/scheduler", name="step", node=StepScheduleConfig)
-
-
-def check_config(cfg: Any) -> None:
-    """Reject impossible values before anything is built or written.
-
-    Raises:
-        ConfigError: naming every offending key, its value and what is allowed.
-    """
-    from seqbench.hardware import DEVICES
-    from seqbench.loggers.console import MODES
-    from seqbench.model import CELLS, ENGINES, INITS
-    from seqbench.tasks import TASKS
-
-    problems: list[str] = []
-
-    def need(ok: bool, key: str, allowed: str) -> None:
-        if not ok:
-            value = _lookup(cfg, key)
-            problems.append(f"{key}={value!r} is not allowed ({allowed})")
-
-    need(cfg.model.cell in CELLS, "model.cell", f"one of {sorted(CELLS)}")
-    need(cfg.model.hidden_size >= 1, "model.hidden_size", "a positive integer")
-    need(cfg.model.num_layers >= 1, "model.num_layers", "a positive integer")
-    need(0.0 <= cfg.model.dropout < 1.0, "model.dropout", "a probability in [0, 1)")
-    need(
-        cfg.model.dropout == 0.0 or cfg.model.num_layers > 1,
-        "model.dropout",
-        "dropout acts between stacked layers, so it needs model.num_layers >= 2",
-    )
-    need(cfg.model.init in INITS, "model.init", f"one of {list(INITS)}")
-    need(cfg.model.embedding_dim >= 1, "model.embedding_dim", "a positive integer")
-    need(cfg.model.engine in ENGINES, "model.engine", f"one of {list(ENGINES)}")
-    task = TASKS.get(cfg.task.name)
-    if cfg.model.bidirectional:
-        refusal = task.bidirectional_refusal if task is not None else None
-        allowed = [name for name, t in TASKS.items() if t.bidirectional_refusal is None]
-        need(
-            refusal is None,
-            "model.bidirectional",
-            f"only for {_and(allowed)}: with task={cfg.task.name} {refusal}",
-        )
-        need(
-            cfg.model.engine != "engine",
-            "model.bidirectional",
-            "the BPTT engine is unidirectional: use model.engine=auto or fused with it",
-        )
-    need(task is not None, "task.name", f"one of {sorted(TASKS)}")
-    if task is not None:
-        task.check(cfg.task, need)  # the task's own rules, e.g. task.seq_len >= 2
-    need(cfg.optimizer.lr > 0, "optimizer.lr", "a learning rate > 0")
-    need(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", "a value >= 0")
-    if "betas" in cfg.optimizer:
-        betas = list(cfg.optimizer.betas)
-        ok = len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas)
-        need(ok, "optimizer.betas", "two values in [0, 1), e.g. [0.9, 0.999]")
-    if "eps" in cfg.optimizer:
-        need(cfg.optimizer.eps > 0, "optimizer.eps", "a value > 0")
-    if "momentum" in cfg.optimizer:
-        need(cfg.optimizer.momentum >= 0, "optimizer.momentum", "a value >= 0")
-    if cfg.optimizer.get("nesterov"):
-        need(cfg.optimizer.momentum > 0, "optimizer.momentum", "> 0 with optimizer.nesterov=true")
-    if "alpha" in cfg.optimizer:
-        need(0 <= cfg.optimizer.alpha <= 1, "optimizer.alpha", "a smoothing constant in [0, 1]")
-    need(cfg.hardware.device in DEVICES, "hardware.device", f"one of {list(DEVICES)}")
-    need(cfg.hardware.num_threads >= 0, "hardware.num_threads", "0 (torch default) or more")
-    need(cfg.train.steps >= 1, "train.steps", "a positive integer")
-    need(cfg.train.batch_size >= 1, "train.batch_size", "a positive integer")
-    need(cfg.train.eval_every >= 1, "train.eval_every", "a positive integer")
-    need(cfg.train.clip.mode in ("norm", "value"), "train.clip.mode", "norm or value")
-    threshold = cfg.train.clip.threshold
-    need(threshold is None or threshold > 0, "train.clip.threshold", "a value > 0, or null")
-    need(cfg.diagnostics.every >= 0, "diagnostics.every", "0 (init only) or a positive integer")
-    need(cfg.diagnostics.explode_factor > 0, "diagnostics.explode_factor", "a value > 0")
-    need(cfg.log.progress in MODES, "log.progress", f"one of {list(MODES)}")
-    sched = cfg.scheduler
-    if sched.name == "plateau":
-        need(0 < sched.factor < 1, "scheduler.factor", "a factor in (0, 1)")
-        need(sched.patience >= 0, "scheduler.patience", "0 or more validations")
-        need(sched.min_lr >= 0, "scheduler.min_lr", "a value >= 0")
-    if sched.name == "cosine":
-        warmup = sched.warmup_steps
-        need(warmup is None or 0 <= warmup < cfg.train.steps, "scheduler.warmup_steps",
-             "0 or more, and fewer than train.steps")  # fmt: skip
-        need(0 <= sched.min_lr_ratio <= 1, "scheduler.min_lr_ratio", "a ratio in [0, 1]")
-    if sched.name == "step":
-        need(sched.step_size >= 1, "scheduler.step_size", "a positive number of steps")
-        need(0 < sched.gamma <= 1, "scheduler.gamma", "a factor in (0, 1]")
-    stopping = cfg.train.early_stopping
-    need(stopping.patience >= 0, "train.early_stopping.patience", "0 (off) or more validations")
-    need(stopping.min_delta >= 0, "train.early_stopping.min_delta", "a value >= 0")
-    need(cfg.inference.repeats >= 1, "inference.repeats", "a positive integer")
-    need(cfg.checkpoint.every >= 0, "checkpoint.every", "0 (only at the end) or a positive integer")
-    if problems:
-        raise ConfigError("; ".join(problems) + ".")
-
-
-def _and(names: list[str]) -> str:
-    """['a', 'b', 'c'] -> 'a, b and c'."""
-    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
-
-
-def _lookup(cfg: Any, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def optimization_direction(task_name: str) -> str:

@@ -24,7 +24,7 @@ from seqbench.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from seqbench.config import check_config
+from seqbench.checks import check_config
 from seqbench.errors import EXIT_CODES, ConfigError
 from seqbench.hardware import configure, seed_everything, select_device
 from seqbench.inference import compare_inference

@@ -11,8 +11,8 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
+from seqbench.checks import check_config
 from seqbench.compare import aggregate, find_runs, group_keys, load_runs, print_table, write_tables
-from seqbench.config import check_config
 from seqbench.errors import EXIT_IO, EXIT_USAGE, ConfigError
 
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from seqbench.config import check_config
+from seqbench.checks import check_config
 from seqbench.errors import ConfigError
 from seqbench.tasks import make_generator
 from seqbench.tasks.adding import adding_batch

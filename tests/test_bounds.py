@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
 
-from seqbench.config import check_config
+from seqbench.checks import check_config
 from seqbench.errors import ConfigError
 from seqbench.scheduler import build_scheduler
 from tests.conftest import compose_config

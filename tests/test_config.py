@@ -11,8 +11,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from seqbench.checks import check_config
 from seqbench.cli import CONF_DIR
-from seqbench.config import check_config
 from seqbench.errors import ConfigError
 from tests.conftest import compose_config
 

@@ -51,7 +51,7 @@ def test_unparseable_dates_give_our_message_and_no_library_warning(tmp_path: Pat
 
 
 def test_cosine_warmup_follows_the_run_length() -> None:
-    from seqbench.config import check_config
+    from seqbench.checks import check_config
     from seqbench.scheduler import build_scheduler
 
     cfg = compose_config(["scheduler=cosine", "train.steps=60"])

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
+from seqbench.checks import check_config
 from seqbench.cli import run
-from seqbench.config import check_config
 from seqbench.errors import ConfigError
 from seqbench.model import SequenceModel
 from seqbench.tasks import build_task

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from seqbench.checks import check_config
 from seqbench.cli import CONF_DIR
-from seqbench.config import check_config, optimization_direction
+from seqbench.config import optimization_direction
 from seqbench.errors import ConfigError
 from seqbench.tasks import TASKS, make_generator, task_class, task_schemas
 from seqbench.tasks.adding import AddingTask, adding_batch

@@ -123,7 +123,7 @@ def test_int8_inference_matches_float(small_run, model: str) -> None:
     "task,why", [("chargen", "predict"), ("copy", "memory"), ("adding", "memory")]
 )
 def test_bidirectional_is_refused_where_it_leaks_or_voids_the_task(task: str, why: str) -> None:
-    from seqbench.config import check_config
+    from seqbench.checks import check_config
     from seqbench.errors import ConfigError
 
     cfg = compose_config([f"task={task}", "model.bidirectional=true"])
