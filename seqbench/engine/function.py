@@ -162,7 +162,7 @@ class _Recurrent(torch.autograd.Function):
 
 
 def recurrent(
-    cell: str,
+    cell: str | Cell,
     x: torch.Tensor,
     weights: list[torch.Tensor],
     *,
@@ -174,8 +174,9 @@ def recurrent(
     recorder: GradNormRecorder | None = None,
 ) -> torch.Tensor:
     """Run a stacked recurrent network of a registered cell with engine kernels ('rnn' = tanh,
-    'lstm', 'gru'; see :mod:`seqbench.cells`) over x (B, T, I) (batch_first) with zero initial
-    state; return the top layer's output sequence (B, T, H).
+    'lstm', 'gru'; see :mod:`seqbench.cells`), or a cell variant given as its :class:`Cell`
+    (``get_cell('rnn').with_nonlinearity('relu')``), over x (B, T, I) (batch_first) with zero
+    initial state; return the top layer's output sequence (B, T, H).
 
     Differentiable w.r.t. ``x`` and every weight via a :class:`torch.autograd.Function` whose
     backward is the hand-written BPTT described in :mod:`seqbench.engine`.
@@ -201,7 +202,7 @@ def recurrent(
     The returned tensor is a transposed view of a time-major buffer (like ``nn.LSTM``'s own
     ``batch_first`` output on CPU); modifying it in place is refused by autograd.
     """
-    spec: Cell | None = CELLS.get(cell)
+    spec: Cell | None = cell if isinstance(cell, Cell) else CELLS.get(cell)
     if spec is None or spec.engine is None:
         raise ValueError(f"cell must be one of {engine_cells()}, got {cell!r}")
     if x.dim() != 3:
