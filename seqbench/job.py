@@ -148,7 +148,8 @@ def run(
             save_checkpoint(job.run_dir, job.state())
         metrics = recorder.write(status, **extra)
         if tensorboard is not None:
-            tensorboard.write_hparams(run_hparams(cfg), final_numbers(metrics))
+            tensorboard.write_hparams(run_hparams(cfg), final_numbers(metrics), status,
+                                      experiment=sweep_job is None)  # fmt: skip
         for callback in callbacks:
             getattr(callback, "close", lambda: None)()
     console.summary(metrics, str(job.run_dir))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback as HydraCallback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from seqbench.checks import check_config
 from seqbench.compare import aggregate, find_runs, group_keys, load_runs, print_table, write_tables
@@ -21,6 +21,8 @@ def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
     (and the same pictures to TensorBoard under sweep_dir/tb_summary); print the table."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from seqbench.loggers.hparams import experiment_summary
+    from seqbench.loggers.tensorboard import HPARAM_METRICS, run_hparams
     from seqbench.plots import grad_norm_figure, learning_curve_figure
 
     run_dirs = find_runs([sweep_dir])
@@ -37,6 +39,10 @@ def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
             "learning_curves": learning_curve_figure(runs, by),
         }
     with SummaryWriter(str(sweep_dir / "tb_summary")) as writer:
+        # one HParams experiment for the whole sweep: the keys that vary between jobs "differ"
+        jobs = [run_hparams(OmegaConf.load(d / ".hydra" / "config.yaml")) for d in run_dirs
+                if (d / ".hydra" / "config.yaml").exists()]  # fmt: skip
+        writer.file_writer.add_summary(experiment_summary(jobs, HPARAM_METRICS))
         for name, fig in figures.items():
             fig.savefig(sweep_dir / f"{name}.png", dpi=110)
             writer.add_figure(f"sweep/{name}", fig, 0)

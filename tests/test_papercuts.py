@@ -103,3 +103,39 @@ def test_a_sweep_says_the_device_notice_once_and_one_line_per_job(tmp_path: Path
     assert all("completed, best val mse" in ln for ln in jobs)
     assert sum("seqbench run:" in ln for ln in lines) == 0  # no per-job summary table
     assert sum(f"{tmp_path}: 2 runs" in ln for ln in lines) == 1  # the sweep's one table
+    check_hparams_experiment(tmp_path)
+
+
+def hparams_plugin_data(tb_dir: Path) -> dict:
+    """tag -> HParams plugin data in the event files of `tb_dir`, read by TensorBoard's loader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    events = EventAccumulator(str(tb_dir), size_guidance={"tensors": 0}).Reload()
+    content = events.PluginTagToContent(metadata.PLUGIN_NAME)
+    parse = {
+        metadata.EXPERIMENT_TAG: metadata.parse_experiment_plugin_data,
+        metadata.SESSION_START_INFO_TAG: metadata.parse_session_start_info_plugin_data,
+        metadata.SESSION_END_INFO_TAG: metadata.parse_session_end_info_plugin_data,
+    }
+    return {tag: parse[tag](raw) for tag, raw in content.items()}
+
+
+def check_hparams_experiment(sweep_dir: Path) -> None:
+    """One experiment for the sweep, at its root, in which the swept key differs; each job writes
+    only its session, with booleans as booleans."""
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    for job in ("0", "1"):
+        tags = hparams_plugin_data(sweep_dir / job / "tb")
+        assert metadata.EXPERIMENT_TAG not in tags  # the sweep's experiment is the only one
+        start = tags[metadata.SESSION_START_INFO_TAG].hparams
+        assert start["model.bidirectional"].WhichOneof("kind") == "bool_value"
+        assert start["model"].string_value == ("rnn", "gru")[int(job)]
+    experiment = hparams_plugin_data(sweep_dir / "tb_summary")[metadata.EXPERIMENT_TAG]
+    infos = {info.name: info for info in experiment.hparam_infos}
+    assert infos["model"].differs and not infos["seed"].differs
+    assert not infos["model.bidirectional"].differs
+    assert infos["model.bidirectional"].type == api_pb2.DATA_TYPE_BOOL
+    assert sorted(v.string_value for v in infos["model"].domain_discrete.values) == ["gru", "rnn"]
+    assert "hparams/best_metric" in [m.name.tag for m in experiment.metric_infos]

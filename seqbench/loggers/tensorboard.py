@@ -9,11 +9,11 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no window backend
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from seqbench.callbacks import Callback
 from seqbench.config import flatten
 from seqbench.diagnostics import summarize
+from seqbench.loggers.hparams import experiment_summary, session_summaries
 
 
 class TensorBoardLogger(Callback):
@@ -75,19 +75,20 @@ class TensorBoardLogger(Callback):
             self.writer.add_figure(f"grad_heatmap/layer{layer}", self._heatmap(layer), step)
         self.writer.add_figure("grad_norm_vs_t", self._norm_vs_t(), step)
 
-    def write_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
-        """The HParams dashboard entry of this run, in this run's own event file.
-
-        `SummaryWriter.add_hparams` would write it to a new sub-directory per call, which shows
-        up as a stray extra run; writing the three summaries here keeps one run per directory.
+    def write_hparams(
+        self, hparams: dict, metrics: dict[str, float], status: str, experiment: bool = True
+    ) -> None:
+        """The HParams dashboard entry of this run, in this run's own event file: its session
+        (typed values, status) and the final numbers as hparams/* scalars. `experiment`: also the
+        experiment it belongs to (a single run; a sweep writes one for all its jobs at the end).
         """
         metrics = {
             f"hparams/{k}": v for k, v in metrics.items() if v is not None and math.isfinite(v)
         }
-        hparams = {
-            k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()
-        }
-        for summary in hparams_summary(hparams, metrics):
+        summaries = session_summaries(hparams, status)
+        if experiment:
+            summaries.insert(0, experiment_summary([hparams], HPARAM_METRICS))
+        for summary in summaries:
             self.writer.file_writer.add_summary(summary)
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, self.steps)
@@ -140,6 +141,10 @@ def run_hparams(cfg) -> dict:
             if not key.split(".")[-1].startswith("_"):
                 flat[key] = value
     return flat
+
+
+HPARAM_METRICS = tuple(f"hparams/{name}" for name in (
+    "best_metric", "final_metric", "solved_step", "end_vanishing_ratio", "diverged"))  # fmt: skip
 
 
 def final_numbers(metrics: dict) -> dict[str, float]:
