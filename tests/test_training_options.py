@@ -73,6 +73,35 @@ def test_plateau_drops_after_patience_bad_validations(mode: str) -> None:
     assert seen == expected and seen[-1] < 1.0
 
 
+def test_plateau_stops_at_min_lr_and_uses_its_threshold() -> None:
+    """Every validation bad (patience 0): the rate halves each time, down to min_lr and no
+    lower; an improvement smaller than the relative threshold counts as bad."""
+    cfg = compose_config(["scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5",
+                          "scheduler.min_lr=0.3", "scheduler.threshold=0.1"])  # fmt: skip
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    step = SchedulerStep(build_scheduler(cfg.scheduler, optimizer, 100, "min"), "m")
+    seen = []
+    for value in [1.0, 0.95, 0.91, 0.5, 0.5]:  # 0.95 and 0.91 are within 10% of 1.0: bad
+        step.on_eval(0, {"m": value})
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == [1.0, 0.5, 0.3, 0.3, 0.3]
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 9])
+def test_cosine_factor_at_its_edges(warmup: int) -> None:
+    """Warm-up ends at 1, the decay ends at min_lr_ratio exactly at the last step, even with a
+    single decay step (warm-up = steps - 1)."""
+    from seqbench.scheduler import cosine_factor
+
+    steps, ratio = 10, 0.2
+    assert cosine_factor(warmup, steps, warmup, ratio) == 1.0
+    assert cosine_factor(steps, steps, warmup, ratio) == pytest.approx(ratio, abs=1e-12)
+    middle = (warmup + steps) / 2
+    assert cosine_factor(middle, steps, warmup, ratio) == pytest.approx(ratio + (1 - ratio) / 2)
+    if warmup:
+        assert cosine_factor(warmup / 2, steps, warmup, ratio) == pytest.approx(0.5)
+
+
 def test_early_stopping_on_a_crafted_sequence() -> None:
     stop = EarlyStopping("mse", "min", patience=3, min_delta=0.1)
     values = [1.0, 0.95, 0.85, 0.8, 0.79, 0.78, 0.5]
