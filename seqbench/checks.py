@@ -38,6 +38,17 @@ def check_config(cfg: Any) -> None:
         "dropout acts between stacked layers, so it needs model.num_layers >= 2",
     )
     need(cfg.model.init in INITS, "model.init", f"one of {list(INITS)}")
+    cell = CELLS.get(cfg.model.cell)
+    if cell is not None and cfg.model.nonlinearity not in cell.nonlinearities:
+        others = sorted(n for n, c in CELLS.items() if cfg.model.nonlinearity in c.nonlinearities)
+        need(
+            False,
+            "model.nonlinearity",
+            f"model.cell={cfg.model.cell} takes {' or '.join(cell.nonlinearities)}"
+            + (f"; {cfg.model.nonlinearity} is an option of {_and(others)}" if others else ""),
+        )
+    gain = cfg.model.recurrent_gain
+    need(gain is None or gain > 0, "model.recurrent_gain", "a spectral radius > 0, or null")
     need(cfg.model.embedding_dim >= 1, "model.embedding_dim", "a positive integer")
     need(cfg.model.engine in ENGINES, "model.engine", f"one of {list(ENGINES)}")
     task = TASKS.get(cfg.task.name)

@@ -21,7 +21,9 @@ class ModelConfig:
     num_layers: int = 1
     dropout: float = 0.0  # between stacked layers (needs num_layers > 1)
     forget_bias: float = 1.0  # LSTM only: initial forget-gate bias
-    init: str = "default"  # default | orthogonal | xavier
+    init: str = "default"  # default | orthogonal | xavier | identity (IRNN: identity W_hh blocks)
+    nonlinearity: str = "tanh"  # rnn: tanh | relu; gated cells: tanh only
+    recurrent_gain: float | None = None  # scale each W_hh gate block to this spectral radius
     embedding_dim: int = 64  # token tasks only: size of the input embeddings
     engine: str = "auto"  # auto (engine on CPU, fused cuDNN on CUDA) | engine | fused
     bidirectional: bool = False  # only tasks whose bidirectional_refusal is None

@@ -97,7 +97,13 @@ class SequenceModel(nn.Module):
         dropout: dropout on the outputs of every layer but the last.
         forget_bias: cells with a forget gate (LSTM): its initial bias.
         init: "default" (PyTorch's uniform), "orthogonal" (orthogonal recurrent blocks, Xavier
-            input weights, zero biases) or "xavier" (Xavier-uniform weights, zero biases).
+            input weights, zero biases), "xavier" (Xavier-uniform weights, zero biases) or
+            "identity" (IRNN: identity recurrent blocks, Gaussian input weights of std 1e-3,
+            zero biases).
+        nonlinearity: the cell's nonlinearity, one of the cell's ``nonlinearities`` (the vanilla
+            RNN: "tanh" or "relu"; a gated cell: "tanh" only).
+        recurrent_gain: scale every gate block of weight_hh to this spectral radius after
+            ``init`` (None: leave it); above 1 the gradient grows going back in time.
         vocab_size: token inputs: embed ids (B, T) in 0..vocab_size-1 first (id 0 is padding).
         embedding_dim: size of those embeddings.
         bidirectional: a second, backward recurrence per layer (for sequence classification and
@@ -122,6 +128,8 @@ class SequenceModel(nn.Module):
         dropout: float = 0.0,
         forget_bias: float = 1.0,
         init: str = "default",
+        nonlinearity: str = "tanh",
+        recurrent_gain: float | None = None,
         vocab_size: int | None = None,
         embedding_dim: int = 64,
         bidirectional: bool = False,
@@ -129,7 +137,7 @@ class SequenceModel(nn.Module):
         track_log10: bool = False,
     ) -> None:
         super().__init__()
-        spec = get_cell(cell)
+        spec = get_cell(cell).with_nonlinearity(nonlinearity)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
         if bidirectional and engine:
@@ -138,6 +146,7 @@ class SequenceModel(nn.Module):
             warnings.warn(engine_choice(cell, "engine", "cpu", False)[1], stacklevel=2)
             engine = False
         self.cell = cell
+        self.nonlinearity = nonlinearity
         self.spec = spec
         self.engine = engine
         self.track_log10 = track_log10
@@ -152,7 +161,7 @@ class SequenceModel(nn.Module):
             bidirectional=bidirectional,
         )  # fmt: skip
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), output_size)
-        spec.initialise(self.rnn, init, forget_bias)
+        spec.initialise(self.rnn, init, forget_bias, recurrent_gain)
 
     def forward(
         self, x: Tensor, record_states: bool = False, lengths: Tensor | None = None
@@ -177,7 +186,7 @@ class SequenceModel(nn.Module):
             weights = [w for layer in range(self.rnn.num_layers)
                        for w in _layer_weights(self.rnn, layer)]  # fmt: skip
             seq = recurrent(
-                self.cell, x, weights, num_layers=self.rnn.num_layers,
+                self.spec, x, weights, num_layers=self.rnn.num_layers,
                 hidden_size=self.rnn.hidden_size, dropout=self.rnn.dropout,
                 training=self.training, recorder=recorder,
             )  # fmt: skip
@@ -261,8 +270,9 @@ def _cell_of(rnn: nn.Module) -> Cell:
     if isinstance(rnn, ReferenceStack):
         return rnn.cell
     for cell in CELLS.values():
-        if cell.fused is not None and type(rnn) is cell.fused:
-            return cell
+        for variant in map(cell.with_nonlinearity, cell.nonlinearities):
+            if variant.fused is not None and type(rnn) is variant.fused:
+                return variant
     raise ValueError(f"{type(rnn).__name__} is not the layer stack of a registered cell")
 
 

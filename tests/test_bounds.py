@@ -41,7 +41,11 @@ EDGES = [
     ("model.num_layers", (), [1], [0]),
     ("model.dropout", ("model.num_layers=2",), [0.0, below(1.0)], [-TINY, 1.0]),
     ("model.dropout", ("model.num_layers=1",), [0.0], [TINY]),  # nothing between layers
-    ("model.init", (), ["default", "orthogonal", "xavier"], ["zeros"]),
+    ("model.init", (), ["default", "orthogonal", "xavier", "identity"], ["zeros"]),
+    ("model.nonlinearity", ("model=rnn",), ["tanh", "relu"], ["sigmoid", "ReLU"]),
+    ("model.nonlinearity", ("model=lstm",), ["tanh"], ["relu"]),
+    ("model.nonlinearity", ("model=gru",), ["tanh"], ["relu"]),
+    ("model.recurrent_gain", (), [None, TINY], [0.0, -1.0]),
     ("model.embedding_dim", (), [1], [0]),
     ("model.engine", (), ["auto", "engine", "fused"], ["cuda"]),
     ("model.bidirectional", ("task=sentiment",), [True, False], []),

@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-INITS = ("default", "orthogonal", "xavier")
+INITS = ("default", "orthogonal", "xavier", "identity")
+
+#: std of the Gaussian input weights of ``init="identity"`` (IRNN: Le, Jaitly & Hinton, 2015).
+IDENTITY_INPUT_STD = 1e-3
 
 
 class LayerForward(Protocol):
@@ -132,6 +135,10 @@ class Cell:
             for the tests.
         quantizable: ``torch.ao`` dynamic int8 quantization supports ``fused``.
         engine: the engine's kernels, or None (then the model falls back with a notice).
+        nonlinearities: the values of ``model.nonlinearity`` the cell takes, its own first
+            (a gated cell's tanh is fixed: it has only that one).
+        variant: ``nonlinearity -> Cell``, the cell computing with another nonlinearity (same
+            name, weights and kernel files); None for a cell with one.
     """
 
     name: str
@@ -143,6 +150,19 @@ class Cell:
     fused_cell: type[nn.RNNCellBase] | None = None
     quantizable: bool = False
     engine: EngineKernels | None = None
+    nonlinearities: tuple[str, ...] = ("tanh",)
+    variant: Callable[[str], Cell] | None = None
+
+    def with_nonlinearity(self, nonlinearity: str) -> Cell:
+        """This cell computing with ``nonlinearity`` (one of ``nonlinearities``)."""
+        if nonlinearity not in self.nonlinearities:
+            raise ValueError(
+                f"cell {self.name!r} takes nonlinearity {' or '.join(self.nonlinearities)}, "
+                f"not {nonlinearity!r}"
+            )
+        if nonlinearity == self.nonlinearities[0] or self.variant is None:
+            return self
+        return self.variant(nonlinearity)
 
     def unroll(self, seq: Tensor, weights: tuple[Tensor, Tensor, Tensor, Tensor]) -> list[Tensor]:
         """One layer over seq (B, T, I), step by step, from zero state. Returns h_1..h_T."""
@@ -158,28 +178,57 @@ class Cell:
             hs.append(h)
         return hs
 
-    def initialise(self, rnn: nn.Module, init: str, forget_bias: float) -> None:
-        """Apply ``init`` to a layer stack of this cell, then the forget-gate bias if any.
+    def initialise(
+        self, rnn: nn.Module, init: str, forget_bias: float, recurrent_gain: float | None = None
+    ) -> None:
+        """Apply ``init`` to a layer stack of this cell, then the forget-gate bias if any, then
+        the recurrent gain.
 
         "default" keeps the stack's own initialisation; "orthogonal": an orthogonal square
         block per gate of weight_hh, Xavier-uniform blocks of weight_ih, zero biases;
-        "xavier": Xavier-uniform blocks everywhere, zero biases.
+        "xavier": Xavier-uniform blocks everywhere, zero biases; "identity" (IRNN): an identity
+        block per gate of weight_hh, Gaussian weight_ih (std ``IDENTITY_INPUT_STD``), zero
+        biases. ``recurrent_gain`` g (None: leave as is) scales every gate block of every
+        weight_hh so that its spectral radius is g: with orthogonal or identity blocks every
+        singular value becomes g, so ||dh_t/dh_{t-1}|| of a linear(ised) step is g.
         """
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
         if init != "default":
             with torch.no_grad():
                 for name, param in rnn.named_parameters():
+                    blocks = param.chunk(self.gates, dim=0)  # one square block per gate
                     if name.startswith("bias"):
                         param.zero_()
                     elif init == "orthogonal" and name.startswith("weight_hh"):
-                        for block in param.chunk(self.gates, dim=0):  # one square block per gate
+                        for block in blocks:
                             nn.init.orthogonal_(block)
+                    elif init == "identity" and name.startswith("weight_hh"):
+                        for block in blocks:
+                            block.copy_(torch.eye(*block.shape))
+                    elif init == "identity":
+                        param.normal_(0.0, IDENTITY_INPUT_STD)
                     else:
-                        for block in param.chunk(self.gates, dim=0):
+                        for block in blocks:
                             nn.init.xavier_uniform_(block)
         if self.forget_gate is not None:
             self.set_forget_bias(rnn, forget_bias)
+        if recurrent_gain is not None:
+            self.set_recurrent_gain(rnn, recurrent_gain)
+
+    def set_recurrent_gain(self, rnn: nn.Module, gain: float) -> None:
+        """Scale every gate block of every ``weight_hh`` to spectral radius ``gain``."""
+        if gain <= 0:
+            raise ValueError(f"recurrent gain must be > 0, got {gain}")
+        with torch.no_grad():
+            for name, param in rnn.named_parameters():
+                if not name.startswith("weight_hh"):
+                    continue
+                for block in param.chunk(self.gates, dim=0):
+                    radius = torch.linalg.eigvals(block.double()).abs().max().item()
+                    if radius == 0.0:
+                        raise ValueError(f"{name} has a zero block: no gain can scale it")
+                    block.mul_(gain / radius)
 
     def set_forget_bias(self, rnn: Any, value: float) -> None:
         """Make the effective forget-gate bias exactly ``value`` in every layer and direction.

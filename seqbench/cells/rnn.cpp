@@ -1,11 +1,11 @@
-// tanh-RNN kernels for seqbench's engine; driven by seqbench/cells/rnn.py.
+// Vanilla-RNN kernels (tanh and ReLU) for seqbench's engine; driven by seqbench/cells/rnn.py.
 #include "seqbench.h"
 
 namespace {
 
-// fwd P: B, H, h_all(T+1,B,H; slot t+1 holds the pre-activation on entry), len
-template <typename T>
-void rnn_fwd(const i64* P, i64 t) {
+// fwd P: B, H, h_all(T+1,B,H; slot t+1 holds the pre-activation on entry), len, relu (0/1)
+template <typename T, bool RELU>
+void rnn_fwd_rows(const i64* P, i64 t) {
   const i64 B = P[0], H = P[1];
   T* h = (T*)P[2] + (t + 1) * B * H;
   const i64* len = (const i64*)P[3];
@@ -18,12 +18,23 @@ void rnn_fwd(const i64* P, i64 t) {
       for (i64 j = 0; j < H; ++j) hb[j] = 0;
       continue;
     }
-    IVDEP
-    for (i64 j = 0; j < H; ++j) hb[j] = Num<T>::tnh(hb[j]);
+    if constexpr (RELU) {
+      IVDEP  // `x < 0 ? 0 : x` keeps a NaN a NaN (as torch.relu), so divergence stays visible
+      for (i64 j = 0; j < H; ++j) hb[j] = hb[j] < 0 ? (T)0 : hb[j];
+    } else {
+      IVDEP
+      for (i64 j = 0; j < H; ++j) hb[j] = Num<T>::tnh(hb[j]);
+    }
   }
 }
 
-// bwd: AUX2 = h_all. REC = dG_{t+1} @ W_hh. dG (B,H) = dL/d(pre-activation).
+template <typename T>
+void rnn_fwd(const i64* P, i64 t) {
+  if (P[4]) rnn_fwd_rows<T, true>(P, t);
+  else rnn_fwd_rows<T, false>(P, t);
+}
+
+// bwd (tanh): AUX2 = h_all. REC = dG_{t+1} @ W_hh. dG (B,H) = dL/d(pre-activation).
 template <typename T>
 struct RnnBwd {
   static constexpr i64 W = 1;
@@ -43,6 +54,35 @@ struct RnnBwd {
   }
 };
 
+// bwd (ReLU): AUX1 = h_all; the derivative is 1 where h_t > 0 (torch's rule: 0 at 0).
+template <typename T>
+struct ReluBwd {
+  static constexpr i64 W = 1;
+  static constexpr bool CELL_STATE = false;
+  struct Row {
+    const T* RS hb;
+  };
+  const T* h;
+  i64 H;
+  ReluBwd(const i64* P, i64 t) : h((const T*)P[AUX1] + (t + 1) * P[B_] * P[H_]), H(P[H_]) {}
+  Row row(i64 b) const { return Row{h + b * H}; }
+  template <typename C>
+  void skip(i64, C, T* RS) const {}
+  template <typename C>
+  static inline void unit(const Row& r, i64 j, T dh, C, T* RS, T* g) {
+    g[0] = r.hb[j] > 0 ? dh : (T)0;
+  }
+};
+
+// One exported backward per dtype: the slot holding h says which derivative (tanh: AUX2).
+template <typename T>
+int rnn_bwd(const i64* P, i64 t) {
+  return P[AUX1] ? bwd_step<T, ReluBwd>(P, t) : bwd_step<T, RnnBwd>(P, t);
+}
+
 }  // namespace
 
-SEQBENCH_EXPORT_CELL(rnn, rnn_fwd, RnnBwd)
+extern "C" void rnn_fwd_f32(const i64* P, i64 t) { rnn_fwd<float>(P, t); }
+extern "C" void rnn_fwd_f64(const i64* P, i64 t) { rnn_fwd<double>(P, t); }
+extern "C" int rnn_bwd_f32(const i64* P, i64 t) { return rnn_bwd<float>(P, t); }
+extern "C" int rnn_bwd_f64(const i64* P, i64 t) { return rnn_bwd<double>(P, t); }

@@ -1,0 +1,282 @@
+"""The ReLU RNN and the initialisations that set the gradient's regime (#12): the engine's
+ReLU RNN against autograd through PyTorch's own nn.RNN(nonlinearity='relu'), model.init=identity
+and model.recurrent_gain against torch.linalg."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from seqbench import engine as engine_module
+from seqbench.cells import CELLS, get_cell
+from seqbench.diagnostics import grad_norms
+from seqbench.engine import GradNormRecorder, dropout_masks, recurrent
+from seqbench.model import SequenceModel
+from tests.test_engine import assert_rel, run_module
+
+RNN = next(name for name, c in CELLS.items() if "relu" in c.nonlinearities)
+RELU = get_cell(RNN).with_nonlinearity("relu")
+
+
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    """The compiled-kernel path and the pure-torch fallback (as tests/test_engine.py)."""
+    if request.param == "native" and not engine_module.native_available():
+        pytest.skip("no C++ compiler: native kernels unavailable")
+    monkeypatch.setenv("SEQBENCH_NATIVE", "1" if request.param == "native" else "0")
+    return request.param
+
+
+def relu_rnn(n_in: int, H: int, L: int, dtype=torch.float64, seed: int = 0) -> nn.RNN:
+    torch.manual_seed(seed)
+    return nn.RNN(n_in, H, num_layers=L, batch_first=True, nonlinearity="relu").to(dtype)
+
+
+def run_engine(mod: nn.RNN, x, **kw):
+    weights = list(mod._flat_weights)
+    return recurrent(RELU, x, weights, num_layers=mod.num_layers, hidden_size=mod.hidden_size, **kw)
+
+
+def unrolled(mod: nn.RNN, x, lengths=None, masks=None):
+    """Autograd through nn.RNNCell(nonlinearity='relu') step by step with the module's weights:
+    (output (B, T, H), per-layer states h_t with grads retained, the cells)."""
+    B, T, _ = x.shape
+    H = mod.hidden_size
+    inp, hs, cells = [x[:, t] for t in range(T)], [], []
+    for layer in range(mod.num_layers):
+        cell = nn.RNNCell(inp[0].shape[1], H, nonlinearity="relu").to(x.dtype)
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(cell, name).copy_(getattr(mod, f"{name}_l{layer}"))
+        cells.append(cell)
+        h, outs, states = x.new_zeros(B, H), [], []
+        for t in range(T):
+            hn = cell(inp[t], h)
+            if lengths is not None:
+                hn = torch.where((t < lengths)[:, None], hn, h)
+            hn.retain_grad()
+            states.append(hn)
+            outs.append(hn if lengths is None else hn * (t < lengths)[:, None])
+            h = hn
+        hs.append(states)
+        if masks is not None and layer < mod.num_layers - 1:
+            outs = [o * masks[layer][t] for t, o in enumerate(outs)]
+        inp = outs
+    return torch.stack(inp, 1), hs, cells
+
+
+def norms_of(hs, lengths=None) -> torch.Tensor:
+    out = torch.zeros(len(hs), len(hs[0]), dtype=torch.float64)
+    for layer, states in enumerate(hs):
+        for t, h in enumerate(states):
+            g = h.grad if lengths is None else h.grad * (t < lengths)[:, None]
+            out[layer, t] = g.double().norm()
+    return out
+
+
+# ------------------------------------------------------------------ ReLU RNN: engine vs autograd
+
+
+def test_relu_is_an_option_of_the_vanilla_rnn_only() -> None:
+    assert get_cell(RNN).with_nonlinearity("tanh") is get_cell(RNN)
+    assert RELU.name == RNN and RELU.fused(2, 3).nonlinearity == "relu"
+    for name, cell in CELLS.items():
+        if name != RNN:
+            assert cell.nonlinearities == ("tanh",)
+            with pytest.raises(ValueError, match="relu"):
+                cell.with_nonlinearity("relu")
+
+
+@pytest.mark.parametrize(
+    "L,B,T,n_in,H,lengths",
+    [(1, 3, 5, 2, 4, None), (2, 4, 9, 3, 5, None), (2, 4, 9, 3, 5, [9, 4, 1, 6]),
+     (1, 1, 1, 1, 3, None)],
+)  # fmt: skip
+def test_relu_grads_match_nn_rnn(path, L, B, T, n_in, H, lengths):
+    mod = relu_rnn(n_in, H, L)
+    lens = None if lengths is None else torch.tensor(lengths)
+    x = torch.randn(B, T, n_in, dtype=torch.float64, requires_grad=True)
+    go = torch.randn(B, T, H, dtype=torch.float64)
+    params = [x, *mod._flat_weights]
+    ref = run_module(mod, x, lens)
+    out = run_engine(mod, x, lengths=lens)
+    assert_rel(out, ref, 1e-10, "output")
+    g_ref = torch.autograd.grad(ref, params, go)
+    g_eng = torch.autograd.grad(out, params, go)
+    for a, b, name in zip(g_eng, g_ref, ["x", *mod._flat_weights_names], strict=True):
+        assert_rel(a, b, 1e-10, name)
+
+
+def test_relu_grads_match_nn_rnn_float32(path):
+    mod = relu_rnn(3, 16, 2, dtype=torch.float32)
+    x = torch.randn(6, 20, 3, requires_grad=True)
+    go = torch.randn(6, 20, 16)
+    params = [x, *mod._flat_weights]
+    g_ref = torch.autograd.grad(mod(x)[0], params, go)
+    out = run_engine(mod, x)
+    assert_rel(out, mod(x)[0], 1e-5, "output")
+    g_eng = torch.autograd.grad(out, params, go)
+    for a, b, name in zip(g_eng, g_ref, ["x", *mod._flat_weights_names], strict=True):
+        assert_rel(a, b, 1e-5, name)
+
+
+def test_relu_dropout_same_masks(path):
+    B, T, n_in, H, L, p = 3, 6, 2, 4, 3, 0.4
+    mod = relu_rnn(n_in, H, L)
+    x = torch.randn(B, T, n_in, dtype=torch.float64, requires_grad=True)
+    go = torch.randn(B, T, H, dtype=torch.float64)
+    torch.manual_seed(123)
+    out = run_engine(mod, x, dropout=p, training=True)
+    g_eng = torch.autograd.grad(out, [x, *mod._flat_weights], go)
+    torch.manual_seed(123)
+    masks = dropout_masks(L, T, B, H, p, dtype=torch.float64)
+    ref, _, cells = unrolled(mod, x, masks=masks)
+    cell_params = [w for c in cells for w in (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)]
+    g_ref = torch.autograd.grad(ref, [x, *cell_params], go)
+    assert_rel(out, ref, 1e-10, "output")
+    for a, b, name in zip(g_eng, g_ref, ["x", *mod._flat_weights_names], strict=True):
+        assert_rel(a, b, 1e-10, name)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_relu_norms_and_log10_match_unrolled_cells(path, with_lengths):
+    B, T, n_in, H, L = 4, 8, 3, 5, 2
+    mod = relu_rnn(n_in, H, L)
+    lens = torch.tensor([8, 3, 5, 1]) if with_lengths else None
+    x = torch.randn(B, T, n_in, dtype=torch.float64)
+    w = torch.randn(B, T, H, dtype=torch.float64)
+    rec = GradNormRecorder(track_log10=True)
+    (run_engine(mod, x, lengths=lens, recorder=rec) * w).sum().backward()
+    ref, hs, _ = unrolled(mod, x, lengths=lens)
+    (ref * w).sum().backward()
+    expected = norms_of(hs, lens)
+    torch.testing.assert_close(rec.norms, expected, rtol=1e-4, atol=0)
+    torch.testing.assert_close(rec.log10_norms, expected.log10(), rtol=0, atol=1e-6)
+
+
+def test_exploding_relu_norms_in_float32_match_float64(path):
+    """An IRNN at gain 2 over 100 steps: ||dL/dh_1|| is ~1e29 times ||dL/dh_T||; the float32
+    engine reports the float64 reference's norms."""
+    B, T, H = 2, 100, 6
+    model = SequenceModel(RNN, 2, 1, H, nonlinearity="relu", init="identity", recurrent_gain=2.0)
+    mod = model.rnn
+    with torch.no_grad():
+        mod.bias_ih_l0.fill_(0.1)  # every unit active: the gain acts on every step
+    x = torch.rand(B, T, 2)
+    rec = GradNormRecorder(track_log10=True)
+    run_engine(mod, x, recorder=rec)[:, -1].sum().backward()
+    mod64 = relu_rnn(2, H, 1)
+    mod64.load_state_dict(mod.state_dict())
+    ref, hs, _ = unrolled(mod64, x.double())
+    ref[:, -1].sum().backward()
+    expected = norms_of(hs)
+    assert expected[0, 0] > 1e28 * expected[0, -1]
+    torch.testing.assert_close(rec.norms, expected, rtol=1e-4, atol=0)
+
+
+def test_sequence_model_relu_matches_nn_rnn_on_every_path() -> None:
+    """Fused, unrolled and engine paths of SequenceModel(nonlinearity="relu"): the outputs of
+    nn.RNN(nonlinearity='relu'), and the same per-timestep norms on the last two."""
+    torch.manual_seed(0)
+    model = SequenceModel(RNN, 3, 2, 5, num_layers=2, nonlinearity="relu").double()
+    assert model.rnn.nonlinearity == "relu"
+    x = torch.randn(4, 7, 3, dtype=torch.float64)
+    reference = nn.RNN(3, 5, 2, batch_first=True, nonlinearity="relu").double()
+    reference.load_state_dict(model.rnn.state_dict())
+    expected = model.head(reference(x)[0])
+    torch.testing.assert_close(model(x)[0], expected)  # fused
+    norms = []
+    for engine in (False, True):
+        model.engine = engine
+        model.zero_grad()
+        out, trace = model(x, record_states=True)
+        torch.testing.assert_close(out, expected)
+        out[:, -1].sum().backward()
+        norms.append(grad_norms(trace))
+    assert norms[0].shape == (2, 7)
+    torch.testing.assert_close(norms[1], norms[0], rtol=1e-10, atol=0)
+
+
+def test_relu_model_quantizes_its_head_only() -> None:
+    from seqbench.inference import quantizable_modules
+
+    torch.manual_seed(0)
+    model = SequenceModel(RNN, 2, 1, 8, nonlinearity="relu")
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        q = quantize_dynamic(model, quantizable_modules(), dtype=torch.qint8)
+    assert type(q.rnn) is type(model.rnn) and q.rnn.nonlinearity == "relu"
+    x = torch.rand(3, 10, 2)
+    torch.testing.assert_close(q(x)[0], model(x)[0], atol=0.05, rtol=0.05)
+
+
+def test_a_relu_irnn_run_with_the_int8_comparison(small_run) -> None:
+    metrics = small_run(f"model={RNN}", "model.nonlinearity=relu", "model.init=identity",
+                        "model.recurrent_gain=1.2")  # fmt: skip
+    assert metrics["status"] == "completed"
+    assert metrics["inference"]["quantized_modules"] == ["Linear"]  # the head (torch.ao...Linear)
+    assert metrics["grad_norms"]["init"]["layers"][0]["vanishing_ratio"] > 0  # grows back in time
+
+
+# ------------------------------------------------------------------ init=identity, recurrent_gain
+
+
+@pytest.mark.parametrize("init", ["default", "orthogonal", "xavier", "identity"])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_recurrent_gain_sets_the_spectral_radius_of_every_block(cell: str, init: str) -> None:
+    torch.manual_seed(0)
+    gain, H = 1.3, 6
+    model = SequenceModel(cell, 3, 1, H, num_layers=2, init=init, recurrent_gain=gain)
+    gates = get_cell(cell).gates
+    for layer in range(2):
+        w_hh = getattr(model.rnn, f"weight_hh_l{layer}").detach().double()
+        for block in w_hh.chunk(gates, dim=0):
+            radius = torch.linalg.eigvals(block).abs().max().item()
+            assert radius == pytest.approx(gain, rel=1e-6)
+            if init in ("orthogonal", "identity"):  # every singular value is the gain
+                svd = torch.linalg.svdvals(block)
+                torch.testing.assert_close(svd, torch.full_like(svd, gain), rtol=1e-6, atol=0)
+
+
+def test_identity_init_is_the_irnn() -> None:
+    torch.manual_seed(0)
+    model = SequenceModel(RNN, 2, 1, 64, num_layers=2, nonlinearity="relu", init="identity")
+    for layer in range(2):
+        w_hh = getattr(model.rnn, f"weight_hh_l{layer}").detach()
+        assert torch.equal(w_hh, torch.eye(64))
+        w_ih = getattr(model.rnn, f"weight_ih_l{layer}").detach()
+        assert 0.5e-3 < w_ih.std().item() < 2e-3
+        for kind in ("bias_ih", "bias_hh"):
+            assert not getattr(model.rnn, f"{kind}_l{layer}").any()
+    torch.manual_seed(0)
+    irnn12 = SequenceModel(RNN, 2, 1, 64, nonlinearity="relu", init="identity", recurrent_gain=1.2)
+    assert torch.allclose(irnn12.rnn.weight_hh_l0.detach(), 1.2 * torch.eye(64))
+
+
+def test_without_gain_the_init_is_unchanged() -> None:
+    for cell in CELLS:
+        torch.manual_seed(0)
+        a = SequenceModel(cell, 2, 1, 8).state_dict()
+        torch.manual_seed(0)
+        b = SequenceModel(cell, 2, 1, 8, recurrent_gain=None, nonlinearity="tanh").state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gain_sets_the_regime_at_init() -> None:
+    """tanh RNN at T=50, loss on the last step: gain 0.5 vanishes, an IRNN at 1.2 explodes."""
+
+    def ratio(**kw) -> float:
+        torch.manual_seed(0)
+        model = SequenceModel(RNN, 2, 1, 32, engine=True, **kw)
+        x = torch.rand(16, 50, 2)
+        out, rec = model(x, record_states=True)
+        out[:, -1].square().mean().backward()
+        return (rec.norms[0, 0] / rec.norms[0, -1]).log10().item()
+
+    assert ratio(init="orthogonal", recurrent_gain=0.5) < -5
+    assert ratio(nonlinearity="relu", init="identity", recurrent_gain=1.2) > 2
