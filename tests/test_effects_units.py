@@ -1,0 +1,233 @@
+"""The result writers, the comparison table and the gradient summaries on crafted inputs, each
+checked against values written out here: exact, no training, milliseconds each."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from seqbench.compare import aggregate, find_runs, load_runs, to_display
+from seqbench.compare import main as compare_main
+from seqbench.diagnostics import summarize
+from seqbench.results import RunRecorder
+
+# --- RunRecorder: metrics.json, history.csv, grad_norms.csv -------------------------------------
+
+
+def recorded(tmp_path: Path) -> tuple[RunRecorder, dict]:
+    rates = iter([0.5, 0.25, 0.125])
+    recorder = RunRecorder(tmp_path, {"model": "gru", "overrides": ["seed=3"]}, "mse", "min",
+                           explode_factor=10.0, solved=lambda m: m["mse"] < 0.2,
+                           lr=lambda: next(rates))  # fmt: skip
+    norms = np.array([[1e-3, 1e-2, 1e-1, 1.0]])  # (layers, T)
+    recorder.on_grad_norms(0, norms, np.array([4, 4, 4, 4]), None)
+    for step, loss, clipped in [(1, 4.0, True), (2, 2.0, False), (3, 3.0, True)]:
+        recorder.on_step(step, loss, 10.0, clipped)
+    recorder.on_eval(3, {"mse": 0.3, "acc": 0.5})
+    recorder.on_step(4, 1.0, 1.0, False)
+    recorder.on_eval(4, {"mse": 0.1, "acc": 0.7})
+    recorder.on_step(5, 7.0, 1.0, True)
+    recorder.on_eval(5, {"mse": 0.15, "acc": 0.6})
+    recorder.on_grad_norms(5, 2 * norms[:, ::-1].copy(), np.array([4, 4, 3, 0]), None)
+    return recorder, recorder.write("completed", extra_key=1)
+
+
+def test_run_recorder_writes_what_it_was_told(tmp_path: Path) -> None:
+    _, m = recorded(tmp_path)
+    assert m == json.loads((tmp_path / "metrics.json").read_text())
+    assert (m["status"], m["model"], m["overrides"], m["extra_key"]) == (
+        "completed", "gru", ["seed=3"], 1)  # fmt: skip
+    assert (m["steps"], m["metric"], m["mode"]) == (5, "mse", "min")
+    assert (m["final_metric"], m["final"]) == (0.15, {"mse": 0.15, "acc": 0.6})
+    assert (m["best_metric"], m["best_step"], m["solved_step"]) == (0.1, 4, 4)
+    assert m["clip_fraction"] == pytest.approx(3 / 5)
+    assert m["grad_norms"]["max_norm"] == 2.0
+    init, end = m["grad_norms"]["init"], m["grad_norms"]["end"]
+    assert (init["step"], init["timesteps"], end["step"], end["timesteps"]) == (0, 4, 5, 4)
+    assert init["layers"][0]["vanishing_ratio"] == pytest.approx(-3.0)
+    # the end snapshot: the last position holds no real sequence, so T = 3
+    assert end["layers"][0]["timesteps"] == 3 and end["layers"][0]["positions"] == 11
+    assert end["layers"][0]["vanishing_ratio"] == pytest.approx(2.0)  # log10(2 / 0.02)
+
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.columns) == ["step", "wall_time", "train_loss", "lr", "val_mse", "val_acc"]
+    assert history["step"].tolist() == [3, 4, 5]
+    assert history["train_loss"].tolist() == [3.0, 1.0, 7.0]  # mean since the last validation
+    assert history["lr"].tolist() == [0.5, 0.25, 0.125]
+    assert history["val_mse"].tolist() == [0.3, 0.1, 0.15]
+
+    grads = pd.read_csv(tmp_path / "grad_norms.csv")
+    assert list(grads.columns) == ["step", "layer", "t", "norm", "positions"]
+    assert grads["step"].tolist() == [0] * 4 + [5] * 4 and grads["t"].tolist() == [1, 2, 3, 4] * 2
+    assert grads["norm"].tolist() == [1e-3, 1e-2, 1e-1, 1.0, 2.0, 0.2, 0.02, 0.002]
+    assert grads["positions"].tolist() == [4, 4, 4, 4, 4, 4, 3, 0]
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_run_recorder_state_round_trip(tmp_path: Path) -> None:
+    """What a checkpoint keeps of the recorder brings back everything metrics.json reports."""
+    recorder, before = recorded(tmp_path)
+    state = recorder.state_dict()
+    fresh = RunRecorder(tmp_path / "other", {"model": "gru"}, "mse", "min", 10.0)
+    (tmp_path / "other").mkdir()
+    fresh.load_state_dict(state)
+    after = fresh.metrics("completed", extra_key=1)
+    timings = ("wall_time_s", "steps_per_s")
+    assert {k: v for k, v in after.items() if k not in timings} == {
+        k: v for k, v in before.items() if k not in timings
+    }
+    assert after["wall_time_s"] >= before["wall_time_s"]  # wall time adds up across a resume
+    assert fresh.losses_since_eval == [] and fresh.clipped_steps == 3
+
+
+def test_losses_since_the_last_validation_survive_a_round_trip(tmp_path: Path) -> None:
+    recorder = RunRecorder(tmp_path, {}, "mse", "min", 10.0)
+    recorder.on_step(1, 2.0, 1.0, False)
+    recorder.on_step(2, 4.0, 1.0, False)
+    fresh = RunRecorder(tmp_path, {}, "mse", "min", 10.0)
+    fresh.load_state_dict(recorder.state_dict())
+    fresh.on_step(3, 6.0, 1.0, False)
+    fresh.on_eval(3, {"mse": 1.0})
+    assert fresh.history[0]["train_loss"] == 4.0 and fresh.steps_done == 3
+
+
+def test_max_mode_best_and_nan(tmp_path: Path) -> None:
+    recorder = RunRecorder(tmp_path, {}, "accuracy", "max", 10.0)
+    for step, value in [(1, 0.5), (2, math.nan), (3, 0.7), (4, 0.6)]:
+        recorder.on_eval(step, {"accuracy": value})
+    m = recorder.metrics("interrupted")
+    assert (m["best_metric"], m["best_step"], m["solved_step"], m["status"]) == (
+        0.7, 3, None, "interrupted")  # fmt: skip
+    with pytest.raises(AssertionError):
+        recorder.metrics("finished")  # not a status
+
+
+# --- diagnostics.summarize ----------------------------------------------------------------------
+
+
+def test_summarize_on_crafted_norms() -> None:
+    s = summarize(np.array([1e-4, 1e-3, 1e-2, 1e-1]))  # x10 per step towards the end
+    assert s.vanishing_ratio == pytest.approx(-3.0) and s.decay_rate == pytest.approx(1.0)
+    assert (s.max_norm, s.exploding, s.nonzero, s.timesteps, s.positions) == (0.1, False, 4, 4, 4)
+
+    grows = summarize(np.array([5.0, 1.0, 0.5]), explode_factor=4.0)  # 5 > 4 x 0.5
+    assert grows.exploding and grows.vanishing_ratio == pytest.approx(1.0)
+    assert not summarize(np.array([1.9, 1.0, 0.5]), explode_factor=4.0).exploding
+
+    underflow = summarize(np.array([0.0, 0.0, 1e-3, 1e-2]))
+    assert underflow.vanishing_ratio == -math.inf and underflow.nonzero == 2
+    assert underflow.decay_rate == pytest.approx(1.0)  # over the non-zero values only
+    assert summarize(np.array([0.0, 0.0, 1.0])).decay_rate is None  # fewer than 2 non-zero
+
+    blown = summarize(np.array([math.inf, 1.0, 1.0]))
+    assert blown.exploding and blown.max_norm == math.inf
+    assert summarize(np.array([1.0, 1.0, math.nan])).exploding
+
+    padded = summarize(np.array([1e-2, 1e-1, 1.0, 7.0]), positions=np.array([3, 2, 1, 0]))
+    assert (padded.timesteps, padded.positions) == (3, 6)  # the last real step is t = 3
+    assert padded.vanishing_ratio == pytest.approx(-2.0) and padded.max_norm == 1.0
+
+    logs = summarize(np.array([0.0, 0.0, 1.0]), log10=np.array([-400.0, -200.0, 0.0]))
+    assert logs.vanishing_ratio == pytest.approx(-400.0) and logs.decay_rate == pytest.approx(200)
+
+
+# --- the comparison table over crafted run directories ------------------------------------------
+
+
+def fake_run(path: Path, overrides: list[str], **metrics) -> None:
+    path.mkdir(parents=True)
+    (path / ".hydra").mkdir()
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    layers = [{"vanishing_ratio": metrics.pop("init_ratio", -2.0), "decay_rate": 0.5}]
+    end = [{"vanishing_ratio": metrics.pop("end_ratio", -1.0), "decay_rate": 0.25}]
+    grads = {"init": {"layers": layers}, "end": {"layers": end}, "max_norm": 3.0}
+    base = {"status": "completed", "metric": "mse", "mode": "min", "baseline": 1 / 6,
+            "solved_step": None, "wall_time_s": 10.0, "steps_per_s": 50.0,
+            "num_parameters": 1000, "grad_norms": grads}  # fmt: skip
+    (path / "metrics.json").write_text(json.dumps({**base, **metrics}))
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    rnn, gru = ["model=rnn", "task.seq_len=50"], ["model=gru", "task.seq_len=100"]
+    common = {"task": "adding"}
+    fake_run(root / "0", [*rnn, "seed=0"], model="rnn", seed=0, final_metric=0.2,
+             best_metric=0.1, init_ratio=-math.inf, **common)  # fmt: skip
+    fake_run(root / "1", [*rnn, "seed=1"], model="rnn", seed=1, final_metric=0.4,
+             best_metric=0.3, solved_step=300, **common)  # fmt: skip
+    fake_run(root / "2", [*rnn, "seed=2"], model="rnn", seed=2, status="diverged",
+             final_metric=9.0, best_metric=9.0, **common)  # fmt: skip
+    fake_run(root / "3", [*gru, "seed=0"], model="gru", seed=0, final_metric=0.01,
+             best_metric=0.005, solved_step=100, num_parameters=2500, **common)  # fmt: skip
+    fake_run(root / "nested" / "4", [*gru, "seed=1"], model="gru", seed=1, status="failed",
+             final_metric=None, best_metric=None, **common)  # fmt: skip
+    return root
+
+
+def test_load_runs_and_aggregate(sweep: Path) -> None:
+    runs = load_runs(find_runs([sweep]))
+    assert len(runs) == 5 and sorted(runs["task.seq_len"]) == [50, 50, 50, 100, 100]
+    table = aggregate(runs)
+    assert list(table.columns[:3]) == ["model", "task", "task.seq_len"]
+    rows = table.set_index("model")
+    rnn, gru = rows.loc["rnn"], rows.loc["gru"]
+    assert (rnn["runs"], rnn["completed"], rnn["diverged"], rnn["failed"]) == (3, 2, 1, 0)
+    assert (gru["runs"], gru["completed"], gru["diverged"], gru["failed"]) == (2, 1, 0, 1)
+    assert (rnn["solved"], gru["solved"], rnn["interrupted"]) == (1, 1, 0)
+    assert rnn["final_metric_mean"] == pytest.approx(0.3)  # the diverged run does not count
+    assert rnn["final_metric_std"] == pytest.approx(math.sqrt(0.02))
+    assert rnn["best_metric_mean"] == pytest.approx(0.2)
+    assert rnn["solved_step_mean"] == 300 and math.isnan(rnn["solved_step_std"])
+    assert rnn["init_vanishing_ratio_mean"] == -math.inf and math.isnan(
+        rnn["init_vanishing_ratio_std"]
+    )
+    assert gru["final_metric_mean"] == 0.01 and math.isnan(gru["final_metric_std"])
+    assert gru["num_parameters_mean"] == 2500 and rnn["end_decay_rate_mean"] == 0.25
+    assert rnn["max_grad_norm_mean"] == 3.0 and rnn["steps_per_s_std"] == 0.0
+    assert rows.loc["rnn", "metric"] == "mse"
+    by_seed_len = aggregate(runs, by=["task.seq_len"]).set_index("task.seq_len")
+    assert by_seed_len.loc[100, "runs"] == 2 and by_seed_len.loc[50, "completed"] == 2
+
+
+def test_display_strings(sweep: Path) -> None:
+    display = to_display(aggregate(load_runs(find_runs([sweep])))).set_index("model")
+    assert display.loc["rnn", "seeds"] == "2/3" and display.loc["gru", "seeds"] == "1/2"
+    assert display.loc["rnn", "diverged/failed"] == "1/0"
+    assert display.loc["gru", "diverged/failed"] == "0/1"
+    assert display.loc["rnn", "solved"] == "1/2"
+    assert display.loc["rnn", "final_metric"] == "0.3 ± 0.14"
+    assert display.loc["gru", "final_metric"] == "0.01"  # one run: no std
+    assert display.loc["gru", "num_parameters"] == "2,500"
+    assert display.loc["rnn", "num_parameters"] == "1,000"  # std 0 is left out
+    assert display.loc["rnn", "solved_step"] == "300"
+    assert display.loc["rnn", "init_vanishing_ratio"] == "-inf"
+    short = to_display(aggregate(load_runs(find_runs([sweep]))), short=True)
+    assert {"final", "best", "vanish@init", "div/fail", "params"} <= set(short.columns)
+
+
+def test_compare_command(sweep: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "tables"
+    assert compare_main([str(sweep), "--out", str(out), "--format", "csv", "md", "latex"]) == 0
+    table = pd.read_csv(out / "comparison.csv")
+    expected = aggregate(load_runs(find_runs([sweep])))
+    pd.testing.assert_frame_equal(table, expected, check_dtype=False)
+    markdown = (out / "comparison.md").read_text()
+    assert "| rnn " in markdown and "0.3 ± 0.14" in markdown
+    assert (out / "comparison.tex").read_text().startswith("\\begin{tabular}")
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'comparison.csv'}" in printed and "5 runs" in printed
+
+    assert compare_main([str(sweep), "--out", str(out), "--metrics", "best_metric"]) == 0
+    kept = pd.read_csv(out / "comparison.csv")
+    assert [c for c in kept.columns if c.endswith(("_mean", "_std"))] == [
+        "best_metric_mean", "best_metric_std"]  # fmt: skip
+    assert compare_main([str(sweep), "--by", "nope"]) == 2
+    assert compare_main([str(tmp_path / "nothing")]) == 2
+    assert "no metrics.json" in capsys.readouterr().err
