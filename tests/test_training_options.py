@@ -87,6 +87,14 @@ def test_plateau_stops_at_min_lr_and_uses_its_threshold() -> None:
     assert seen == [1.0, 0.5, 0.3, 0.3, 0.3]
 
 
+def test_an_unknown_scheduler_names_the_choices() -> None:
+    from omegaconf import OmegaConf
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match=r"unknown scheduler 'linear'; choose one of \['none', "):
+        build_scheduler(OmegaConf.create({"name": "linear"}), optimizer, 10, "min")
+
+
 @pytest.mark.parametrize("warmup", [0, 1, 9])
 def test_cosine_factor_at_its_edges(warmup: int) -> None:
     """Warm-up ends at 1, the decay ends at min_lr_ratio exactly at the last step, even with a
