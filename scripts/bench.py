@@ -59,16 +59,25 @@ def _torch():
 
 
 def _cell(name: str):
+    """The cell of a bench row: a registered name, or ``name:nonlinearity`` for a variant."""
     from seqbench.cells import get_cell
 
-    return get_cell(name)
+    cell, _, nonlinearity = name.partition(":")
+    spec = get_cell(cell)
+    return spec.with_nonlinearity(nonlinearity) if nonlinearity else spec
 
 
 def bench_cells() -> list[str]:
-    """The registered cells that have both engine kernels and a fused PyTorch layer."""
+    """The registered cells that have both engine kernels and a fused PyTorch layer, and their
+    other nonlinearities as ``name:nonlinearity`` (the ReLU RNN)."""
     from seqbench.cells import CELLS
 
-    return [n for n, c in CELLS.items() if c.engine is not None and c.fused is not None]
+    return [
+        n if nl == c.nonlinearities[0] else f"{n}:{nl}"
+        for n, c in CELLS.items()
+        if c.engine is not None and c.fused is not None
+        for nl in c.nonlinearities
+    ]
 
 
 def build(cell: str, B: int, T: int, H: int, seed: int = 0):
@@ -99,12 +108,13 @@ def engine_step(cell, mod, head, x, y, with_norms: bool):
     from seqbench.engine import GradNormRecorder, recurrent
 
     rec = GradNormRecorder() if with_norms else None
+    spec = _cell(cell)
 
     def step():
         mod.zero_grad(set_to_none=True)
         head.zero_grad(set_to_none=True)
         out = recurrent(
-            cell,
+            spec,
             x,
             list(mod._flat_weights),
             num_layers=mod.num_layers,
