@@ -39,9 +39,18 @@ def clipping_threshold(tmp: Path) -> float:
     return float(np.median(norms))
 
 
-@pytest.fixture(scope="module")
-def one_run(tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("files")
+def test_one_run_read_back_from_every_file(tmp_path: Path) -> None:
+    """One run, every file it writes checked against the others. (One test rather than a
+    module fixture shared by four: `make mutate` orders tests by their own duration, and a
+    fixture's cost would hide behind a test that looks instant.)"""
+    run = make_run(tmp_path)
+    check_history(run)
+    check_tensorboard_scalars(run)
+    check_tensorboard_pictures_and_hparams(run)
+    check_metrics_json(run)
+
+
+def make_run(tmp: Path) -> dict:
     threshold = clipping_threshold(tmp)
     run_dir = tmp / "run"
     metrics = run_small(run_dir, *RUN, "diagnostics.every=2", f"train.clip.threshold={threshold!r}")
@@ -89,7 +98,7 @@ def summary(norms: np.ndarray, explode_factor: float = 10.0) -> dict:
     }
 
 
-def test_history_csv(one_run) -> None:
+def check_history(one_run: dict) -> None:
     history, events = one_run["history"], one_run["events"]
     assert list(history.columns) == ["step", "wall_time", "train_loss", "lr", "val_mse"]
     assert history["step"].tolist() == [3, 6, 8]
@@ -102,7 +111,7 @@ def test_history_csv(one_run) -> None:
     assert history["wall_time"].is_monotonic_increasing and history["wall_time"].iloc[0] > 0
 
 
-def test_tensorboard_scalars_match_their_sources(one_run) -> None:
+def check_tensorboard_scalars(one_run: dict) -> None:
     events, history, grads = one_run["events"], one_run["history"], one_run["grads"]
     metrics = one_run["metrics"]
     scalars = set(events.Tags()["scalars"])
@@ -145,7 +154,7 @@ def test_tensorboard_scalars_match_their_sources(one_run) -> None:
         assert series(events, f"hparams/{name}") == {8: pytest.approx(f32(value))}, name
 
 
-def test_tensorboard_pictures_and_hparams(one_run) -> None:
+def check_tensorboard_pictures_and_hparams(one_run: dict) -> None:
     events = one_run["events"]
     images = events.Tags()["images"]
     assert set(images) == {"grad_heatmap/layer0", "grad_heatmap/layer1", "grad_norm_vs_t"}
@@ -162,7 +171,7 @@ def test_tensorboard_pictures_and_hparams(one_run) -> None:
     assert hparams["train.clip.threshold"] == pytest.approx(one_run["threshold"])
 
 
-def test_metrics_json_matches_its_sources(one_run) -> None:
+def check_metrics_json(one_run: dict) -> None:
     m, history, grads = one_run["metrics"], one_run["history"], one_run["grads"]
     ckpt = torch.load(one_run["dir"] / "checkpoint.pt", weights_only=True)
     assert (m["status"], m["model"], m["task"], m["seed"]) == ("completed", "lstm", "adding", 0)
