@@ -151,3 +151,44 @@ def test_truncated_metrics_json_is_never_taken_for_a_completed_run(small_run, tm
         (run_dir / "metrics.json").write_text(text[:cut])
         assert completed_before(run_dir, overrides) is None  # a sweep re-runs or resumes it
         assert load_training_state(run_dir)["step"] == 8  # the checkpoint is independent of it
+
+
+@pytest.mark.parametrize("missing", ["model", "optimizer", "config", "step", "rng", "recorder"])
+def test_a_checkpoint_missing_a_part_is_not_used(small_run, tmp_path: Path, missing) -> None:
+    run_dir = make_run(tmp_path, small_run)
+    state = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    del state[missing]
+    torch.save(state, run_dir / CHECKPOINT)
+    assert load_training_state(run_dir)["source"] == PREVIOUS
+    torch.save(state, run_dir / PREVIOUS)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.prev\.pt is not a complete seqbench"):
+        load_training_state(run_dir)
+
+
+def test_resumed_config_is_the_checkpoints_with_this_commands_log_settings(tmp_path) -> None:
+    """As a library (no Hydra), every key of the config counts as given on the command line."""
+    from omegaconf import OmegaConf
+
+    from seqbench.resume import resumed_config
+    from tests.conftest import SMALL, compose_config
+
+    saved = OmegaConf.to_container(compose_config(SMALL), resolve=True)
+    resume = f"resume={tmp_path}"
+    merged = resumed_config(compose_config([*SMALL, "log.progress=plain",
+                                            "log.tensorboard=false", resume]), saved)  # fmt: skip
+    assert (merged.log.progress, merged.log.tensorboard, merged.resume) == (
+        "plain", False, str(tmp_path))  # fmt: skip
+    rest = OmegaConf.to_container(merged)
+    for key in ("log", "resume"):
+        rest.pop(key), saved.pop(key)
+    assert rest == saved
+
+    changed = [*SMALL, "model.hidden_size=16", "seed=3", resume]
+    with pytest.raises(ConfigError) as err:
+        resumed_config(compose_config(changed), saved)
+    message = str(err.value)
+    assert "model.hidden_size (checkpoint: 8, now: 16)" in message
+    assert "seed (checkpoint: 0, now: 3)" in message and "resume_force=true" in message
+    assert message.startswith(f"resume={tmp_path}: this command line changes the run's config")
+    forced = resumed_config(compose_config([*changed, "resume_force=true"]), saved)
+    assert (forced.model.hidden_size, forced.seed) == (16, 3)
