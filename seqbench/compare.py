@@ -27,8 +27,12 @@ NUMERIC = [
     "solved_step",
     "init_vanishing_ratio",
     "init_decay_rate",
+    "init_growth_rate",
+    "init_memory_horizon",
     "end_vanishing_ratio",
     "end_decay_rate",
+    "end_growth_rate",
+    "end_memory_horizon",
     "max_grad_norm",
     "wall_time_s",
     "steps_per_s",
@@ -82,7 +86,7 @@ def _run_numbers(m: dict) -> dict:
 
     def layer0(when: str, key: str) -> float:
         snap = grads.get(when)
-        value = snap["layers"][0][key] if snap else None
+        value = snap["layers"][0].get(key) if snap else None  # older runs lack newer keys
         return math.nan if value is None else float(value)
 
     return {
@@ -101,6 +105,14 @@ def _run_numbers(m: dict) -> dict:
         "init_decay_rate": layer0("init", "decay_rate"),
         "end_vanishing_ratio": layer0("end", "vanishing_ratio"),
         "end_decay_rate": layer0("end", "decay_rate"),
+        "init_growth_rate": layer0("init", "growth_rate"),
+        "init_memory_horizon": layer0("init", "memory_horizon"),
+        "end_growth_rate": layer0("end", "growth_rate"),
+        "end_memory_horizon": layer0("end", "memory_horizon"),
+        "exploding": any(
+            bool(snap and snap["layers"][0].get("exploding"))
+            for snap in (grads.get("init"), grads.get("end"))
+        ),
         "max_grad_norm": _num(grads.get("max_norm")),
         "wall_time_s": _num(m.get("wall_time_s")),
         "steps_per_s": _num(m.get("steps_per_s")),
@@ -125,7 +137,8 @@ def _num(value) -> float:
 
 def group_keys(runs: pd.DataFrame) -> list[str]:
     """model and task, then every override key whose value differs between runs (not seed)."""
-    core = {"model", "task", "seed", "status", "metric", "mode", "solved", "error", "run_dir"}
+    core = {"model", "task", "seed", "status", "metric", "mode", "solved", "exploding", "error",
+            "run_dir"}  # fmt: skip
     varying = [
         c for c in runs.columns
         if c not in core and c not in NUMERIC and c not in IGNORED_KEYS
@@ -138,7 +151,9 @@ def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
     """One row per configuration: counts, and mean/std over completed runs of each number.
 
     Columns: the group keys, metric, runs, completed, diverged, failed, interrupted, solved
-    (how many runs reached the task's threshold), then <number>_mean and <number>_std.
+    (how many runs reached the task's threshold), exploding (how many runs, diverged ones
+    included, had layer 0's gradient flagged exploding at init or at the end), then
+    <number>_mean and <number>_std.
     A -inf vanishing ratio (gradient underflow) stays -inf in the mean; std is NaN for one run.
     """
     by = list(by) if by else group_keys(runs)
@@ -156,6 +171,7 @@ def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
             row[name] = int((status == name).sum())
         done = group[status == "completed"]
         row["solved"] = int(done["solved"].sum())
+        row["exploding"] = int(group["exploding"].sum()) if "exploding" in group else 0
         for col in NUMERIC:
             if col not in done.columns:
                 row[f"{col}_mean"] = row[f"{col}_std"] = math.nan
@@ -181,6 +197,10 @@ SHORT = {
     "init_decay_rate": "decay@init",
     "end_vanishing_ratio": "vanish@end",
     "end_decay_rate": "decay@end",
+    "init_growth_rate": "growth@init",
+    "init_memory_horizon": "horizon@init",
+    "end_growth_rate": "growth@end",
+    "end_memory_horizon": "horizon@end",
     "max_grad_norm": "max |dL/dh|",
     "wall_time_s": "time s",
     "steps_per_s": "steps/s",
@@ -191,13 +211,15 @@ SHORT = {
 def to_display(table: pd.DataFrame, short: bool = False) -> pd.DataFrame:
     """Human columns: 'mean ± std' strings (std left out where it is 0 or undefined), counts as
     'k/n'; with `short`, the terminal's headers."""
-    counts = ("runs", "completed", "diverged", "failed", "interrupted", "solved")
+    counts = ("runs", "completed", "diverged", "failed", "interrupted", "solved", "exploding")
     keys = [c for c in table.columns if not c.endswith(("_mean", "_std")) and c not in counts]
     out = table[keys].copy()
     out["seeds"] = table["completed"].astype(str) + "/" + table["runs"].astype(str)
     failures = table["diverged"].astype(str) + "/" + table["failed"].astype(str)
     out["div/fail" if short else "diverged/failed"] = failures
     out["solved"] = table["solved"].astype(str) + "/" + table["completed"].astype(str)
+    if "exploding" in table.columns:
+        out["exploding"] = table["exploding"].astype(str) + "/" + table["runs"].astype(str)
     for col in NUMERIC:
         if f"{col}_mean" not in table.columns:
             continue

@@ -19,6 +19,9 @@ from torch import Tensor
 
 from seqbench.engine import GradNormRecorder
 
+#: The memory horizon counts the timesteps back from T while ||dL/dh_t|| >= this x ||dL/dh_T||.
+HORIZON_FRACTION = 1e-3
+
 
 def grad_norms(trace: GradNormRecorder | list[list[Tensor]]) -> np.ndarray:
     """(num_layers, T) float64 norms ||dL/dh_t|| after backward, from the engine's recorder or
@@ -54,9 +57,15 @@ class GradSummary:
 
     vanishing_ratio: log10(||dL/dh_1|| / ||dL/dh_T||); -inf when ||dL/dh_1|| underflowed to 0.
     decay_rate: least-squares slope of log10 ||dL/dh_t|| per timestep over the non-zero values
-        (negative: the gradient shrinks going back in time); None with fewer than 2 of them.
+        (positive: the gradient shrinks going back in time); None with fewer than 2 of them.
+    growth_rate: the factor by which ||dL/dh_t|| grows per timestep going back in time, from
+        the same fit (10**-decay_rate): above 1 it explodes (1.2: +20 % per step back), below 1
+        it vanishes; None with fewer than 2 non-zero values.
     max_norm: the largest ||dL/dh_t||.
     exploding: max_norm > explode_factor * ||dL/dh_T||, or a non-finite norm.
+    memory_horizon: how many timesteps, counted back from T (T included), ||dL/dh_t|| stays at
+        or above HORIZON_FRACTION (1e-3) x ||dL/dh_T||: T if it never falls below, 0 if
+        ||dL/dh_T|| is 0. The reach of the gradient in one number.
     nonzero: how many timesteps have a non-zero norm.
     timesteps: T, the last step at which some sequence of the batch is real (padded batches).
     positions: how many real (sequence, timestep) positions the norms were taken over.
@@ -69,6 +78,8 @@ class GradSummary:
     nonzero: int
     timesteps: int
     positions: int
+    growth_rate: float | None = None
+    memory_horizon: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -114,5 +125,24 @@ def summarize(
     exploding = not finite.all() or max_norm > explode_factor * float(norms[-1])
     return GradSummary(
         ratio, decay, max_norm, bool(exploding), int(positive.sum()), real_steps,
-        int(positions[:real_steps].sum()),
+        int(positions[:real_steps].sum()), growth_rate(decay), memory_horizon(logs),
     )  # fmt: skip
+
+
+def growth_rate(decay_rate: float | None) -> float | None:
+    """Per-timestep growth factor going back in time, 10**-decay_rate (inf beyond float64)."""
+    if decay_rate is None:
+        return None
+    return math.inf if -decay_rate > 308 else 10.0**-decay_rate
+
+
+def memory_horizon(logs: np.ndarray, fraction: float = HORIZON_FRACTION) -> int:
+    """Timesteps back from the end (the last included) while log10 ||dL/dh_t|| stays at or
+    above log10(fraction) + log10 ||dL/dh_T||; len(logs) if it never falls below."""
+    last = float(logs[-1])
+    if last == -math.inf:
+        return 0
+    if not math.isfinite(last):  # an overflowed or NaN last step: nothing to measure against
+        return len(logs)
+    below = np.nonzero(logs < last + math.log10(fraction))[0]
+    return len(logs) - 1 - int(below.max()) if len(below) else len(logs)

@@ -84,11 +84,18 @@ def layer_norms(grads: pd.DataFrame, step: int, layer: int) -> np.ndarray:
 
 def summary(norms: np.ndarray, explode_factor: float = 10.0) -> dict:
     """The README's definitions, written out: log10(||dL/dh_1|| / ||dL/dh_T||), the least-squares
-    slope of log10 ||dL/dh_t|| per step over the non-zero values, the maximum, the flag."""
+    slope of log10 ||dL/dh_t|| per step over the non-zero values, the growth factor per step
+    back (10**-slope), the maximum, the flag, and the memory horizon (steps from T back while
+    the norm stays >= 1e-3 x ||dL/dh_T||)."""
     logs = np.log10(norms)
     t = np.arange(len(norms), dtype=float)
     slope = ((t - t.mean()) * (logs - logs.mean())).sum() / ((t - t.mean()) ** 2).sum()
+    horizon = 0
+    while horizon < len(norms) and norms[-1 - horizon] >= 1e-3 * norms[-1]:
+        horizon += 1
     return {
+        "growth_rate": 10.0**-slope,
+        "memory_horizon": horizon,
         "vanishing_ratio": math.log10(norms[0] / norms[-1]),
         "decay_rate": slope,
         "max_norm": norms.max(),
@@ -115,7 +122,8 @@ def check_tensorboard_scalars(one_run: dict) -> None:
     events, history, grads = one_run["events"], one_run["history"], one_run["grads"]
     metrics = one_run["metrics"]
     scalars = set(events.Tags()["scalars"])
-    names = ("vanishing_ratio", "decay_rate", "max_norm", "nonzero_steps")
+    names = ("vanishing_ratio", "decay_rate", "growth_rate", "memory_horizon", "max_norm",
+             "nonzero_steps")  # fmt: skip
     per_layer = {f"grad/{name}/layer{layer}" for layer in (0, 1) for name in names}
     finals = ("best_metric", "final_metric", "end_vanishing_ratio", "diverged")
     hparams = {f"hparams/{name}" for name in finals}
@@ -140,7 +148,8 @@ def check_tensorboard_scalars(one_run: dict) -> None:
     for layer in (0, 1):
         for step in (0, 2, 4, 6, 8):
             expected = summary(layer_norms(grads, step, layer))
-            for name in ("vanishing_ratio", "decay_rate", "max_norm"):
+            for name in ("vanishing_ratio", "decay_rate", "growth_rate", "memory_horizon",
+                         "max_norm"):  # fmt: skip
                 tb = series(events, f"grad/{name}/layer{layer}")
                 assert tb[step] == pytest.approx(expected[name], rel=1e-5), (name, step)
             nonzero = series(events, f"grad/nonzero_steps/layer{layer}")[step]

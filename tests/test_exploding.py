@@ -4,8 +4,10 @@ and model.recurrent_gain against torch.linalg."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -280,3 +282,68 @@ def test_gain_sets_the_regime_at_init() -> None:
 
     assert ratio(init="orthogonal", recurrent_gain=0.5) < -5
     assert ratio(nonlinearity="relu", init="identity", recurrent_gain=1.2) > 2
+
+
+# ------------------------------------------------------------------ growth rate, memory horizon
+
+
+def test_growth_rate_and_memory_horizon_on_crafted_norms() -> None:
+    from seqbench.diagnostics import memory_horizon, summarize
+
+    T = 40
+    grows = 1.2 ** np.arange(T)[::-1]  # ||dL/dh_t|| = 1.2^(T-t): x1.2 per step back
+    s = summarize(grows)
+    assert s.growth_rate == pytest.approx(1.2) and s.exploding and s.memory_horizon == T
+    vanishes = 0.5 ** np.arange(T)[::-1]  # x0.5 per step back: 0.5^10 = 9.8e-4 < 1e-3
+    s = summarize(vanishes)
+    assert s.growth_rate == pytest.approx(0.5) and not s.exploding
+    assert s.memory_horizon == 10  # t = T, T-1, ..., T-9 hold >= 1e-3 of ||dL/dh_T||
+    assert summarize(np.ones(T)).memory_horizon == T
+    # the first step back that falls below ends the horizon, whatever comes before it
+    norms = np.array([5.0, 1e-4, 1.0, 0.9, 1.0])
+    assert summarize(norms).memory_horizon == 3
+    assert memory_horizon(np.log10([1.0, 1e-3, 1.0])) == 3  # exactly 1e-3 is not below
+    assert summarize(np.array([1.0, 1.0, 0.0])).memory_horizon == 0  # no gradient at T
+    # padded batches: T is the last real step; log-magnitudes beyond float64 work the same
+    assert (
+        summarize(np.r_[vanishes, 0.0, 0.0], positions=np.r_[np.ones(T), 0, 0]).memory_horizon == 10
+    )
+    logs = -500.0 * np.arange(T)[::-1]  # 1e-500 per step back: horizon 1
+    s = summarize(np.zeros(T), log10=logs)
+    assert s.memory_horizon == 1 and s.growth_rate == 0.0
+    assert summarize(np.zeros(T), log10=-logs).growth_rate == math.inf
+
+
+def test_comparison_table_counts_exploding_runs_and_shows_growth_and_horizon(tmp_path) -> None:
+    import json
+
+    from seqbench.compare import aggregate, load_runs, to_display
+
+    def run(name: str, status: str, growth: float, horizon: int, exploding: bool) -> None:
+        layer = {
+            "vanishing_ratio": 1.0,
+            "decay_rate": -math.log10(growth),
+            "max_norm": 1.0,
+            "exploding": exploding,
+            "growth_rate": growth,
+            "memory_horizon": horizon,
+        }
+        snap = {"step": 0, "timesteps": 50, "layers": [layer]}
+        metrics = {
+            "status": status,
+            "model": name,
+            "task": "t",
+            "seed": 0,
+            "metric": "mse",
+            "grad_norms": {"init": snap, "end": snap, "max_norm": 1.0},
+        }
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+
+    run("a", "diverged", 1.2, 50, True)
+    run("b", "completed", 0.8, 31, False)
+    table = aggregate(load_runs(sorted(tmp_path.iterdir())))
+    assert table.set_index("model")["exploding"].to_dict() == {"a": 1, "b": 0}
+    shown = to_display(table, short=True).set_index("model")
+    assert shown.loc["a", "exploding"] == "1/1" and shown.loc["b", "horizon@init"] == "31"
+    assert shown.loc["b", "growth@init"] == "0.8"

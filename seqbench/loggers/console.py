@@ -158,10 +158,12 @@ class ConsoleLogger(Callback):
             if snap is None:
                 continue
             for layer, s in enumerate(snap["layers"]):
-                decay = "n/a" if s["decay_rate"] is None else f"{s['decay_rate']:.3f}/step"
+                growth = s.get("growth_rate")
+                growth = "n/a" if growth is None else f"x{growth:.3g}/step back"
                 table.add_row(
                     f"grad {when} (step {snap['step']}) L{layer}",
-                    f"log10 ||dL/dh_1||/||dL/dh_T|| = {s['vanishing_ratio']:.2f}, decay {decay}, "
+                    f"log10 ||dL/dh_1||/||dL/dh_T|| = {s['vanishing_ratio']:.2f}, growth {growth}, "
+                    f"horizon {s.get('memory_horizon', 'n/a')}/{s['timesteps']} steps, "
                     f"max {s['max_norm']:.3g}{', EXPLODING' if s['exploding'] else ''}",
                 )
         for name, value in (metrics.get("test") or {}).items():

@@ -18,8 +18,9 @@ from seqbench.loggers.hparams import experiment_summary, session_summaries
 
 class TensorBoardLogger(Callback):
     """Scalars: train/loss, val/<metric>, grad/total_norm, grad/clip_fraction and, per layer,
-    grad/vanishing_ratio, grad/decay_rate, grad/max_norm. Images: per layer, log10 ||dL/dh_t||
-    over (training step x timestep); and ||dL/dh_t|| vs t at init and at the latest snapshot."""
+    grad/vanishing_ratio, grad/decay_rate, grad/growth_rate, grad/memory_horizon, grad/max_norm.
+    Images: per layer, log10 ||dL/dh_t|| over (training step x timestep); and ||dL/dh_t|| vs t
+    at init and at the latest snapshot."""
 
     def __init__(
         self,
@@ -71,6 +72,9 @@ class TensorBoardLogger(Callback):
             if s.decay_rate is not None:
                 self.writer.add_scalar(f"grad/decay_rate/layer{layer}", s.decay_rate, step)
             self.writer.add_scalar(f"grad/max_norm/layer{layer}", s.max_norm, step)
+            if s.growth_rate is not None and math.isfinite(s.growth_rate):
+                self.writer.add_scalar(f"grad/growth_rate/layer{layer}", s.growth_rate, step)
+            self.writer.add_scalar(f"grad/memory_horizon/layer{layer}", s.memory_horizon, step)
             self.writer.add_scalar(f"grad/nonzero_steps/layer{layer}", s.nonzero, step)
             self.writer.add_figure(f"grad_heatmap/layer{layer}", self._heatmap(layer), step)
         self.writer.add_figure("grad_norm_vs_t", self._norm_vs_t(), step)
