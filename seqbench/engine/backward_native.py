@@ -7,8 +7,12 @@ the recurrence, one for the input gradient, and the weight-gradient accumulation
 Vanishing gradients would turn float32 values into denormals, on which x86 matrix products are
 10-100x slower. The engine never produces them: the backward signal is carried as
 ``2**e_t * g_t`` with an integer exponent ``e_t`` per step and ``g_t`` renormalised so that
-``max|g_t|`` is about 1 (exact: scaling by a power of two). Weight gradients are accumulated
-with the factor ``2**(e_t - R)`` for a running reference exponent ``R``.
+``max|g_t|`` is about 1 (exact: scaling by a power of two). The exponent is kept per sequence
+(``e[t, b]``, see ``csrc/seqbench.h``): sequences within ``2**CUT`` of the step's largest share
+its exponent ``M_t``; one further below keeps its own, so that its gradient (its rows of
+``dL/dx`` and of the signal passed to the layer below) is not lost to the others' scale.
+Weight gradients are accumulated with the factor ``2**(M_t - R)`` for a running reference
+exponent ``R``; the rows of a sequence more than ``2**CUT`` below ``M_t`` stay out of them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from seqbench.engine.native import Native, params, ptr
 
 
 class LayerGrads:
-    """One layer's backward results; ``d_in`` holds normalised rows (true = row * 2**d_in_exp)."""
+    """One layer's backward results; ``d_in`` (T, B, n_in) holds normalised rows
+    (true ``d_in[t, b] = row * 2**d_in_exp[t, b]``)."""
 
     __slots__ = ("d_in", "d_in_exp", "db_hh", "db_ih", "dw_hh", "dw_ih", "log10", "norms")
 
@@ -55,8 +60,9 @@ def layer_backward_native(
     nat: Native, cell: Cell, up, up_ts, up_rs, up_exp, inp, h_all, saved, w_ih, w_hh, lens_cpu,
     need_wgrad, need_din, want_norms,
 ):  # fmt: skip
-    """up (B,T,H) or (T,B,H) upstream gradient with strides up_ts, up_rs; up_exp: int32 (T,)
-    exponents of its rows or None."""
+    """up (B,T,H) or (T,B,H) upstream gradient with strides up_ts, up_rs; up_exp: int32 (T, B)
+    exponents of its rows (overwritten with this layer's, returned as ``d_in_exp``) or None
+    (exponent 0)."""
     k = cell.engine
     T, B, n_in = inp.shape
     H = w_hh.shape[1]
@@ -66,7 +72,9 @@ def layer_backward_native(
     dGs = torch.empty(B, G, dtype=dt, device=dev)
     rec = torch.zeros(B, H, dtype=dt, device=dev)
     cc = torch.zeros(B, H, dtype=dt, device=dev) if cell.cell_state else None
-    st = torch.zeros(2, dtype=torch.int32)
+    st = torch.zeros(1 + B, dtype=torch.int32)  # the step's exponent, then each sequence's
+    # in: the upstream's per-sequence exponents; out, step by step: this layer's e[t, b]
+    eb = up_exp if up_exp is not None else torch.zeros(T, B, dtype=torch.int32)
     sq = torch.empty(T, dtype=torch.float64)
     ms = torch.empty(T, dtype=torch.int32)
     cs = torch.empty(T, G, dtype=dt)  # per-step column sums of dG (bias gradients)
@@ -74,7 +82,7 @@ def layer_backward_native(
     ms_c = (ctypes.c_int * T).from_address(ms.data_ptr())
     act, aux1, aux2 = k.native_saved(saved, h_all)
     P = bwd_params(
-        B_=B, H_=H, UP=up.data_ptr(), UP_TS=up_ts, UP_RS=up_rs, UP_EXP=ptr(up_exp),
+        B_=B, H_=H, UP=up.data_ptr(), UP_TS=up_ts, UP_RS=up_rs, UP_EXP=eb.data_ptr(),
         REC=rec.data_ptr(), CC=ptr(cc), ST=st.data_ptr(), ACT=ptr(act), AUX1=ptr(aux1),
         AUX2=ptr(aux2), DG=dGs.data_ptr(), SQ=sq.data_ptr(), MS=ms.data_ptr(), CS=cs.data_ptr(),
         LEN=ptr(lens_cpu), SQROW=sqrow.data_ptr() if want_norms else 0,
@@ -113,6 +121,8 @@ def layer_backward_native(
                 R = m
             d = m - R
             if d >= -cut:
+                if nz == 2:  # sequences far below M_t: out of the weight gradients
+                    dGs.masked_fill_((eb[t] != m)[:, None], 0.0)
                 alpha = math.ldexp(1.0, d)
                 if t:
                     acc_hh.addmm_(dg_h_t, hs[t], alpha=alpha)
@@ -121,7 +131,7 @@ def layer_backward_native(
     ms64 = ms.double()
     out.norms = sq.sqrt() * torch.exp2(ms64)
     out.log10 = 0.5 * torch.log10(sq) + ms64 * math.log10(2.0)
-    out.d_in, out.d_in_exp = d_in, ms
+    out.d_in, out.d_in_exp = d_in, eb
     out.dw_hh = out.dw_ih = out.db_hh = out.db_ih = None
     if need_wgrad:
         R = 0 if R is None else R

@@ -33,7 +33,11 @@ def layer_backward_torch(
     cell: Cell, up_bt, up_exp, inp, h_all, saved, w_ih, w_hh, valid, need_wgrad, need_din,
     want_norms,
 ):  # fmt: skip
-    """up_bt(t) -> (B,H) upstream at step t; up_exp: (T,) float64 exponents or None."""
+    """up_bt(t) -> (B,H) upstream at step t; up_exp: (T, B) float64 exponents or None.
+
+    The exponents are per sequence, as on the native path (``csrc/seqbench.h``): ``E[t, b]``
+    is the step's ``M_t`` for sequences within ``2**CUT`` of the largest, else the sequence's
+    own; the scales ``a``, ``b`` passed to the cell are (B, 1)."""
     k = cell.engine
     T, B, n_in = inp.shape
     H = w_hh.shape[1]
@@ -48,13 +52,16 @@ def layer_backward_torch(
         torch.zeros(B, H, dtype=dt, device=dev) if cell.cell_state else None,
         saved, h_all, w_hh,
     )  # fmt: skip
-    s = zero64.clone()
+    s_step = zero64.clone()  # the step's exponent M of the step after t
+    s = torch.zeros(B, dtype=torch.float64, device=dev)  # each sequence's exponent after t
     sq = torch.zeros(T, dtype=torch.float64, device=dev)
     ms = torch.zeros(T, dtype=torch.float64, device=dev)
+    es = torch.zeros(T, B, dtype=torch.float64, device=dev)
     nzs = torch.zeros(T, dtype=torch.bool, device=dev)
 
     def expo(t: Tensor, base: Tensor) -> Tensor:
-        mx = t.abs().amax().double()
+        """Per row: base + the exponent of the row's largest magnitude, NEG for a zero row."""
+        mx = t.abs().amax(-1).double()
         ok = mx > 0
         e = torch.frexp(torch.where(torch.isfinite(mx), mx, 1.0))[1].double() - 1.0
         return torch.where(ok, base + e, neg)
@@ -66,36 +73,41 @@ def layer_backward_torch(
         sig = up_exp[t] if up_exp is not None else zero64
         eu = expo(u, sig)
         rec, cc = state.rec, state.cc
-        er = expo(rec if cc is None else torch.stack([rec, cc]), s)
-        m = torch.maximum(eu, er)
+        er = expo(rec, s) if cc is None else torch.maximum(expo(rec, s), expo(cc, s))
+        own = torch.maximum(eu, er)
+        m = own.amax()
         nz = m > neg
-        m = torch.where(nz, m, s)
-        a = torch.where((eu == neg) | (eu - m < -cut), 0.0, torch.exp2(sig - m))
-        b = torch.where((er == neg) | (er - m < -cut), 0.0, torch.exp2(s - m))
+        m = torch.where(nz, m, s_step)
+        e = torch.where((own == neg) | (own >= m - cut), m, own)
+        a = torch.where((eu == neg) | (eu - own < -cut), 0.0, torch.exp2(sig - e))[:, None]
+        b = torch.where((er == neg) | (er - own < -cut), 0.0, torch.exp2(s - e))[:, None]
         dh = (u.double() * a + rec.double() * b).to(dt)
         if want_norms:
-            sq[t] = dh.double().square().sum()
+            sq[t] = (dh.double().square() * torch.exp2(2.0 * (e - m))[:, None]).sum()
         ms[t] = m
+        es[t] = e
         nzs[t] = nz
-        s = m
+        s, s_step = e, m
         k.backward_step(state, t, dh, b, dG[t])
     out = LayerGrads()
     out.norms = (sq.sqrt() * torch.exp2(ms)).cpu()
     out.log10 = (0.5 * torch.log10(sq) + ms * math.log10(2.0)).cpu()
     dg_in, dg_h, w_in = k.split_dgates(dG, w_ih, H)
-    out.d_in = dg_in @ w_in if need_din else None  # normalised rows; true = row * 2**ms
-    out.d_in_exp = ms
+    out.d_in = dg_in @ w_in if need_din else None  # normalised rows; true = row * 2**es
+    out.d_in_exp = es
     out.dw_hh = out.dw_ih = out.db_hh = out.db_ih = None
     if need_wgrad:
         big = torch.where(nzs, ms, neg).amax()
         wts = torch.where(nzs & (ms - big >= -cut), torch.exp2(ms - big), 0.0)
-        rel_h = dg_h * wts.to(dt)[:, None, None]
-        rel_i = dg_in * wts.to(dt)[:, None, None]
+        keep = (es == ms[:, None]).double()  # (T, B): 0 for sequences far below M_t
+        wts = wts[:, None] * keep
+        rel_h = dg_h * wts.to(dt)[:, :, None]
+        rel_i = dg_in * wts.to(dt)[:, :, None]
         scale = torch.exp2(torch.clamp(big, -1100.0, 1100.0))
         dw_hh = rel_h[1:].reshape(-1, rel_h.shape[-1]).t() @ h_all[1:T].reshape(-1, H)
         dw_ih = rel_i.reshape(-1, rel_i.shape[-1]).t() @ inp.reshape(-1, n_in)
         out.dw_hh = (dw_hh.double() * scale).to(dt)
         dw_ih = (dw_ih.double() * scale).to(dt)
-        colsum = (dG.double().sum(1) * torch.exp2(ms)[:, None]).sum(0)
+        colsum = ((dG.double() * keep[:, :, None]).sum(1) * torch.exp2(ms)[:, None]).sum(0)
         out.dw_ih, out.db_ih, out.db_hh = k.pytorch_grads(dw_ih, colsum, H, dt)
     return out

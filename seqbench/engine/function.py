@@ -14,6 +14,23 @@ from seqbench.engine.forward import layer_forward
 from seqbench.engine.native import use_native
 from seqbench.engine.recorder import GradNormRecorder
 
+#: The refusal of a double backward (``create_graph=True``) through the engine.
+DOUBLE_BACKWARD = (
+    "seqbench.engine: double backward is not supported. This backward runs with "
+    "create_graph=True (a gradient penalty, a Hessian-vector product, ...), but the engine's "
+    "hand-written BPTT returns gradients that carry no graph, so every term built from them "
+    "would be silently dropped. Use model.engine=fused (PyTorch's own layers, which support "
+    "double backward) for such a loss, or take the gradient with create_graph=False."
+)
+
+#: The refusal of an initial state.
+INITIAL_STATE = (
+    "seqbench.engine: an initial state (h0/c0) is not supported; recurrent() starts every "
+    "sequence from zero and returns no final state, so a stateful (truncated-BPTT) loop cannot "
+    "carry its state through it. Use model.engine=fused (PyTorch's own layers take h0/c0), or "
+    "start every batch from a zero state."
+)
+
 
 def engine_cells() -> list[str]:
     """Names of the registered cells the engine can run."""
@@ -89,6 +106,8 @@ class _Recurrent(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # autograd runs a backward in grad mode iff create_graph
+            raise RuntimeError(DOUBLE_BACKWARD)
         cell, L, nsaved, recorder, nat = ctx.meta
         tensors = ctx.saved_tensors
         weights = tensors[: 4 * L]
@@ -145,16 +164,18 @@ class _Recurrent(torch.autograd.Function):
                 dx = g.d_in
                 if nat is not None:
                     nat.fns[("scale_rows", dt)](
-                        dx.data_ptr(), dx.shape[0], dx[0].numel(), g.d_in_exp.data_ptr()
-                    )
+                        dx.data_ptr(), dx.shape[0] * dx.shape[1], dx.shape[2],
+                        g.d_in_exp.data_ptr(),
+                    )  # fmt: skip
                 else:
-                    dx = (dx.double() * torch.exp2(g.d_in_exp)[:, None, None]).to(dt)
+                    dx = (dx.double() * torch.exp2(g.d_in_exp)[:, :, None]).to(dt)
                 x_grad = dx.transpose(0, 1)
         if recorder is not None:
-            recorder._record(
-                torch.stack(norms[::-1]).to("cpu", torch.float64),
-                torch.stack(logs[::-1]).to("cpu", torch.float64),
-            )
+            norms_all = torch.stack(norms[::-1]).to("cpu", torch.float64)
+            # below float64's smallest normal number the product sqrt(sum) * 2**e would be an
+            # imprecise subnormal: report 0 there (log10_norms stays exact)
+            norms_all.masked_fill_(norms_all < torch.finfo(torch.float64).tiny, 0.0)
+            recorder._record(norms_all, torch.stack(logs[::-1]).to("cpu", torch.float64))
         for k in range(4 * L):
             if not ctx.needs_input_grad[8 + k]:
                 grads[k] = None
@@ -172,6 +193,8 @@ def recurrent(
     training: bool = False,
     lengths: torch.Tensor | None = None,
     recorder: GradNormRecorder | None = None,
+    h0: torch.Tensor | None = None,
+    c0: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run a stacked recurrent network of a registered cell with engine kernels ('rnn' = tanh,
     'lstm', 'gru'; see :mod:`seqbench.cells`), or a cell variant given as its :class:`Cell`
@@ -199,9 +222,16 @@ def recurrent(
     CPU, shape ``(num_layers, T)``), where ``h_t^{(l)}`` is layer ``l``'s output at step ``t``
     *before* the inter-layer dropout; see :class:`GradNormRecorder`.
 
+    ``h0``/``c0``: an initial state is refused with a ``NotImplementedError`` that names the
+    way out (``model.engine=fused``); they exist so that a stateful caller gets that message.
+
     The returned tensor is a transposed view of a time-major buffer (like ``nn.LSTM``'s own
-    ``batch_first`` output on CPU); modifying it in place is refused by autograd.
+    ``batch_first`` output on CPU); modifying it in place is refused by autograd. A double
+    backward (``create_graph=True`` through it) raises a ``RuntimeError``: the hand-written
+    backward's gradients carry no graph.
     """
+    if h0 is not None or c0 is not None:
+        raise NotImplementedError(INITIAL_STATE)
     spec: Cell | None = cell if isinstance(cell, Cell) else CELLS.get(cell)
     if spec is None or spec.engine is None:
         raise ValueError(f"cell must be one of {engine_cells()}, got {cell!r}")

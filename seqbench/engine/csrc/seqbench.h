@@ -18,10 +18,10 @@
 #endif
 
 // ---- shared with Python (parsed: one `#define NAME integer` per line) ----
-#define SEQBENCH_ABI 1                      // seqbench_abi_version() of a matching library
+#define SEQBENCH_ABI 2                      // seqbench_abi_version() of a matching library
 #define SEQBENCH_NEG -536870912             // -(2**29): "no signal" exponent sentinel
-#define SEQBENCH_CUT_F32 60                 // a contribution 2**CUT below the dominant one
-#define SEQBENCH_CUT_F64 200                //   is dropped (float32 / float64)
+#define SEQBENCH_CUT_F32 60                 // within a sequence, a contribution 2**CUT below
+#define SEQBENCH_CUT_F64 200                //   its dominant one is dropped (float32 / float64)
 #define SEQBENCH_THREADING_MIN_WORK 32768   // B * columns from which a step is split over threads
 
 typedef int64_t i64;
@@ -37,11 +37,13 @@ typedef int64_t i64;
 namespace {
 
 // Backward parameter block (read by Python in this order: one name per slot, up to BWD_SLOTS).
-// B_, H_: batch, hidden; UP (+ UP_TS, UP_RS: time and row strides, UP_EXP: per-step exponents
-// or 0): the upstream gradient; REC: the recurrent carry (B,H); CC: the LSTM cell carry or 0;
-// ST: int32 running exponent; ACT, AUX1, AUX2: the cell's saved forward buffers; DG: dG out
-// (B, W*H); SQ, MS: per-step sum of squares and exponent out; CS: per-step column sums of dG
-// (T, W*H) out; LEN: int64 lengths or 0; SQROW: H doubles of scratch, 0 = no norms.
+// B_, H_: batch, hidden; UP (+ UP_TS, UP_RS: time and row strides): the upstream gradient;
+// UP_EXP: int32 (T,B), in: the upstream's per-sequence exponents (zeros for the top layer),
+// out (overwritten step by step): this layer's per-sequence exponents e[t,b]; REC: the
+// recurrent carry (B,H); CC: the LSTM cell carry or 0; ST: int32 (1+B): the step's exponent,
+// then each sequence's; ACT, AUX1, AUX2: the cell's saved forward buffers; DG: dG out
+// (B, W*H); SQ, MS: per-step sum of squares and exponent M_t out; CS: per-step column sums of
+// dG (T, W*H) out; LEN: int64 lengths or 0; SQROW: H doubles of scratch, 0 = no norms.
 enum Bwd { B_ = 0, H_, UP, UP_TS, UP_RS, UP_EXP, REC, CC, ST, ACT, AUX1, AUX2, DG, SQ, MS, CS,
            LEN, SQROW, BWD_SLOTS };
 
@@ -129,45 +131,81 @@ inline int expo(typename Num<T>::U u, int base) {
   return base + std::ilogb(v);
 }
 
+// The backward signal of sequence b at step t is carried as 2**e[t,b] * g[t,b] with g's
+// largest entry about 1. "Dominant" is decided per sequence: within a sequence, a contribution
+// (upstream or carry) more than 2**CUT below the larger one is dropped. A sequence within
+// 2**CUT of the step's largest (M) shares M as its exponent; one further below keeps its own
+// exponent, so its gradient survives, and is left out of the step's weight-gradient, bias and
+// norm sums where it is below 2**-CUT of the dominant sequence (the norm adds it rescaled).
 struct Scale {
-  double a, b;
-  int m;
+  const double* ra;  // per-sequence scales: a_b = ra[b] (upstream), b_b = ra[B + b] (carry)
+  int m;        // the step's exponent M (weights, bias sums, norms)
+  bool nz;      // some sequence still carries a signal
+  bool narrow;  // every per-sequence scale is a normal number of T (no double needed)
+  bool sep;     // some sequence keeps its own exponent
 };
-
-// signal = 2**sig * u + 2**s * r. New exponent m; the kernel computes a*u + b*r.
-template <typename T>
-inline Scale choose(int eu, int er, int sig, int s) {
-  Scale c;
-  int m = eu > er ? eu : er;
-  if (m == NEG) m = s;
-  c.m = m;
-  c.a = (eu == NEG || eu - m < -Num<T>::CUT) ? 0.0 : std::ldexp(1.0, sig - m);
-  c.b = (er == NEG || er - m < -Num<T>::CUT) ? 0.0 : std::ldexp(1.0, s - m);
-  return c;
-}
 
 inline bool active(const i64* len, i64 b, i64 t) { return len == nullptr || t < len[b]; }
 
 template <typename T>
+inline bool fits(double v) {
+  return sizeof(T) == 8 || v == 0.0 || (v >= 0x1p-120 && v <= 0x1p120);
+}
+
+// Per sequence b: the exponents of its upstream (eu) and carry (er), its own dominant one, then
+// its exponent e[t,b] and its scales a_b (upstream), b_b (carry) in Scale::ra; the kernel
+// computes a_b*u + b_b*r. One pass over the rows reads what a per-block maximum reads.
+template <typename T>
 inline Scale bwd_scale(const i64* P, i64 t, i64 B, i64 H, bool with_cc) {
   const T* up = (const T*)P[UP] + t * P[UP_TS];
   const i64 urs = P[UP_RS];
-  const int* upe = (const int*)P[UP_EXP];
+  int* eb = (int*)P[UP_EXP] + t * B;  // in: the upstream's exponents; out: e[t, b]
   const i64* len = (const i64*)P[LEN];
-  typename Num<T>::U mu = 0, mr;
-  for (i64 b = 0; b < B; ++b) {
-    if (!active(len, b, t)) continue;
-    typename Num<T>::U v = maxabs<T>(up + b * urs, H);
-    mu = v > mu ? v : mu;
-  }
-  mr = maxabs<T>((const T*)P[REC], B * H);
-  if (with_cc) {
-    typename Num<T>::U v = maxabs<T>((const T*)P[CC], B * H);
-    mr = v > mr ? v : mr;
-  }
-  const int sig = upe ? upe[t] : 0;
+  const T* rec = (const T*)P[REC];
+  const T* cc = (const T*)P[CC];
   int* st = (int*)P[ST];
-  return choose<T>(expo<T>(mu, sig), expo<T>(mr, st[0]), sig, st[0]);
+  static thread_local std::vector<double> scratch;
+  if ((i64)scratch.size() < 2 * B) scratch.resize(2 * B);
+  double* ra = scratch.data();
+  double* rb = ra + B;
+  constexpr int CUT = Num<T>::CUT;
+  int M = NEG;
+  for (i64 b = 0; b < B; ++b) {
+    typename Num<T>::U mu = active(len, b, t) ? maxabs<T>(up + b * urs, H) : 0;
+    typename Num<T>::U mr = maxabs<T>(rec + b * H, H);
+    if (with_cc) {
+      typename Num<T>::U v = maxabs<T>(cc + b * H, H);
+      mr = v > mr ? v : mr;
+    }
+    const int eu = expo<T>(mu, eb[b]), er = expo<T>(mr, st[1 + b]);
+    ra[b] = eu;  // exponents, exact in a double, until the scales replace them below
+    rb[b] = er;
+    const int own = eu > er ? eu : er;
+    M = own > M ? own : M;
+  }
+  Scale sc;
+  sc.ra = ra;
+  sc.nz = false;
+  sc.narrow = true;
+  sc.sep = false;
+  sc.m = M == NEG ? st[0] : M;
+  for (i64 b = 0; b < B; ++b) {
+    const int eu = (int)ra[b], er = (int)rb[b];
+    const int own = eu > er ? eu : er;
+    const bool sep = own != NEG && own < sc.m - CUT;
+    const int e = sep ? own : sc.m;
+    const int sig = eb[b];
+    const double a = (eu == NEG || eu - own < -CUT) ? 0.0 : std::ldexp(1.0, sig - e);
+    const double c = (er == NEG || er - own < -CUT) ? 0.0 : std::ldexp(1.0, st[1 + b] - e);
+    ra[b] = a;
+    rb[b] = c;
+    eb[b] = e;
+    st[1 + b] = e;
+    sc.nz = sc.nz || a != 0.0 || c != 0.0;
+    sc.narrow = sc.narrow && fits<T>(a) && fits<T>(c);
+    sc.sep = sc.sep || sep;
+  }
+  return sc;
 }
 
 template <typename T>
@@ -180,7 +218,7 @@ inline int bwd_finish(const i64* P, i64 t, i64 H, const Scale& sc) {
   ((double*)P[SQ])[t] = ss;
   ((int*)P[MS])[t] = sc.m;
   ((int*)P[ST])[0] = sc.m;
-  return (sc.a != 0.0 || sc.b != 0.0) ? 1 : 0;
+  return sc.nz ? (sc.sep ? 2 : 1) : 0;
 }
 
 // ---------------------------------------------------------------- threading
@@ -251,11 +289,16 @@ inline void run_rows(i64 B, i64 G, i64 H, T* cs, double* sqrow, F rows) {
 //   skip<C>(b, bb, rec_row)       a padded row: carry what must be carried;
 //   unit<C>(b, j, dh, bb, rec_row, g)  unit j of row b: the W values of dG from dL/dh_t = dh.
 // C is the type in which the rescaling a*u + b*r is done (T when a, b are normal numbers of T).
+// The scales are per sequence (bwd_scale); a sequence below the step's exponent (its own
+// exponent e[t,b] != M) still gets its dG, but stays out of the bias sums (CS) and enters the
+// norm's sum of squares rescaled by 2**(2*(e[t,b]-M)).
 template <typename T, typename C, bool N, typename Cell>
 void bwd_rows(const i64* P, i64 t, const Scale& sc) {
   constexpr i64 W = Cell::W;
   const i64 B = P[B_], H = P[H_];
-  const C a = (C)sc.a, bb = (C)sc.b;
+  const double* ra = sc.ra;
+  const double* rbs = ra + B;
+  const int* eb = (const int*)P[UP_EXP] + t * B;
   const T* up = (const T*)P[UP] + t * P[UP_TS];
   const i64 urs = P[UP_RS];
   T* rec = (T*)P[REC];
@@ -266,6 +309,7 @@ void bwd_rows(const i64* P, i64 t, const Scale& sc) {
     for (i64 b = b0; b < b1; ++b) {
       T* RS d = dG + b * W * H;
       T* RS rb = rec + b * H;
+      const C a = (C)ra[b], bb = (C)rbs[b];
       if (!active(len, b, t)) {
         IVDEP
         for (i64 j = 0; j < W * H; ++j) d[j] = 0;
@@ -274,36 +318,44 @@ void bwd_rows(const i64* P, i64 t, const Scale& sc) {
       }
       const T* RS ub = up + b * urs;
       const typename Cell::Row row = cell.row(b);
-      IVDEP
-      for (i64 j = 0; j < H; ++j) {
-        T dh = (T)(a * (C)ub[j] + bb * (C)rb[j]);
-        T g[W];
-        Cell::template unit<C>(row, j, dh, bb, rb, g);
-        for (i64 k = 0; k < W; ++k) d[k * H + j] = g[k];
-        for (i64 k = 0; k < W; ++k) cs[k * H + j] += g[k];
-        if (N) sqrow[j] += (double)dh * (double)dh;
+      if (eb[b] == sc.m) {
+        IVDEP
+        for (i64 j = 0; j < H; ++j) {
+          T dh = (T)(a * (C)ub[j] + bb * (C)rb[j]);
+          T g[W];
+          Cell::template unit<C>(row, j, dh, bb, rb, g);
+          for (i64 k = 0; k < W; ++k) d[k * H + j] = g[k];
+          for (i64 k = 0; k < W; ++k) cs[k * H + j] += g[k];
+          if (N) sqrow[j] += (double)dh * (double)dh;
+        }
+      } else {
+        const double w2 = std::ldexp(1.0, 2 * (eb[b] - sc.m));
+        IVDEP
+        for (i64 j = 0; j < H; ++j) {
+          T dh = (T)(a * (C)ub[j] + bb * (C)rb[j]);
+          T g[W];
+          Cell::template unit<C>(row, j, dh, bb, rb, g);
+          for (i64 k = 0; k < W; ++k) d[k * H + j] = g[k];
+          if (N) sqrow[j] += w2 * ((double)dh * (double)dh);
+        }
       }
     }
   };
   run_rows<T>(B, W * H, H, (T*)P[CS] + t * W * H, N ? (double*)P[SQROW] : nullptr, rows);
 }
 
-template <typename T>
-inline bool fits(double v) {
-  return sizeof(T) == 8 || v == 0.0 || (v >= 0x1p-120 && v <= 0x1p120);
-}
-
-// One backward step of Cell: choose the scale, run the rows (N: accumulate the sum of squares
-// for the norms, P[SQROW] != 0), record. Returns 0 when no signal is left at or after step t.
+// One backward step of Cell: choose the scales, run the rows (N: accumulate the sum of squares
+// for the norms, P[SQROW] != 0), record. Returns 0 when no signal is left at or after step t,
+// 2 when some sequence keeps its own exponent (its dG rows must stay out of the weight
+// gradients: the caller zeroes them after the recurrent and input products), else 1.
 template <typename T, template <typename> class Cell>
 int bwd_step(const i64* P, i64 t) {
   const Scale sc = bwd_scale<T>(P, t, P[B_], P[H_], Cell<T>::CELL_STATE);
-  const bool narrow = fits<T>(sc.a) && fits<T>(sc.b);
   if (P[SQROW]) {
-    if (narrow) bwd_rows<T, T, true, Cell<T>>(P, t, sc);
+    if (sc.narrow) bwd_rows<T, T, true, Cell<T>>(P, t, sc);
     else bwd_rows<T, double, true, Cell<T>>(P, t, sc);
   } else {
-    if (narrow) bwd_rows<T, T, false, Cell<T>>(P, t, sc);
+    if (sc.narrow) bwd_rows<T, T, false, Cell<T>>(P, t, sc);
     else bwd_rows<T, double, false, Cell<T>>(P, t, sc);
   }
   return bwd_finish<T>(P, t, P[H_], sc);
