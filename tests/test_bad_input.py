@@ -70,8 +70,8 @@ BAD = [
     ("model.dropout=0.3", USAGE,  # one layer: nothing between layers
      refused("model.dropout=0.3",
              "dropout acts between stacked layers, so it needs model.num_layers >= 2")),
-    ("model.init=zeros", USAGE,
-     refused("model.init='zeros'", "one of ['default', 'orthogonal', 'xavier']")),
+    ("model.init=zeros", USAGE, ("seqbench: error: model.init='zeros' is not allowed (one of [",
+                                 "'default', 'orthogonal', 'xavier'")),
     ("model.embedding_dim=0", USAGE, refused("model.embedding_dim=0", POSITIVE)),
     ("task.seq_len=1", USAGE, refused("task.seq_len=1", "an integer >= 2")),
     ("task.seq_len=-5", USAGE, refused("task.seq_len=-5", "an integer >= 2")),
