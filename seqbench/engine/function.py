@@ -91,6 +91,8 @@ class _Recurrent(torch.autograd.Function):
         for layer in range(num_layers):
             w_ih, w_hh, b_ih, b_hh = weights[4 * layer : 4 * layer + 4]
             h_all, saved = layer_forward(cell, inp, (w_ih, w_hh, b_ih, b_hh), lens_cpu, valid, nat)
+            if recorder is not None:  # gate means on diagnostic steps, from what backward keeps
+                recorder._record_forward(layer, cell, saved, valid)
             inputs.append(inp)
             h_alls.append(h_all)
             saved_all.append(saved)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 
 class GradNormRecorder:
@@ -29,18 +30,41 @@ class GradNormRecorder:
         terms more than ``2**60`` smaller than the dominant term are dropped (float32 could not
         represent their effect anyway). Tracking costs nothing extra; the flag only controls
         whether the array is stored.
+    ``gate_means``
+        only if ``track_gates=True``, after each forward: per layer, float64 CPU
+        ``(len(cell.gate_names), T, H)``, the mean activation of each gate of the cell (LSTM
+        input, forget, output; GRU reset, update) over the real (not padded) sequences of the
+        batch, read from the activations the forward keeps for its backward (NaN at a step with
+        no real sequence); empty for a cell without gates.
     """
 
-    def __init__(self, track_log10: bool = False) -> None:
+    def __init__(self, track_log10: bool = False, track_gates: bool = False) -> None:
         self.track_log10 = track_log10
+        self.track_gates = track_gates
         self.norms: torch.Tensor | None = None
         self.log10_norms: torch.Tensor | None = None
+        self.gate_means: list[Tensor] = []
         self.num_records = 0
 
     def reset(self) -> None:
         self.norms = None
         self.log10_norms = None
+        self.gate_means = []
         self.num_records = 0
+
+    def _record_forward(self, layer: int, cell, saved: tuple[Tensor, ...], valid) -> None:
+        """Called by the engine's forward after each layer with the cell's saved tensors."""
+        if not self.track_gates:
+            return
+        if layer == 0:
+            self.gate_means = []
+        blocks = cell.engine.gate_blocks
+        if not blocks:
+            return
+        acts = saved[0]  # (T, B, k*H)
+        steps, batch, _ = acts.shape
+        acts = acts.view(steps, batch, -1, acts.shape[-1] // cell.gates)[:, :, blocks]
+        self.gate_means.append(batch_means(acts, valid))
 
     def _record(self, norms: torch.Tensor, log10_norms: torch.Tensor) -> None:
         self.norms = norms
@@ -50,3 +74,16 @@ class GradNormRecorder:
     def __repr__(self) -> str:
         shape = None if self.norms is None else tuple(self.norms.shape)
         return f"GradNormRecorder(track_log10={self.track_log10}, norms_shape={shape})"
+
+
+def batch_means(acts: Tensor, valid: Tensor | None) -> Tensor:
+    """(T, B, n, H) activations -> (n, T, H) float64 CPU means over the batch's real rows
+    (``valid``: (T, B, 1) 0/1 or None); NaN at a step without one."""
+    acts = acts.detach().double()
+    if valid is None:
+        means = acts.mean(dim=1)
+    else:
+        real = valid.detach().double()[..., None] > 0  # (T, B, 1, 1)
+        total = torch.where(real, acts, 0.0).sum(dim=1)
+        means = total / real.sum(dim=1)
+    return means.permute(1, 0, 2).cpu()
