@@ -17,6 +17,7 @@ from seqbench.cells import CELLS, get_cell
 from seqbench.diagnostics import grad_norms
 from seqbench.engine import GradNormRecorder, dropout_masks, recurrent
 from seqbench.model import SequenceModel
+from tests.conftest import run_small
 from tests.test_engine import assert_rel, run_module
 
 RNN = next(name for name, c in CELLS.items() if "relu" in c.nonlinearities)
@@ -347,3 +348,16 @@ def test_comparison_table_counts_exploding_runs_and_shows_growth_and_horizon(tmp
     shown = to_display(table, short=True).set_index("model")
     assert shown.loc["a", "exploding"] == "1/1" and shown.loc["b", "horizon@init"] == "31"
     assert shown.loc["b", "growth@init"] == "0.8"
+
+
+def test_the_exploding_preset_diverges_unclipped_and_trains_clipped(tmp_path) -> None:
+    """experiment=exploding's tanh RNN, shortened: flagged exploding at init; without clipping it
+    diverges (recorded with its step), with clipping it completes."""
+    short = ("experiment=exploding", f"model={RNN}", "train.steps=40", "train.eval_every=20",
+             "diagnostics.every=20", "log.progress=none")  # fmt: skip
+    unclipped = run_small(tmp_path / "a", *short, "train.clip.threshold=null", base=())
+    assert unclipped["status"] == "diverged" and 0 < unclipped["diverged_step"] < 40
+    clipped = run_small(tmp_path / "b", *short, base=())
+    assert clipped["status"] == "completed" and clipped["clip_fraction"] > 0.5
+    init = clipped["grad_norms"]["init"]["layers"][0]
+    assert init["exploding"] and init["growth_rate"] > 1.1 and init["memory_horizon"] == 50
