@@ -43,6 +43,17 @@ def grad_log10_norms(trace: GradNormRecorder | list[list[Tensor]]) -> np.ndarray
     return None
 
 
+def gate_means(trace: GradNormRecorder | list[list[Tensor]], names: tuple[str, ...]) -> dict:
+    """{gate name: (L, T, H) float64}: each gate's mean activation over the batch's real
+    positions, per layer (and direction), timestep and unit, from the engine's recorder or the
+    unrolled trace; {} for a cell without gates (or a trace without them)."""
+    per_layer = getattr(trace, "gate_means", None)
+    if not names or not per_layer:
+        return {}
+    stacked = torch.stack(list(per_layer)).numpy()  # (L, n, T, H)
+    return {name: stacked[:, k].copy() for k, name in enumerate(names)}
+
+
 def real_positions(lengths: Tensor | None, batch_size: int, steps: int) -> np.ndarray:
     """(T,) how many sequences of the batch have a real (not padded) position at each step."""
     if lengths is None:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from seqbench.cells import CELLS, INITS, Cell, get_cell
 from seqbench.engine import GradNormRecorder, recurrent
+from seqbench.engine.recorder import batch_means
 
 __all__ = [
     "CELLS",
@@ -28,9 +29,28 @@ __all__ = [
 
 ENGINES = ("auto", "engine", "fused")
 
+
+class UnrolledStates(list):
+    """The unrolled path's trace: per layer (and direction) the states h_1..h_T with their grads
+    retained, and ``gate_means``: per entry the (n_gates, T, H) means of the cell's gates over
+    the batch's real positions (float64, CPU; empty for a cell without gates)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_means: list[Tensor] = []
+
+
 # What forward() returns beside the outputs: the engine's recorder, the unrolled hidden states
 # (per layer, per step), or nothing.
 Trace = GradNormRecorder | list[list[Tensor]]
+
+
+def valid_mask(lengths: Tensor | None, steps: int) -> Tensor | None:
+    """(T, B, 1) 1.0 at real positions, 0.0 at padding; None without lengths."""
+    if lengths is None:
+        return None
+    t = torch.arange(steps, device=lengths.device)[:, None]
+    return (t < lengths[None, :]).double()[..., None]
 
 
 def engine_choice(
@@ -182,7 +202,10 @@ class SequenceModel(nn.Module):
         if self.embed is not None:
             x = self.embed(x)  # (B, T) -> (B, T, E)
         if self.engine and torch.is_grad_enabled():
-            recorder = GradNormRecorder(self.track_log10) if record_states else None
+            recorder = None
+            if record_states:  # the gate means over real positions come with the norms
+                recorder = GradNormRecorder(self.track_log10, track_gates=True)
+                recorder.valid = valid_mask(lengths, x.shape[1])
             weights = [w for layer in range(self.rnn.num_layers)
                        for w in _layer_weights(self.rnn, layer)]  # fmt: skip
             seq = recurrent(
@@ -197,15 +220,19 @@ class SequenceModel(nn.Module):
         if not record_states and fused:
             seq, _ = self.rnn(x)  # (B, T, H)
             return self.head(seq), []
-        states: list[list[Tensor]] = []
+        states = UnrolledStates()
         seq = x
         for layer in range(self.rnn.num_layers):
             if layer > 0:
                 seq = F.dropout(seq, self.rnn.dropout, self.training)
-            hs = self.spec.unroll(seq, _layer_weights(self.rnn, layer))
+            gates = [] if record_states and self.spec.gate_names else None
+            hs = self.spec.unroll(seq, _layer_weights(self.rnn, layer), gates)
             if record_states:
                 for h in hs:
                     h.retain_grad()
+                if gates:
+                    valid = valid_mask(lengths, len(gates))
+                    states.gate_means.append(batch_means(torch.stack(gates), valid))
             states.append(hs)
             seq = torch.stack(hs, dim=1)  # (B, T, H)
         return self.head(seq), states if record_states else []
@@ -214,7 +241,7 @@ class SequenceModel(nn.Module):
         self, x: Tensor, unroll: bool, lengths: Tensor | None, record_states: bool
     ) -> tuple[Tensor, Trace]:
         steps, hidden = x.shape[1], self.rnn.hidden_size
-        states: list[list[Tensor]] = []
+        states = UnrolledStates()
         if not unroll:
             if lengths is None:
                 seq, _ = self.rnn(x)  # (B, T, 2H)
@@ -230,14 +257,19 @@ class SequenceModel(nn.Module):
             for layer in range(self.rnn.num_layers):
                 if layer > 0:
                     seq = F.dropout(seq, self.rnn.dropout, self.training)
-                forward = self.spec.unroll(seq, _layer_weights(self.rnn, layer))
+                gates = ([], []) if record_states and self.spec.gate_names else (None, None)
+                forward = self.spec.unroll(seq, _layer_weights(self.rnn, layer), gates[0])
                 backward = self.spec.unroll(
-                    reverse_padded(seq, lengths), _layer_weights(self.rnn, layer, "_reverse")
-                )
+                    reverse_padded(seq, lengths), _layer_weights(self.rnn, layer, "_reverse"),
+                    gates[1],
+                )  # fmt: skip
                 if record_states:
                     for h in forward + backward:
                         h.retain_grad()
                     states += [forward, backward]
+                    for direction in gates if gates[0] else ():  # both in processing order
+                        valid = valid_mask(lengths, steps)
+                        states.gate_means.append(batch_means(torch.stack(direction), valid))
                 backward_seq = reverse_padded(torch.stack(backward, dim=1), lengths)
                 seq = torch.cat([torch.stack(forward, dim=1), backward_seq], dim=-1)
         # forward state at each step, backward state after the whole sequence (at step 1)

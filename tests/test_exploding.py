@@ -361,3 +361,73 @@ def test_the_exploding_preset_diverges_unclipped_and_trains_clipped(tmp_path) ->
     assert clipped["status"] == "completed" and clipped["clip_fraction"] > 0.5
     init = clipped["grad_norms"]["init"]["layers"][0]
     assert init["exploding"] and init["growth_rate"] > 1.1 and init["memory_horizon"] == 50
+
+
+# ------------------------------------------------------------------ gate activations
+
+
+def reference_gates(mod: nn.RNNBase, x: torch.Tensor, lengths=None) -> dict:
+    """Gate means per layer (L, T, H) from the module's own weights: each layer's h_{t-1} from
+    running nn.LSTM/nn.GRU itself, the gates written out from PyTorch's documented equations."""
+    kind = type(mod).__name__
+    names = {"LSTM": ("input", "forget", "output"), "GRU": ("reset", "update")}[kind]
+    rows = {"LSTM": {"input": 0, "forget": 1, "output": 3}, "GRU": {"reset": 0, "update": 1}}[kind]
+    B, T, _ = x.shape
+    H = mod.hidden_size
+    real = torch.ones(T, B, dtype=torch.bool)
+    if lengths is not None:
+        real = torch.arange(T)[:, None] < lengths[None, :]
+    out = {name: [] for name in names}
+    inp = x
+    for layer in range(mod.num_layers):
+        single = type(mod)(inp.shape[2], H, batch_first=True).double()
+        for kind_ in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(single, f"{kind_}_l0").data.copy_(getattr(mod, f"{kind_}_l{layer}"))
+        hs = single(inp)[0]  # (B, T, H)
+        h_prev = torch.cat([torch.zeros(B, 1, H, dtype=x.dtype), hs[:, :-1]], dim=1)
+        w_ih, w_hh = getattr(mod, f"weight_ih_l{layer}"), getattr(mod, f"weight_hh_l{layer}")
+        b_ih, b_hh = getattr(mod, f"bias_ih_l{layer}"), getattr(mod, f"bias_hh_l{layer}")
+        for name in names:
+            r = slice(rows[name] * H, (rows[name] + 1) * H)
+            gate = torch.sigmoid(inp @ w_ih[r].T + b_ih[r] + h_prev @ w_hh[r].T + b_hh[r])
+            gate = gate.transpose(0, 1)  # (T, B, H)
+            means = torch.stack([gate[t][real[t]].mean(0) for t in range(T)])  # (T, H)
+            out[name].append(means)
+        inp = hs
+    return {name: torch.stack(v).detach().numpy() for name, v in out.items()}
+
+
+GATED = sorted(name for name, c in CELLS.items() if c.gate_names)
+
+
+@pytest.mark.parametrize("cell", GATED)
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_gate_means_match_an_independent_reference(path, cell: str, with_lengths: bool) -> None:
+    from seqbench.diagnostics import gate_means
+
+    torch.manual_seed(0)
+    model = SequenceModel(cell, 3, 1, 5, num_layers=2).double()
+    x = torch.randn(4, 9, 3, dtype=torch.float64)
+    lengths = torch.tensor([9, 4, 1, 6]) if with_lengths else None
+    expected = reference_gates(model.rnn, x, lengths)
+    names = get_cell(cell).gate_names
+    assert tuple(expected) == names
+    for engine in (True, False):
+        model.engine = engine
+        _, trace = model(x, record_states=True, lengths=lengths)
+        got = gate_means(trace, names)
+        assert list(got) == list(names)
+        for name in names:
+            assert got[name].shape == (2, 9, 5)
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-10, err_msg=name)
+
+
+def test_no_gates_for_the_vanilla_rnn_and_none_on_plain_steps() -> None:
+    from seqbench.diagnostics import gate_means
+
+    model = SequenceModel(RNN, 2, 1, 4, engine=True)
+    _, trace = model(torch.rand(2, 5, 2), record_states=True)
+    assert gate_means(trace, get_cell(RNN).gate_names) == {}
+    lstm = SequenceModel(GATED[-1], 2, 1, 4, engine=True)
+    _, trace = lstm(torch.rand(2, 5, 2))  # not a diagnostic step: no recorder, no gates
+    assert trace == []

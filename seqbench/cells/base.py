@@ -107,6 +107,9 @@ class EngineKernels:
             PyTorch's gate order.
         saved_elements: (T, B, H) -> elements of the buffers ``forward`` keeps beside the
             hidden states (for the memory table of ``scripts/bench.py``).
+        gate_blocks: the H-wide blocks of the forward's first saved tensor (T, B, k*H) that hold
+            the activations of the cell's ``gate_names``, in that order (recorded on
+            diagnostic steps without another pass).
     """
 
     forward: Callable[[LayerForward], tuple[Tensor, ...]]
@@ -118,6 +121,7 @@ class EngineKernels:
     split_dgates: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor]] = same_split
     pytorch_grads: Callable[..., tuple[Tensor, Tensor, Tensor]] = same_order
     saved_elements: Callable[[int, int, int], int] = lambda steps, batch, hidden: 0
+    gate_blocks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,12 @@ class Cell:
             (a gated cell's tanh is fixed: it has only that one).
         variant: ``nonlinearity -> Cell``, the cell computing with another nonlinearity (same
             name, weights and kernel files); None for a cell with one.
+        gate_names: the gates whose mean activation is recorded on diagnostic steps (LSTM
+            input, forget, output); empty for a cell without gates.
+        memory_gate: the gate that keeps the state (LSTM forget, GRU update): its heat map and
+            saturation are reported.
+        gate_activations: ``(x_proj, h_proj) -> (B, len(gate_names), H)``, the gates of one
+            step from the same projections as ``step`` (the reference path).
     """
 
     name: str
@@ -152,6 +162,9 @@ class Cell:
     engine: EngineKernels | None = None
     nonlinearities: tuple[str, ...] = ("tanh",)
     variant: Callable[[str], Cell] | None = None
+    gate_names: tuple[str, ...] = ()
+    memory_gate: str | None = None
+    gate_activations: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def with_nonlinearity(self, nonlinearity: str) -> Cell:
         """This cell computing with ``nonlinearity`` (one of ``nonlinearities``)."""
@@ -164,8 +177,14 @@ class Cell:
             return self
         return self.variant(nonlinearity)
 
-    def unroll(self, seq: Tensor, weights: tuple[Tensor, Tensor, Tensor, Tensor]) -> list[Tensor]:
-        """One layer over seq (B, T, I), step by step, from zero state. Returns h_1..h_T."""
+    def unroll(
+        self,
+        seq: Tensor,
+        weights: tuple[Tensor, Tensor, Tensor, Tensor],
+        gates: list[Tensor] | None = None,
+    ) -> list[Tensor]:
+        """One layer over seq (B, T, I), step by step, from zero state. Returns h_1..h_T; with
+        ``gates`` (a list), also appends each step's gate activations (B, n, H), detached."""
         w_ih, w_hh, b_ih, b_hh = weights
         batch, steps, _ = seq.shape
         hidden = w_hh.shape[1]
@@ -174,7 +193,10 @@ class Cell:
         c = seq.new_zeros(batch, hidden)
         hs = []
         for t in range(steps):
-            h, c = self.step(x_proj[:, t], F.linear(h, w_hh, b_hh), h, c)
+            h_proj = F.linear(h, w_hh, b_hh)
+            if gates is not None and self.gate_activations is not None:
+                gates.append(self.gate_activations(x_proj[:, t], h_proj).detach())
+            h, c = self.step(x_proj[:, t], h_proj, h, c)
             hs.append(h)
         return hs
 

@@ -24,6 +24,12 @@ def step(x_proj: Tensor, h_proj: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, 
     return (1 - z) * n + z * h, c
 
 
+def gate_activations(x_proj: Tensor, h_proj: Tensor) -> Tensor:
+    x_r, x_z, _ = x_proj.chunk(3, dim=1)
+    h_r, h_z, _ = h_proj.chunk(3, dim=1)
+    return torch.stack([x_r + h_r, x_z + h_z], dim=1).sigmoid()  # (B, 2, H): reset, update
+
+
 def forward(layer: LayerForward) -> tuple[Tensor, ...]:
     T, B, H = layer.steps, layer.batch, layer.hidden
     h_all = layer.h_all
@@ -101,5 +107,9 @@ CELL = Cell(
         split_dgates=split_dgates,
         pytorch_grads=pytorch_grads,
         saved_elements=lambda T, B, H: T * B * 3 * H + T * B * H,
+        gate_blocks=(0, 1),  # gi holds r, z, n
     ),
+    gate_names=("reset", "update"),
+    memory_gate="update",
+    gate_activations=gate_activations,
 )

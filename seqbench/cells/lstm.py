@@ -19,6 +19,11 @@ def step(x_proj: Tensor, h_proj: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, 
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
+def gate_activations(x_proj: Tensor, h_proj: Tensor) -> Tensor:
+    i, f, _, o = (x_proj + h_proj).chunk(4, dim=1)
+    return torch.stack([i, f, o], dim=1).sigmoid()  # (B, 3, H): input, forget, output
+
+
 def forward(layer: LayerForward) -> tuple[Tensor, ...]:
     T, B, H = layer.steps, layer.batch, layer.hidden
     h_all = layer.h_all
@@ -83,5 +88,9 @@ CELL = Cell(
         native_saved=lambda saved, h_all: (saved[0], saved[1], None),
         native_source=kernel_file(__file__),
         saved_elements=lambda T, B, H: T * B * 4 * H + (T + 1) * B * H,
+        gate_blocks=(0, 1, 3),  # act holds i, f, g, o
     ),
+    gate_names=("input", "forget", "output"),
+    memory_gate="forget",
+    gate_activations=gate_activations,
 )

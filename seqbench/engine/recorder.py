@@ -35,7 +35,9 @@ class GradNormRecorder:
         ``(len(cell.gate_names), T, H)``, the mean activation of each gate of the cell (LSTM
         input, forget, output; GRU reset, update) over the real (not padded) sequences of the
         batch, read from the activations the forward keeps for its backward (NaN at a step with
-        no real sequence); empty for a cell without gates.
+        no real sequence); empty for a cell without gates. Real positions: those of
+        ``lengths`` when the engine gets it, else of ``valid`` ((T, B, 1) 0/1) when the caller
+        sets it (a causal model run without lengths), else all.
     """
 
     def __init__(self, track_log10: bool = False, track_gates: bool = False) -> None:
@@ -44,6 +46,7 @@ class GradNormRecorder:
         self.norms: torch.Tensor | None = None
         self.log10_norms: torch.Tensor | None = None
         self.gate_means: list[Tensor] = []
+        self.valid: Tensor | None = None  # (T, B, 1) real positions, when the caller knows them
         self.num_records = 0
 
     def reset(self) -> None:
@@ -64,7 +67,7 @@ class GradNormRecorder:
         acts = saved[0]  # (T, B, k*H)
         steps, batch, _ = acts.shape
         acts = acts.view(steps, batch, -1, acts.shape[-1] // cell.gates)[:, :, blocks]
-        self.gate_means.append(batch_means(acts, valid))
+        self.gate_means.append(batch_means(acts, self.valid if valid is None else valid))
 
     def _record(self, norms: torch.Tensor, log10_norms: torch.Tensor) -> None:
         self.norms = norms
