@@ -16,10 +16,14 @@ How it is fast (CPU)
 * ``backward_native.py``: per step one fused kernel call, one matrix product for the recurrence
   and the weight-gradient accumulation (``addmm_``). Vanishing gradients would turn float32
   values into denormals, on which x86 matrix products are 10-100x slower; the engine never
-  produces them: the backward signal is carried as ``2**e_t * g_t`` with an integer exponent
-  per step and ``g_t`` renormalised so that ``max|g_t|`` is about 1. Scaling by a power of two
-  is exact, so the result equals ordinary BPTT up to float rounding. The engine does *not*
-  touch the floating-point environment (no ``torch.set_flush_denormal``).
+  produces them: the backward signal of sequence ``b`` is carried as ``2**e[t,b] * g[t,b]``
+  with an integer exponent per sequence and step and ``g`` renormalised so that its largest
+  entry is about 1 (rows of the matrix products stay rows, so each keeps its own exponent).
+  Scaling by a power of two is exact, so the result equals ordinary BPTT up to float rounding.
+  The exponents are found in the same pass over the rows that finds the step's maximum, and
+  sequences within ``2**CUT`` of the largest share its exponent, so such a batch runs the same
+  arithmetic as with one exponent per step. The engine does *not* touch the floating-point
+  environment (no ``torch.set_flush_denormal``).
 * The fused elementwise kernels (gate nonlinearities, cell update, their derivatives, the
   float64 sums of squares for the norms, the bias-gradient column sums) are C++: each cell's
   ``seqbench/cells/<cell>.cpp`` and ``csrc/engine.cpp``, sharing ``csrc/seqbench.h`` (the
@@ -42,16 +46,27 @@ Numerical contract
 Outputs and gradients match autograd through ``nn.RNN``/``nn.LSTM``/``nn.GRU`` up to float
 rounding (in float32 the kernels' sigmoid and tanh are polynomial/rational approximations with
 relative error below 3e-7; float64 uses libm). Deliberate deviations, all far below float32
-resolution:
+resolution (``CUT`` = 60 in float32, 200 in float64; ``csrc/seqbench.h``):
 
-* at one time step, a contribution to the backward signal that is more than ``2**60``
-  (float64: ``2**200``) times smaller than the dominant one is dropped;
-* a time step whose backward signal is more than ``2**60`` (float64: ``2**200``) times smaller
-  than the largest one seen is skipped when accumulating weight gradients (this also saves its
+* "dominant" is decided per sequence: at one time step, of a sequence's two contributions to
+  its backward signal (the upstream gradient of that step, the carry from the step after), one
+  more than ``2**CUT`` times smaller than the other is dropped. Another sequence's signal, however
+  large, never removes a sequence's gradient (its rows of ``dL/dx`` and of ``dL/dh_t``);
+* in the weight and bias gradients, at one time step, a sequence whose signal is more than
+  ``2**CUT`` times smaller than the largest sequence's is left out, and a time step whose signal
+  is more than ``2**CUT`` times smaller than the largest one seen is skipped (this also saves its
   two weight-gradient matrix products);
 * the gradient returned for ``x`` is flushed to zero where its magnitude is below the smallest
   normal number of the dtype (float32: 1.2e-38) instead of being returned as a denormal;
+* the recorded norms (``GradNormRecorder.norms``) are exact down to float64's smallest normal
+  number (2.2e-308) and 0 below it, never an imprecise subnormal; ``log10_norms`` is exact at any
+  size (a sequence more than ``2**CUT`` below the largest enters both with its own scale);
 * the float32 forward sigmoid clamps its argument at -80 (result >= 1.8e-35).
+
+Not supported, each refused with a message that names ``model.engine=fused`` (PyTorch's own
+layers): a double backward (``create_graph=True``, e.g. a gradient penalty: the hand-written
+backward's gradients carry no graph, so the penalty would silently vanish), and an initial
+state ``h0``/``c0`` (every sequence starts from zero and no final state is returned).
 """
 
 from seqbench.engine.buffers import clear_buffer_cache

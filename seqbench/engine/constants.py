@@ -33,7 +33,8 @@ _DEFINES, _SLOTS = _read_header()
 ABI = _DEFINES["ABI"]
 #: "no signal" exponent sentinel.
 NEG = _DEFINES["NEG"]
-#: a contribution more than ``2**CUT`` times smaller than the dominant one is dropped.
+#: within one sequence and step, a contribution more than ``2**CUT`` times smaller than the
+#: dominant one is dropped (see the numerical contract in ``seqbench/engine/__init__.py``).
 CUT = {torch.float32: _DEFINES["CUT_F32"], torch.float64: _DEFINES["CUT_F64"]}
 #: ``B * columns`` of one step from which the native kernels split its rows over threads.
 THREADING_MIN_WORK = _DEFINES["THREADING_MIN_WORK"]
