@@ -121,14 +121,27 @@ inline typename Num<T>::U maxabs(const T* RS x, i64 n) {
   return m;
 }
 
-// exponent (ilogb) of the value with bits u, offset by base; NEG for zero
+// exponent (ilogb) of the value with bits u (sign cleared), offset by base; NEG for zero. Read
+// from the exponent field for normal numbers (it runs per sequence and step).
 template <typename T>
 inline int expo(typename Num<T>::U u, int base) {
+  constexpr int MANT = sizeof(T) == 4 ? 23 : 52, BIAS = sizeof(T) == 4 ? 127 : 1023;
   if (u == 0) return NEG;
-  T v;
+  const int field = (int)(u >> MANT);
+  if (field == 2 * BIAS + 1) return base;  // inf/nan: let them propagate
+  if (field > 0) return base + field - BIAS;
+  T v;  // subnormal
   std::memcpy(&v, &u, sizeof(T));
-  if (!std::isfinite(v)) return base;  // let inf/nan propagate
   return base + std::ilogb(v);
+}
+
+// 2**k exactly; built from its bits where it is a normal double (it runs per sequence and step)
+inline double pow2(int k) {
+  if (k < -1022 || k > 1023) return std::ldexp(1.0, k);
+  const uint64_t bits = (uint64_t)(k + 1023) << 52;
+  double v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
 }
 
 // The backward signal of sequence b at step t is carried as 2**e[t,b] * g[t,b] with g's
@@ -195,8 +208,8 @@ inline Scale bwd_scale(const i64* P, i64 t, i64 B, i64 H, bool with_cc) {
     const bool sep = own != NEG && own < sc.m - CUT;
     const int e = sep ? own : sc.m;
     const int sig = eb[b];
-    const double a = (eu == NEG || eu - own < -CUT) ? 0.0 : std::ldexp(1.0, sig - e);
-    const double c = (er == NEG || er - own < -CUT) ? 0.0 : std::ldexp(1.0, st[1 + b] - e);
+    const double a = (eu == NEG || eu - own < -CUT) ? 0.0 : pow2(sig - e);
+    const double c = (er == NEG || er - own < -CUT) ? 0.0 : pow2(st[1 + b] - e);
     ra[b] = a;
     rb[b] = c;
     eb[b] = e;
@@ -329,7 +342,7 @@ void bwd_rows(const i64* P, i64 t, const Scale& sc) {
           if (N) sqrow[j] += (double)dh * (double)dh;
         }
       } else {
-        const double w2 = std::ldexp(1.0, 2 * (eb[b] - sc.m));
+        const double w2 = pow2(2 * (eb[b] - sc.m));
         IVDEP
         for (i64 j = 0; j < H; ++j) {
           T dh = (T)(a * (C)ub[j] + bb * (C)rb[j]);
