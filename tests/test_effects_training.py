@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
+import signal
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import pytest
@@ -166,9 +167,9 @@ def test_initialisations(cell: str) -> None:
 
 # --- resume ---------------------------------------------------------------------------------
 
-# 8 steps, validations at 3, 6 and 8, a checkpoint at step 5: between two validations, with
-# two training losses not yet averaged into history.csv
-RESUMABLE = ("train.steps=8", "train.eval_every=3", "checkpoint.every=5", "diagnostics.every=2",
+# 8 steps, validations at 3, 6 and 8, a periodic checkpoint at 4; SIGTERM during step 5 stops the
+# run after it: between two validations, with two training losses not yet in history.csv
+RESUMABLE = ("train.steps=8", "train.eval_every=3", "checkpoint.every=4", "diagnostics.every=2",
              "inference.compare=false")  # fmt: skip
 SCHEDULES = {
     "none": (),
@@ -180,25 +181,40 @@ SCHEDULES = {
 }
 
 
-def resume_from_step_5(run_dir: Path, *overrides: str) -> tuple[dict, dict]:
-    """Run 8 steps; keep what it wrote; go back to its step-5 checkpoint (as a run stopped
-    there leaves it: no newer checkpoint or result files) and resume. Returns the uninterrupted
-    and the resumed run's files."""
-    run_small(run_dir, *RESUMABLE, *overrides)
-    straight = read_run(run_dir, copy_to=run_dir.parent / f"{run_dir.name}-straight")
-    assert torch.load(run_dir / "checkpoint.prev.pt", weights_only=True)["step"] == 5
-    for name in ("checkpoint.pt", "metrics.json", "history.csv", "grad_norms.csv"):
-        (run_dir / name).unlink()
-    run_small(run_dir.parent / "unused", *RESUMABLE, *overrides, f"resume={run_dir}")
-    return straight, read_run(run_dir)
+def sigterm_during_step(step: int):
+    """Patch the loop so that this process receives SIGTERM while it computes `step` (1-based),
+    as a scheduler's kill would arrive: the run stops after that step."""
+    from seqbench import train
+
+    calls, clip = [], train.clip_gradients
+
+    def clip_and_maybe_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return clip(*args, **kwargs)
+
+    return mock.patch.object(train, "clip_gradients", clip_and_maybe_signal)
 
 
-def read_run(run_dir: Path, copy_to: Path | None = None) -> dict:
-    if copy_to is not None:
-        shutil.copytree(run_dir, copy_to)
-        run_dir = copy_to
+def resume_from_step_5(tmp: Path, *overrides: str) -> tuple[dict, dict]:
+    """The files of an uninterrupted run, and those of the same run stopped by SIGTERM after
+    step 5 and resumed (in this process, like the command does)."""
+    run_small(tmp / "straight", *RESUMABLE, *overrides)
+    run_dir = tmp / "run"
+    with sigterm_during_step(5), pytest.raises(SystemExit) as stopped:
+        run_small(run_dir, *RESUMABLE, *overrides)
+    assert stopped.value.code == 143
+    interrupted = json.loads((run_dir / "metrics.json").read_text())
+    assert (interrupted["status"], interrupted["steps"]) == ("interrupted", 5)
+    run_small(tmp / "unused", *RESUMABLE, *overrides, f"resume={run_dir}")
+    return read_run(tmp / "straight"), read_run(run_dir)
+
+
+def read_run(run_dir: Path) -> dict:
     return {
         "checkpoint": torch.load(run_dir / "checkpoint.pt", weights_only=True),
+        "best": torch.load(run_dir / "best.pt", weights_only=True),
         "metrics": without_timings(json.loads((run_dir / "metrics.json").read_text())),
         "history": pd.read_csv(run_dir / "history.csv").drop(columns="wall_time"),
         "grad_norms": pd.read_csv(run_dir / "grad_norms.csv"),
@@ -229,16 +245,26 @@ def assert_same_tensors(a, b, where: str = "") -> None:
 )  # fmt: skip
 def test_resume_between_validations_is_bit_identical(tmp_path: Path, optimizer, scheduler) -> None:
     straight, resumed = resume_from_step_5(
-        tmp_path / "run", f"optimizer={optimizer}", f"scheduler={scheduler}",
-        *SCHEDULES[scheduler], "log.tensorboard=false",
+        tmp_path, f"optimizer={optimizer}", f"scheduler={scheduler}", *SCHEDULES[scheduler],
+        "log.tensorboard=false",
     )  # fmt: skip
     for key in ("model", "optimizer", "scheduler", "step", "rng"):
         assert_same_tensors(straight["checkpoint"][key], resumed["checkpoint"][key], key)
+    assert_same_tensors(straight["best"], resumed["best"], "best.pt")
     assert straight["metrics"] == resumed["metrics"]
     pd.testing.assert_frame_equal(straight["history"], resumed["history"])
     pd.testing.assert_frame_equal(straight["grad_norms"], resumed["grad_norms"])
     lrs = straight["history"]["lr"].tolist()
     assert (len(set(lrs)) > 1) == (scheduler != "none")  # the schedule did act within 8 steps
+
+
+def test_best_pt_from_before_the_stop_survives_the_resume(tmp_path: Path) -> None:
+    """With a rate too small to move any weight, every validation ties the first: best.pt is
+    from step 3, before the stop, and the resumed run must not replace it."""
+    straight, resumed = resume_from_step_5(tmp_path, "optimizer.lr=1e-30", "log.tensorboard=false")
+    assert straight["history"]["val_mse"].nunique() == 1
+    assert straight["best"]["step"] == straight["metrics"]["best_step"] == 3
+    assert_same_tensors(straight["best"], resumed["best"], "best.pt")
 
 
 # --- TensorBoard across a resume --------------------------------------------------------------
@@ -259,8 +285,7 @@ def resumed_tensorboard(tmp_path: Path) -> tuple[dict, dict]:
     """TensorBoard scalars of an uninterrupted run and of the same run resumed from step 5.
     (Inside the tests, not a fixture: `make mutate` orders tests by their own duration.)"""
     if not _RESUMED_TENSORBOARD:
-        straight, resumed = resume_from_step_5(tmp_path / "run", "scheduler=step",
-                                               *SCHEDULES["step"])  # fmt: skip
+        straight, resumed = resume_from_step_5(tmp_path, "scheduler=step", *SCHEDULES["step"])
         _RESUMED_TENSORBOARD.append((scalars(straight["dir"]), scalars(resumed["dir"])))
     return _RESUMED_TENSORBOARD[0]
 
