@@ -127,6 +127,42 @@ def test_the_last_validation_is_at_the_last_step(small_run, tmp_path: Path) -> N
     assert metrics["final_metric"] != history["val_mse"].iloc[-2]
 
 
+def test_a_run_is_plain_clipped_sgd_steps_on_its_seeded_batches(tmp_path: Path) -> None:
+    """An independent loop over the same seeded model and batches: per step, the gradient of the
+    batch loss, clipped to norm 0.5, times the step schedule's rate. Validations and gradient-norm
+    snapshots (every 2 steps) must not change what is trained."""
+    from seqbench.hardware import configure, seed_everything
+    from seqbench.job import build_job
+    from tests.conftest import SMALL, compose_config
+
+    overrides = ["optimizer=sgd", "optimizer.momentum=0", "optimizer.lr=0.5", "train.steps=6",
+                 "train.eval_every=2", "diagnostics.every=2", "scheduler=step",
+                 "scheduler.step_size=2", "scheduler.gamma=0.5", "train.clip.threshold=0.5",
+                 "log.tensorboard=false", "inference.compare=false"]  # fmt: skip
+    metrics = run_small(tmp_path / "run", *overrides)
+    cfg = compose_config([*SMALL, *overrides])
+    configure(cfg.hardware.flush_denormal, cfg.hardware.num_threads)
+    seed_everything(cfg.seed)
+    job = build_job(cfg, tmp_path / "reference", torch.device("cpu"))
+    params = list(job.model.parameters())
+    clipped = 0
+    for step in range(6):
+        batch = job.task.sample(8)
+        job.model.train()
+        output, _ = job.model(batch.x, lengths=batch.lengths)
+        grads = torch.autograd.grad(job.task.loss(output, batch), params)
+        norm = torch.stack([g.norm() for g in grads]).norm()
+        clipped += int(norm > 0.5)
+        scale = min(1.0, 0.5 / (float(norm) + 1e-6))
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p -= 0.5 * 0.5 ** (step // 2) * scale * g
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    for name, p in job.model.named_parameters():
+        torch.testing.assert_close(trained[name], p.detach(), rtol=1e-5, atol=1e-6, msg=name)
+    assert clipped > 0 and metrics["clip_fraction"] == pytest.approx(clipped / 6)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_initialisations(cell: str) -> None:
     """orthogonal: each gate's recurrent block is orthogonal, biases 0 (LSTM: the forget gate
