@@ -4,16 +4,21 @@
 
 namespace {
 
-// x[t, :] *= 2**e[t] for t < nt (rows of n elements), flushing results below the smallest
-// normal number to zero without ever forming a denormal.
+// x[r, :] *= 2**e[r] for r < nt (rows of n elements: one per sequence and step), flushing
+// results below the smallest normal number to zero without ever forming a denormal.
 template <typename T>
 void scale_rows(T* x, i64 nt, i64 n, const int* e) {
   const double lo = (double)(sizeof(T) == 4 ? FLT_MIN : DBL_MIN);
+  int last = 0;
+  double w = 1.0, thr = lo;  // |v| < thr  <=>  |v * w| < lo
   for (i64 t = 0; t < nt; ++t) {
     T* RS row = x + t * n;
-    const double w = std::ldexp(1.0, e[t]);
+    if (e[t] != last) {  // consecutive rows mostly share their exponent
+      last = e[t];
+      w = std::ldexp(1.0, last);
+      thr = lo / w;
+    }
     if (w == 1.0) continue;
-    const double thr = lo / w;  // |v| < thr  <=>  |v * w| < lo
     IVDEP
     for (i64 i = 0; i < n; ++i) {
       double v = (double)row[i];
