@@ -17,8 +17,8 @@ class GradNormRecorder:
         to layer ``l``'s output at step ``t`` (before inter-layer dropout; padded positions count
         as zero). It is computed as ``2**e_t * sqrt(sum(g_t**2))`` with the sum of squares in
         float64 from the engine's power-of-two-rescaled backward signal ``g_t``, so it does not
-        underflow where the float32 gradient itself would (it is exact down to float64's range,
-        about 1e-308, and 0 below that).
+        underflow where the float32 gradient itself would (it is exact down to float64's
+        smallest normal number, about 2.2e-308, and 0 below that, never a subnormal).
     ``log10_norms``
         only if ``track_log10=True``: float64 ``(num_layers, T)`` with ``log10`` of the same
         quantity, computed as ``e_t*log10(2) + log10(||g_t||)``. It stays finite for arbitrarily
@@ -27,9 +27,9 @@ class GradNormRecorder:
         side computation: the whole backward pass, including the parameter gradients, runs on
         the rescaled signal, so the tracked magnitude covers all paths (recurrence, loss terms at
         every step, layers above, dropout, padding). Its only approximation is that at a step,
-        terms more than ``2**60`` smaller than the dominant term are dropped (float32 could not
-        represent their effect anyway). Tracking costs nothing extra; the flag only controls
-        whether the array is stored.
+        within one sequence, a term more than ``2**60`` (float64: ``2**200``) smaller than that
+        sequence's dominant one is dropped (see :mod:`seqbench.engine`'s numerical contract).
+        Tracking costs nothing extra; the flag only controls whether the array is stored.
     ``gate_means``
         only if ``track_gates=True``, after each forward: per layer, float64 CPU
         ``(len(cell.gate_names), T, H)``, the mean activation of each gate of the cell (LSTM
