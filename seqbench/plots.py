@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,5 +91,43 @@ def learning_curve_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
         title="learning curves (dotted: baseline)",
     )
     ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def gate_and_gradient_figure(run_dir: Path, layer: int = 0) -> Figure:
+    """One run of a gated cell over training, side by side: log10 ||dL/dh_t|| over (training
+    step x timestep), and each unit's memory gate (metrics.json's gates.memory_gate: LSTM
+    forget, GRU update; gates.csv: its mean over the batch and the timesteps) over (training
+    step x unit, units sorted by their last value), for the snapshots that have gates."""
+    run_dir = Path(run_dir)
+    gate = json.loads((run_dir / "metrics.json").read_text())["gates"]["memory_gate"]
+    units = pd.read_csv(run_dir / "gates.csv")
+    units = units[units["layer"] == layer].pivot(index="step", columns="unit", values=gate)
+    units = units[units.iloc[-1].sort_values().index]  # the units that hold on the right
+    grads = pd.read_csv(run_dir / "grad_norms.csv")
+    grads = grads[(grads["layer"] == layer) & grads["step"].isin(units.index)]
+    with np.errstate(divide="ignore"):
+        logs = np.log10(grads.pivot(index="step", columns="t", values="norm"))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2, sharey=True)
+    maps = [
+        (logs.where(np.isfinite(logs)), f"log10 ||dL/dh_t||, layer {layer}", "timestep t",
+         "viridis", None),
+        (units, f"{gate} gate per unit (mean over batch and t)", "unit (sorted by last value)",
+         "magma", (0.0, 1.0)),
+    ]  # fmt: skip
+    for ax, (table, title, xlabel, cmap, limits) in zip(axes, maps, strict=True):
+        steps = table.index.to_numpy()
+        image = ax.imshow(
+            table.to_numpy(), aspect="auto", origin="lower", cmap=cmap, interpolation="nearest",
+            extent=(0.5, table.shape[1] + 0.5, -0.5, len(steps) - 0.5),
+            **({} if limits is None else {"vmin": limits[0], "vmax": limits[1]}),
+        )  # fmt: skip
+        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int)
+        ax.set_yticks(ticks, [str(steps[i]) for i in ticks])
+        ax.set(xlabel=xlabel, title=title)
+        fig.colorbar(image, ax=ax)
+    axes[0].set_ylabel("training step")
     fig.tight_layout()
     return fig

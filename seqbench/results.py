@@ -1,4 +1,5 @@
-"""The run directory's result files: metrics.json, history.csv and grad_norms.csv.
+"""The run directory's result files: metrics.json, history.csv, grad_norms.csv and (gated
+cells) gates.csv.
 
 Every file is written whole to a temporary name in the same directory and then renamed over the
 old one, so a crash leaves either the previous complete file or the new one, never half a file.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from seqbench.diagnostics import summarize
 from seqbench.files import atomic_write
 
 STATUSES = ("completed", "diverged", "failed", "interrupted")
+#: A unit's gate counts as saturated open above this mean activation (metrics.json "gates").
+GATE_OPEN = 0.95
 
 
 class RunRecorder(Callback):
@@ -58,6 +62,9 @@ class RunRecorder(Callback):
         self.losses_since_eval: list[float] = []
         self.history: list[dict] = []
         self.snapshots: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []
+        # (step, {gate: (L, T) mean over units}, {gate: (L, H) mean over timesteps}), memory gate
+        self.gate_snapshots: list[tuple[int, dict, dict]] = []
+        self.memory_gate: str | None = None
         self.best: dict | None = None
         self.solved = solved
         self.lr = lr
@@ -83,6 +90,15 @@ class RunRecorder(Callback):
                 )
                 for step, norms, positions, log10 in self.snapshots
             ],
+            "gate_snapshots": [
+                (
+                    step,
+                    {k: torch.from_numpy(v) for k, v in per_t.items()},
+                    {k: torch.from_numpy(v) for k, v in per_unit.items()},
+                )
+                for step, per_t, per_unit in self.gate_snapshots
+            ],
+            "memory_gate": self.memory_gate,
             "best": self.best,
             "solved_step": self.solved_step,
             "max_grad_norm": self.max_grad_norm,
@@ -99,6 +115,12 @@ class RunRecorder(Callback):
             (s, n.numpy(), p.numpy(), None if g is None else g.numpy())
             for s, n, p, g in state["snapshots"]
         ]
+        self.gate_snapshots = [
+            (step, {k: v.numpy() for k, v in per_t.items()},
+             {k: v.numpy() for k, v in per_unit.items()})
+            for step, per_t, per_unit in state.get("gate_snapshots", [])
+        ]  # fmt: skip
+        self.memory_gate = state.get("memory_gate")
         self.best = state["best"]
         self.solved_step = state["solved_step"]
         self.max_grad_norm = state["max_grad_norm"]
@@ -129,6 +151,40 @@ class RunRecorder(Callback):
     ) -> None:
         self.snapshots.append((step, norms, positions, log10))
         self.max_grad_norm = max(self.max_grad_norm, float(np.max(norms, initial=0.0)))
+
+    def on_gates(self, step: int, gates: dict[str, np.ndarray], memory_gate: str | None) -> None:
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: padding only
+            per_t = {name: np.nanmean(g, axis=2) for name, g in gates.items()}  # (L, T)
+            per_unit = {name: np.nanmean(g, axis=1) for name, g in gates.items()}  # (L, H)
+        self.gate_snapshots.append((step, per_t, per_unit))
+        self.memory_gate = memory_gate
+
+    def gate_summary(self, index: int) -> dict | None:
+        """Per layer and gate: the mean activation over timesteps and units, and the fraction
+        of units whose mean (over the batch's real positions and timesteps) is above GATE_OPEN."""
+        if not self.gate_snapshots:
+            return None
+        step, per_t, per_unit = self.gate_snapshots[index]
+        layers = [
+            {
+                name: {
+                    "mean": float(np.nanmean(per_t[name][layer])),
+                    f"above_{GATE_OPEN}": float(np.mean(per_unit[name][layer] > GATE_OPEN)),
+                }
+                for name in per_t
+            }
+            for layer in range(len(next(iter(per_t.values()))))
+        ]
+        return {"step": step, "layers": layers}
+
+    def gate_metrics(self) -> dict:
+        """metrics.json's "gates" (gated cells only): the gate summaries at init and at the last
+        snapshot that has gates."""
+        if not self.gate_snapshots:
+            return {}
+        init, end = self.gate_summary(0), self.gate_summary(-1)
+        return {"gates": {"memory_gate": self.memory_gate, "init": init, "end": end}}
 
     @property
     def clip_fraction(self) -> float:
@@ -170,6 +226,7 @@ class RunRecorder(Callback):
                 "end": self.grad_summary(-1),
                 "max_norm": self.max_grad_norm if self.snapshots else None,
             },
+            **self.gate_metrics(),
             **extra,
         }
 
@@ -179,17 +236,24 @@ class RunRecorder(Callback):
         atomic_write(self.run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2))
         history = pd.DataFrame(self.history, columns=_history_columns(self.history))
         atomic_write(self.run_dir / "history.csv", lambda f: history.to_csv(f, index=False))
-        grads = grad_norm_frame(self.snapshots)
+        grads = grad_norm_frame(self.snapshots, self.gate_snapshots)
         atomic_write(self.run_dir / "grad_norms.csv", lambda f: grads.to_csv(f, index=False))
+        if self.gate_snapshots:
+            units = gate_unit_frame(self.gate_snapshots)
+            atomic_write(self.run_dir / "gates.csv", lambda f: units.to_csv(f, index=False))
         return metrics
 
 
-def grad_norm_frame(snapshots: list[tuple]) -> pd.DataFrame:
+def grad_norm_frame(snapshots: list[tuple], gate_snapshots: list[tuple] = ()) -> pd.DataFrame:
     """Long format: one row per (step, layer, t) with t = 1..T, the norm ||dL/dh_t||, how many
-    sequences of the batch are real (not padding) at t, and log10_norm when tracked."""
+    sequences of the batch are real (not padding) at t, log10_norm when tracked, and beside them
+    gate_<name>: each gate's mean activation over the batch's real positions and the units
+    (gated cells; empty where a snapshot has no gates, e.g. the final one)."""
+    gates_at = {step: per_t for step, per_t, _ in gate_snapshots}
     frames = []
     for step, norms, positions, log10 in snapshots:
         layers, steps = norms.shape
+        per_t = gates_at.get(step, {})
         frames.append(
             pd.DataFrame(
                 {
@@ -199,11 +263,32 @@ def grad_norm_frame(snapshots: list[tuple]) -> pd.DataFrame:
                     "norm": norms.reshape(-1),
                     "positions": np.tile(positions, layers),
                     **({} if log10 is None else {"log10_norm": log10.reshape(-1)}),
+                    **{f"gate_{name}": means.reshape(-1) for name, means in per_t.items()},
                 }
             )
         )
     if not frames:
         return pd.DataFrame(columns=["step", "layer", "t", "norm", "positions"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def gate_unit_frame(gate_snapshots: list[tuple]) -> pd.DataFrame:
+    """Long format for gates.csv: one row per (step, layer, unit) with each gate's mean
+    activation over the batch's real positions and the timesteps (where a few units learn to
+    hold their forget gate near 1 while the mean over units hardly moves)."""
+    frames = []
+    for step, _, per_unit in gate_snapshots:
+        layers, units = next(iter(per_unit.values())).shape
+        frames.append(
+            pd.DataFrame(
+                {
+                    "step": step,
+                    "layer": np.repeat(np.arange(layers), units),
+                    "unit": np.tile(np.arange(units), layers),
+                    **{name: means.reshape(-1) for name, means in per_unit.items()},
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 

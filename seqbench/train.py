@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from seqbench.callbacks import Callback, Diverged, Interrupted
-from seqbench.diagnostics import grad_log10_norms, grad_norms, real_positions
+from seqbench.diagnostics import gate_means, grad_log10_norms, grad_norms, real_positions
 from seqbench.model import SequenceModel
 from seqbench.tasks import Task
 
@@ -90,6 +90,8 @@ def train(
             norms = grad_norms(states)  # (L, T)
             positions = real_positions(batch.lengths, len(batch.x), norms.shape[1])
             _emit(callbacks, "on_grad_norms", step, norms, positions, grad_log10_norms(states))
+            if gates := gate_means(states, model.spec.gate_names):  # {name: (L, T, H)}
+                _emit(callbacks, "on_gates", step, gates, model.spec.memory_gate)
         optimizer.step()
         _emit(callbacks, "on_step", step + 1, loss_value, grad_norm, clipped)
         if (step + 1) % eval_every == 0 or step + 1 == steps:

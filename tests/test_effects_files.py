@@ -128,7 +128,18 @@ def check_tensorboard_scalars(one_run: dict) -> None:
     finals = ("best_metric", "final_metric", "end_vanishing_ratio", "diverged")
     hparams = {f"hparams/{name}" for name in finals}
     expected_tags = {"train/loss", "train/lr", "val/mse", "grad/total_norm", "grad/clip_fraction"}
-    assert scalars == expected_tags | per_layer | hparams
+    gates = {f"gates/{gate}_mean/layer{layer}" for gate in ("input", "forget", "output")
+             for layer in (0, 1)}  # fmt: skip
+    gates |= {f"gates/forget_above_0.95/layer{layer}" for layer in (0, 1)}
+    assert scalars == expected_tags | per_layer | hparams | gates
+    # gate means: the mean over t of grad_norms.csv's gate columns, at every diagnostic step
+    for gate in ("input", "forget", "output"):
+        for layer in (0, 1):
+            rows = grads[(grads["layer"] == layer) & grads[f"gate_{gate}"].notna()]
+            expected = rows.groupby("step")[f"gate_{gate}"].mean().to_dict()
+            assert sorted(expected) == [0, 2, 4, 6]  # the final snapshot (8) has no gates
+            tb = series(events, f"gates/{gate}_mean/layer{layer}")
+            assert tb == {k: pytest.approx(v, rel=1e-5) for k, v in expected.items()}
 
     assert list(series(events, "train/loss")) == list(range(1, 9))
     lrs = series(events, "train/lr")
@@ -166,9 +177,13 @@ def check_tensorboard_scalars(one_run: dict) -> None:
 def check_tensorboard_pictures_and_hparams(one_run: dict) -> None:
     events = one_run["events"]
     images = events.Tags()["images"]
-    assert set(images) == {"grad_heatmap/layer0", "grad_heatmap/layer1", "grad_norm_vs_t"}
+    gate_maps = {"gate_heatmap/layer0", "gate_heatmap/layer1"}  # the forget gate's
+    assert (
+        set(images) == {"grad_heatmap/layer0", "grad_heatmap/layer1", "grad_norm_vs_t"} | gate_maps
+    )
     for tag in images:
-        assert [i.step for i in events.Images(tag)] == [0, 2, 4, 6, 8]
+        steps = [0, 2, 4, 6] if tag in gate_maps else [0, 2, 4, 6, 8]
+        assert [i.step for i in events.Images(tag)] == steps
         assert all(i.encoded_image_string.startswith(b"\x89PNG") for i in events.Images(tag))
     content = events.PluginTagToContent("hparams")
     from tensorboard.plugins.hparams import plugin_data_pb2

@@ -431,3 +431,30 @@ def test_no_gates_for_the_vanilla_rnn_and_none_on_plain_steps() -> None:
     lstm = SequenceModel(GATED[-1], 2, 1, 4, engine=True)
     _, trace = lstm(torch.rand(2, 5, 2))  # not a diagnostic step: no recorder, no gates
     assert trace == []
+
+
+def test_gate_summaries_and_csv_columns_of_a_run(small_run, tmp_path) -> None:
+    import pandas as pd
+
+    metrics = small_run("model=lstm")
+    gates = metrics["gates"]
+    assert gates["memory_gate"] == "forget" and gates["init"]["step"] == 0
+    layer = gates["init"]["layers"][0]
+    assert set(layer) == {"input", "forget", "output"}
+    grads = pd.read_csv(tmp_path / "run" / "grad_norms.csv")
+    at_init = grads[grads["step"] == 0]
+    assert layer["forget"]["mean"] == pytest.approx(at_init["gate_forget"].mean())
+    # default forget bias 1: sigmoid(1 + small) ~ 0.73, no unit above 0.95 at init
+    assert 0.6 < layer["forget"]["mean"] < 0.85 and layer["forget"]["above_0.95"] == 0.0
+    from seqbench.plots import gate_and_gradient_figure
+
+    figure = gate_and_gradient_figure(tmp_path / "run")  # the README's picture, from the files
+    gradient, forget = (ax.images[0].get_array() for ax in figure.axes[:2])
+    assert gradient.shape == (3, 8) and forget.shape == (3, 8)  # snapshots 0, 2, 4 x (T, H)
+    units = pd.read_csv(tmp_path / "run" / "gates.csv")
+    assert len(units) == 3 * 8 and set(units.columns) == {"step", "layer", "unit", *layer}
+    at_init_units = units[units["step"] == 0]
+    assert at_init_units["forget"].mean() == pytest.approx(layer["forget"]["mean"], rel=1e-9)
+    assert sorted(forget[0]) == pytest.approx(sorted(at_init_units["forget"]))
+    saturated = small_run("model=lstm", "model.forget_bias=5.0", run_dir=tmp_path / "b")
+    assert saturated["gates"]["init"]["layers"][0]["forget"]["above_0.95"] == 1.0

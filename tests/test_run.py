@@ -47,7 +47,8 @@ def test_run_directory_contract(small_run, tmp_path: Path) -> None:
     assert m["best_metric"] == pytest.approx(history["val_mse"].min())
 
     grads = pd.read_csv(run_dir / "grad_norms.csv")
-    assert list(grads.columns) == ["step", "layer", "t", "norm", "positions"]
+    gates = ["gate_input", "gate_forget", "gate_output"]  # the LSTM's gate means, beside them
+    assert list(grads.columns) == ["step", "layer", "t", "norm", "positions", *gates]
     assert (grads["positions"] == 8).all()  # batch of 8, nothing padded
     assert sorted(grads["step"].unique()) == [0, 2, 4, 6]  # init, every 2, and the end
     assert grads.groupby(["step", "layer"]).size().eq(8).all()  # t = 1..T for each

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ class TensorBoardLogger(Callback):
     """Scalars: train/loss, val/<metric>, grad/total_norm, grad/clip_fraction and, per layer,
     grad/vanishing_ratio, grad/decay_rate, grad/growth_rate, grad/memory_horizon, grad/max_norm.
     Images: per layer, log10 ||dL/dh_t|| over (training step x timestep); and ||dL/dh_t|| vs t
-    at init and at the latest snapshot."""
+    at init and at the latest snapshot. Gated cells, per layer: gates/<gate>_mean for every
+    gate, gates/<memory gate>_above_0.95 (fraction of units) and the image gate_heatmap/layer<l>
+    (the memory gate's mean over training step x timestep: LSTM forget, GRU update)."""
 
     def __init__(
         self,
@@ -38,6 +41,7 @@ class TensorBoardLogger(Callback):
         self.steps = resume_step or 0
         self.clipped = clipped
         self.lr = lr  # () -> the current learning rate, logged as train/lr
+        self.gate_history: list[tuple[int, np.ndarray]] = []  # (step, memory gate (L, T))
 
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
         self.steps, self.clipped = step, self.clipped + int(clipped)
@@ -78,6 +82,44 @@ class TensorBoardLogger(Callback):
             self.writer.add_scalar(f"grad/nonzero_steps/layer{layer}", s.nonzero, step)
             self.writer.add_figure(f"grad_heatmap/layer{layer}", self._heatmap(layer), step)
         self.writer.add_figure("grad_norm_vs_t", self._norm_vs_t(), step)
+
+    def on_gates(self, step: int, gates: dict[str, np.ndarray], memory_gate: str | None) -> None:
+        for name, means in gates.items():  # (L, T, H) over the batch's real positions
+            for layer, layer_means in enumerate(means):
+                self.writer.add_scalar(
+                    f"gates/{name}_mean/layer{layer}", float(np.nanmean(layer_means)), step
+                )
+        if memory_gate is None:
+            return
+        means = gates[memory_gate]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN (padding-only) columns
+            per_unit = np.nanmean(means, axis=1)  # (L, H)
+        self.gate_history.append((step, np.nanmean(means, axis=2)))
+        for layer in range(len(means)):
+            saturated = float(np.mean(per_unit[layer] > 0.95))
+            self.writer.add_scalar(f"gates/{memory_gate}_above_0.95/layer{layer}", saturated, step)
+            self.writer.add_figure(
+                f"gate_heatmap/layer{layer}", self._gate_heatmap(layer, memory_gate), step
+            )
+
+    def _gate_heatmap(self, layer: int, gate: str) -> Figure:
+        steps = [step for step, _ in self.gate_history]
+        means = np.stack([m[layer] for _, m in self.gate_history])  # (S, T)
+        fig = Figure(figsize=(6, 3.5))
+        ax = fig.subplots()
+        image = ax.imshow(
+            means, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
+            vmin=0.0, vmax=1.0, extent=(0.5, means.shape[1] + 0.5, -0.5, len(steps) - 0.5),
+        )  # fmt: skip
+        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
+        ax.set_yticks(ticks, [str(steps[i]) for i in ticks])
+        ax.set(
+            xlabel="timestep t", ylabel="training step", title=f"mean {gate} gate, layer {layer}"
+        )
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        return fig
 
     def write_hparams(
         self, hparams: dict, metrics: dict[str, float], status: str, experiment: bool = True
