@@ -93,8 +93,8 @@ class EngineKernels:
         forward: runs one layer forward (native kernel or pure torch, as ``layer.native``
             says), fills ``layer.h_all`` and returns the tensors its backward needs.
         backward_step: the pure-torch backward equations of one step: from ``dh`` (B, H) and
-            the carry scale ``b``, write dG into ``d`` (B, dgate_blocks*H) and update
-            ``state.rec`` (and ``state.cc``) for step t-1.
+            the carry scales ``b`` ((B, 1) float64, one per sequence), write dG into ``d``
+            (B, dgate_blocks*H) and update ``state.rec`` (and ``state.cc``) for step t-1.
         dgate_blocks: columns of dG per hidden unit (``W`` of the C++ kernel).
         native_saved: the saved tensors as the native kernel's (ACT, AUX1, AUX2) slots.
         native_source: the C++ kernel file (``<cell>.cpp`` next to the module), or None for a
