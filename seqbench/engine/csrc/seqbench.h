@@ -301,6 +301,7 @@ inline void run_rows(i64 B, i64 G, i64 H, T* cs, double* sqrow, F rows) {
 //   Cell(P, t)    the step's pointers into its saved buffers;
 //   skip<C>(b, bb, rec_row)       a padded row: carry what must be carried;
 //   unit<C>(b, j, dh, bb, rec_row, g)  unit j of row b: the W values of dG from dL/dh_t = dh.
+// bb is row b's carry scale (each sequence has its own, see bwd_scale).
 // C is the type in which the rescaling a*u + b*r is done (T when a, b are normal numbers of T).
 // The scales are per sequence (bwd_scale); a sequence below the step's exponent (its own
 // exponent e[t,b] != M) still gets its dG, but stays out of the bias sums (CS) and enters the
