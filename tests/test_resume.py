@@ -20,8 +20,10 @@ from seqbench.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_trai
 from seqbench.errors import ConfigError
 from tests.conftest import seqbench_cli, without_timings
 
+# small steps (a few ms), but 250 of them after the signal is sent at step 150: it lands mid-run
 LONG = ["hardware=cpu", "task.seq_len=20", "train.steps=400", "train.eval_every=50",
-        "diagnostics.every=50", "checkpoint.every=100", "log.progress=plain"]  # fmt: skip
+        "train.batch_size=16", "model.hidden_size=32", "diagnostics.every=100",
+        "checkpoint.every=100", "inference.compare=false", "log.progress=plain"]  # fmt: skip
 
 
 def test_sigterm_then_resume_is_bit_identical(tmp_path: Path) -> None:
