@@ -102,7 +102,7 @@ def run(
         tensorboard = TensorBoardLogger(
             job.run_dir / "tb", cfg.diagnostics.explode_factor, resume_step=start_step or None,
             snapshots=[(s, n) for s, n, *_ in recorder.snapshots], clipped=recorder.clipped_steps,
-            lr=recorder.lr,
+            lr=recorder.lr, gate_history=recorder.memory_gate_history(),
         )  # fmt: skip
         callbacks.append(tensorboard)
     if job.notice:
@@ -202,9 +202,11 @@ def build_job(cfg: Any, run_dir: Path, device: torch.device) -> Job:
 
 def final_snapshot(job: Job, callbacks: list[Callback]) -> None:
     """After the last step: a gradient-norm snapshot at the final weights, then checkpoint.pt."""
-    snapshot = measure_grad_norms(job.model, job.task, job.cfg.train.batch_size)
+    *snapshot, gates = measure_grad_norms(job.model, job.task, job.cfg.train.batch_size)
     for callback in callbacks:
         callback.on_grad_norms(job.recorder.steps_done, *snapshot)
+        if gates:
+            callback.on_gates(job.recorder.steps_done, gates, job.model.spec.memory_gate)
     save_checkpoint(job.run_dir, job.state())
 
 

@@ -160,6 +160,12 @@ class RunRecorder(Callback):
         self.gate_snapshots.append((step, per_t, per_unit))
         self.memory_gate = memory_gate
 
+    def memory_gate_history(self) -> list[tuple[int, np.ndarray]]:
+        """(step, the memory gate's (L, T) means) per gate snapshot: TensorBoard's heat map
+        resumes from it."""
+        gate = self.memory_gate
+        return [(step, per_t[gate]) for step, per_t, _ in self.gate_snapshots if gate in per_t]
+
     def gate_summary(self, index: int) -> dict | None:
         """Per layer and gate: the mean activation over timesteps and units, and the fraction
         of units whose mean (over the batch's real positions and timesteps) is above GATE_OPEN."""

@@ -125,9 +125,10 @@ def evaluate(model: SequenceModel, task: Task, split: str = "val") -> dict[str, 
 
 def measure_grad_norms(
     model: SequenceModel, task: Task, batch_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
     """Per-timestep gradient norms (L, T) at the current parameters, without updating them, the
-    real positions per step (T,), and log10 norms when the engine tracks them."""
+    real positions per step (T,), log10 norms when the engine tracks them, and the gate means
+    ({gate: (L, T, H)}; {} for a cell without gates)."""
     batch = task.sample(batch_size)
     model.train()
     output, states = model(batch.x, record_states=True, lengths=batch.lengths)
@@ -136,7 +137,7 @@ def measure_grad_norms(
     model.zero_grad(set_to_none=True)
     norms = grad_norms(states)
     positions = real_positions(batch.lengths, len(batch.x), norms.shape[1])
-    return norms, positions, grad_log10_norms(states)
+    return norms, positions, grad_log10_norms(states), gate_means(states, model.spec.gate_names)
 
 
 def _emit(callbacks: Sequence[Callback], hook: str, *args) -> None:

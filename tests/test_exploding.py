@@ -450,9 +450,9 @@ def test_gate_summaries_and_csv_columns_of_a_run(small_run, tmp_path) -> None:
 
     figure = gate_and_gradient_figure(tmp_path / "run")  # the README's picture, from the files
     gradient, forget = (ax.images[0].get_array() for ax in figure.axes[:2])
-    assert gradient.shape == (3, 8) and forget.shape == (3, 8)  # snapshots 0, 2, 4 x (T, H)
+    assert gradient.shape == (4, 8) and forget.shape == (4, 8)  # snapshots 0, 2, 4, 6 x (T, H)
     units = pd.read_csv(tmp_path / "run" / "gates.csv")
-    assert len(units) == 3 * 8 and set(units.columns) == {"step", "layer", "unit", *layer}
+    assert len(units) == 4 * 8 and set(units.columns) == {"step", "layer", "unit", *layer}
     at_init_units = units[units["step"] == 0]
     assert at_init_units["forget"].mean() == pytest.approx(layer["forget"]["mean"], rel=1e-9)
     assert sorted(forget[0]) == pytest.approx(sorted(at_init_units["forget"]))

@@ -33,6 +33,7 @@ class TensorBoardLogger(Callback):
         snapshots: list[tuple[int, np.ndarray]] = (),
         clipped: int = 0,
         lr=None,
+        gate_history: list[tuple[int, np.ndarray]] = (),
     ) -> None:
         # On resume, events at or after the checkpoint's step (logged before a crash) are purged.
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resume_step)
@@ -41,7 +42,7 @@ class TensorBoardLogger(Callback):
         self.steps = resume_step or 0
         self.clipped = clipped
         self.lr = lr  # () -> the current learning rate, logged as train/lr
-        self.gate_history: list[tuple[int, np.ndarray]] = []  # (step, memory gate (L, T))
+        self.gate_history = list(gate_history)  # (step, the memory gate's (L, T) means)
 
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
         self.steps, self.clipped = step, self.clipped + int(clipped)
