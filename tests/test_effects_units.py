@@ -212,17 +212,23 @@ def test_display_strings(sweep: Path) -> None:
     assert {"final", "best", "vanish@init", "div/fail", "params"} <= set(short.columns)
 
 
-def test_compare_command(sweep: Path, tmp_path: Path, capsys) -> None:
+def test_compare_command_over_two_sweeps(sweep: Path, tmp_path: Path, capsys) -> None:
+    """seqbench-compare over two directories (the second holds one more gru run, seed 2)."""
+    day2 = tmp_path / "day2"
+    fake_run(day2 / "0", ["model=gru", "task.seq_len=100", "seed=2"], model="gru", seed=2,
+             task="adding", final_metric=0.03, best_metric=0.02)  # fmt: skip
     out = tmp_path / "tables"
-    assert compare_main([str(sweep), "--out", str(out), "--format", "csv", "md", "latex"]) == 0
+    paths = [str(sweep), str(day2)]
+    assert compare_main([*paths, "--out", str(out), "--format", "csv", "md", "latex"]) == 0
     table = pd.read_csv(out / "comparison.csv")
-    expected = aggregate(load_runs(find_runs([sweep])))
+    expected = aggregate(load_runs(find_runs([sweep, day2])))
+    assert table.set_index("model").loc["gru", "runs"] == 3
     pd.testing.assert_frame_equal(table, expected, check_dtype=False)
     markdown = (out / "comparison.md").read_text()
     assert "| rnn " in markdown and "0.3 ± 0.14" in markdown
     assert (out / "comparison.tex").read_text().startswith("\\begin{tabular}")
     printed = capsys.readouterr().out
-    assert f"wrote {out / 'comparison.csv'}" in printed and "5 runs" in printed
+    assert f"wrote {out / 'comparison.csv'}" in printed and "6 runs" in printed
 
     assert compare_main([str(sweep), "--out", str(out), "--metrics", "best_metric"]) == 0
     kept = pd.read_csv(out / "comparison.csv")

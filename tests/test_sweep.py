@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 
 from seqbench.compare import aggregate, group_keys, load_runs
-from seqbench.compare import main as compare_main
 from tests.conftest import SMALL, compose_config, seqbench_cli
 
 KEEP = ["metric", "runs", "completed", "diverged", "failed", "solved", "final_metric_mean",
@@ -130,18 +129,6 @@ def test_interrupted_sweep_reruns_only_what_is_missing(tmp_path: Path) -> None:
     ours = pd.read_csv(sweep_dir / "comparison.csv").set_index("model")[columns]
     theirs = pd.read_csv(reference / "comparison.csv").set_index("model")[columns]
     pd.testing.assert_frame_equal(ours.sort_index(), theirs.sort_index())
-
-
-def test_compare_command_over_two_sweeps(tmp_path: Path, capsys) -> None:
-    a = sweep(tmp_path, "day1", "model=rnn,gru", "seed=0,1")
-    b = sweep(tmp_path, "day2", "model=rnn,gru", "seed=2")
-    out = tmp_path / "tables"
-    assert compare_main([str(a), str(b), "--out", str(out), "--format", "csv", "md", "latex"]) == 0
-    table = pd.read_csv(out / "comparison.csv").set_index("model")
-    assert table.loc["rnn", "runs"] == 3 and table.loc["gru", "runs"] == 3
-    assert (out / "comparison.tex").read_text().startswith("\\begin{tabular}")
-    assert "gru" in capsys.readouterr().out
-    assert compare_main([str(tmp_path / "nothing-here")]) == 2
 
 
 def test_aggregate_groups_by_varying_keys_and_handles_minus_inf() -> None:
