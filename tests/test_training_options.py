@@ -119,6 +119,14 @@ def test_early_stopping_on_a_crafted_sequence() -> None:
             break
     # 0.95 is not 0.1 better than 1.0; 0.85 is; then 0.8, 0.79, 0.78 are three misses
     assert stop.stopped_at == 60 and stop.best == 0.85
+    # the same in max mode: higher is better
+    up = EarlyStopping("acc", "max", patience=2, min_delta=0.1)
+    for step, value in enumerate([0.5, 0.55, 0.65, 0.7, 0.74, 0.9], start=1):
+        up.on_eval(step, {"acc": value})
+        if up():
+            break
+    # 0.55 misses; 0.65 is 0.15 better: best; 0.7 and 0.74 are two misses
+    assert up.stopped_at == 5 and up.best == 0.65 and up.without_improvement == 2
     off = EarlyStopping("acc", "max", patience=0)
     for step in range(10):
         off.on_eval(step, {"acc": 0.5})
