@@ -96,15 +96,16 @@ def run(
     callbacks: list[Callback] = [recorder, best, early, console]
     if job.scheduler is not None:  # logged rates are those after s updates: lr(s)
         callbacks.append(SchedulerStep(job.scheduler, task.metric))
-    callbacks.append(PeriodicCheckpoint(job.run_dir, cfg.checkpoint.every, job.state))
     tensorboard = None
-    if cfg.log.tensorboard:
+    if cfg.log.tensorboard:  # before the checkpoint: its events reach the disk first
         tensorboard = TensorBoardLogger(
             job.run_dir / "tb", cfg.diagnostics.explode_factor, resume_step=start_step or None,
             snapshots=[(s, n) for s, n, *_ in recorder.snapshots], clipped=recorder.clipped_steps,
             lr=recorder.lr, gate_history=recorder.memory_gate_history(),
+            flush_every=cfg.checkpoint.every,
         )  # fmt: skip
         callbacks.append(tensorboard)
+    callbacks.append(PeriodicCheckpoint(job.run_dir, cfg.checkpoint.every, job.state))
     if job.notice:
         console.info(job.notice)
     if state is not None:

@@ -34,9 +34,15 @@ class TensorBoardLogger(Callback):
         clipped: int = 0,
         lr=None,
         gate_history: list[tuple[int, np.ndarray]] = (),
+        flush_every: int = 0,
     ) -> None:
-        # On resume, events at or after the checkpoint's step (logged before a crash) are purged.
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resume_step)
+        # On resume from the checkpoint of step c, the events logged after it (steps > c, from
+        # a run that went on) are purged; those of step c itself (its loss, validation) were
+        # written before the checkpoint and stay. A diagnostic snapshot of step c is taken after
+        # the checkpoint: after a kill -9 it can be on disk twice (same values).
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)
+        self.flush_every = flush_every  # checkpoint.every: events on disk before each checkpoint
         self.explode_factor = explode_factor
         self.snapshots: list[tuple[int, np.ndarray]] = list(snapshots)
         self.steps = resume_step or 0
@@ -50,6 +56,10 @@ class TensorBoardLogger(Callback):
         self.writer.add_scalar("grad/total_norm", grad_norm, step)
         if self.lr is not None:
             self.writer.add_scalar("train/lr", self.lr(), step)
+
+    def on_step_end(self, step: int) -> None:
+        if self.flush_every > 0 and step % self.flush_every == 0:
+            self.writer.flush()  # runs before PeriodicCheckpoint (seqbench.job orders them)
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -137,6 +147,8 @@ class TensorBoardLogger(Callback):
             summaries.insert(0, experiment_summary([hparams], HPARAM_METRICS))
         for summary in summaries:
             self.writer.file_writer.add_summary(summary)
+        if status == "interrupted":  # the resumed run writes the final numbers
+            return
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, self.steps)
 
