@@ -198,6 +198,8 @@ def check_metrics_json(one_run: dict) -> None:
     m, history, grads = one_run["metrics"], one_run["history"], one_run["grads"]
     ckpt = torch.load(one_run["dir"] / "checkpoint.pt", weights_only=True)
     assert (m["status"], m["model"], m["task"], m["seed"]) == ("completed", "lstm", "adding", 0)
+    assert (m["device"], m["torch"], m["overrides"]) == ("cpu", torch.__version__, [])
+    assert (m["diverged_step"], m["error"], m["stopped_early"]) == (None, None, False)
     assert m["steps"] == m["steps_planned"] == ckpt["step"] == 8
     assert m["num_parameters"] == sum(t.numel() for t in ckpt["model"].values())
     assert m["metric"] == "mse" and m["mode"] == "min" and m["baseline"] == pytest.approx(1 / 6)
