@@ -1,7 +1,8 @@
-"""What the training options do, read from the parameters a run leaves behind: the update actually
-taken is the clipped one (norm and value mode), the last validation is at the last step, the
-model's initialisation is the one asked for, and a run resumed between two validations is
-bit-identical to one never stopped, for every optimizer and every scheduler."""
+"""What training does, read from the parameters a run leaves behind: the update actually taken is
+the clipped one (norm and value mode); a run's weights are those of an independent loop over the
+same seeded batches; the last validation is at the last step, in eval mode; the initialisation is
+the one asked for; and a run stopped by SIGTERM between two validations resumes bit-identical to
+one never stopped, for every optimizer and every scheduler (TensorBoard included)."""
 
 from __future__ import annotations
 
