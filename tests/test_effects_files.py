@@ -304,3 +304,5 @@ def test_chargen_sample_and_test_split(tmp_path: Path) -> None:
     assert set(metrics["test"]) == {"bpc", "accuracy", "baseline_bpc"}
     best = torch.load(run_dir / "best.pt", weights_only=True)
     assert best["step"] == metrics["best_step"] and best["bpc"] == metrics["best_metric"]
+    # diagnostics.every=0: gradient norms at initialisation and at the end only
+    assert sorted(pd.read_csv(run_dir / "grad_norms.csv")["step"].unique()) == [0, 2]
