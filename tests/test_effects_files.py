@@ -306,3 +306,17 @@ def test_chargen_sample_and_test_split(tmp_path: Path) -> None:
     assert best["step"] == metrics["best_step"] and best["bpc"] == metrics["best_metric"]
     # diagnostics.every=0: gradient norms at initialisation and at the end only
     assert sorted(pd.read_csv(run_dir / "grad_norms.csv")["step"].unique()) == [0, 2]
+
+
+def test_log10_norms_at_every_snapshot(tmp_path: Path) -> None:
+    """diagnostics.log_magnitude=true: grad_norms.csv's log10_norm is log10(norm) on every row,
+    the final snapshot's included, and the summaries are computed from it."""
+    run_dir = tmp_path / "run"
+    metrics = run_small(run_dir, "model=rnn", "diagnostics.log_magnitude=true", "train.steps=4",
+                        "log.tensorboard=false", "inference.compare=false")  # fmt: skip
+    grads = pd.read_csv(run_dir / "grad_norms.csv")
+    assert sorted(grads["step"].unique()) == [0, 2, 4]
+    np.testing.assert_allclose(grads["log10_norm"], np.log10(grads["norm"]), rtol=0, atol=1e-9)
+    end = grads[grads["step"] == 4].sort_values("t")["log10_norm"].to_numpy()
+    recorded = metrics["grad_norms"]["end"]["layers"][0]["vanishing_ratio"]
+    assert recorded == pytest.approx(end[0] - end[-1], abs=1e-12)
