@@ -313,9 +313,10 @@ def test_log10_norms_at_every_snapshot(tmp_path: Path) -> None:
     the final snapshot's included, and the summaries are computed from it."""
     run_dir = tmp_path / "run"
     metrics = run_small(run_dir, "model=rnn", "diagnostics.log_magnitude=true", "train.steps=4",
-                        "log.tensorboard=false", "inference.compare=false")  # fmt: skip
+                        "diagnostics.every=1", "log.tensorboard=false",
+                        "inference.compare=false")  # fmt: skip
     grads = pd.read_csv(run_dir / "grad_norms.csv")
-    assert sorted(grads["step"].unique()) == [0, 2, 4]
+    assert sorted(grads["step"].unique()) == [0, 1, 2, 3, 4]  # every step, and the end
     np.testing.assert_allclose(grads["log10_norm"], np.log10(grads["norm"]), rtol=0, atol=1e-9)
     end = grads[grads["step"] == 4].sort_values("t")["log10_norm"].to_numpy()
     recorded = metrics["grad_norms"]["end"]["layers"][0]["vanishing_ratio"]

@@ -127,6 +127,18 @@ def test_early_stopping_on_a_crafted_sequence() -> None:
             break
     # 0.55 misses; 0.65 is 0.15 better: best; 0.7 and 0.74 are two misses
     assert up.stopped_at == 5 and up.best == 0.65 and up.without_improvement == 2
+    # patience 1 stops at the first miss; an improvement of exactly min_delta is not enough
+    # (strict, as in Keras and Lightning; 0.75 = 1.0 - 0.25 exactly in binary)
+    one = EarlyStopping("mse", "min", patience=1, min_delta=0.25)
+    for step, value in enumerate([1.0, 0.75, 0.5], start=1):
+        one.on_eval(step, {"mse": value})
+        if one():
+            break
+    assert one.stopped_at == 2 and one.best == 1.0
+    tie = EarlyStopping("acc", "max", patience=1, min_delta=0.25)
+    tie.on_eval(1, {"acc": 0.5})
+    tie.on_eval(2, {"acc": 0.75})
+    assert tie.stopped_at == 2
     off = EarlyStopping("acc", "max", patience=0)
     for step in range(10):
         off.on_eval(step, {"acc": 0.5})
