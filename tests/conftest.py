@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -83,6 +84,10 @@ def seqbench_cli(*args: str, cwd: Path | None = None, timeout: int = 300):
     )
 
 
+def _warning_to_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def seqbench_main(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The `seqbench` command's Hydra main called in this process (sys.argv patched), as
     `seqbench_cli` would run it: the exit status, stdout and stderr. About 20x cheaper than a
@@ -97,7 +102,11 @@ def seqbench_main(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     try:
         os.chdir(cwd)
         sys.argv = ["seqbench", *args]
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings():  # fmt: skip
+            # every warning reaches stderr, as in a new process (not pytest's warning capture)
+            warnings.simplefilter("always")
+            warnings.showwarning = _warning_to_stderr
             main()
     except SystemExit as exit_:
         code = exit_.code

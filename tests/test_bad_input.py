@@ -132,6 +132,7 @@ IN_A_PROCESS = {"model=transformer", "model.hidden_size=0", "resume=/nonexistent
 def check_refused(result, tmp_path: Path, code: int, message: str | tuple[str, ...]) -> None:
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
+    assert "Warning" not in result.stderr  # no library warning before our message
     for part in (message,) if isinstance(message, str) else message:
         assert part in result.stderr, result.stderr
     assert not list(tmp_path.glob("outputs/*/*/metrics.json"))  # nothing half-written

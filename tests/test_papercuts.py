@@ -50,6 +50,18 @@ def test_unparseable_dates_give_our_message_and_no_library_warning(tmp_path: Pat
     assert [str(w.message) for w in caught] == []
 
 
+def test_the_command_prints_our_message_only_on_unparseable_dates(tmp_path: Path) -> None:
+    from tests.conftest import seqbench_main
+
+    rows = "".join(f"not a date {i},{100 + i}\n" for i in range(60))
+    (tmp_path / "prices.csv").write_text("date,close\n" + rows, encoding="utf-8")
+    args = ["task=stocks", "task.path=prices.csv", "task.ticker=null", "task.date_column=date"]
+    done = seqbench_main(*args, "task.value_column=close", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("seqbench: error: task.date_column='date' of ")
+    assert len(done.stderr.strip().splitlines()) == 1  # no pandas UserWarning and source line
+
+
 def test_cosine_warmup_follows_the_run_length() -> None:
     from seqbench.checks import check_config
     from seqbench.scheduler import build_scheduler
