@@ -17,7 +17,7 @@ from seqbench.tasks import Task
 
 
 class EarlyStopping(Callback):
-    """Done once `patience` validations in a row have not improved the best value by at least
+    """Done once `patience` validations in a row have not improved the best value by more than
     `min_delta` (patience 0: never). `stopped_at` is the validation step that ended it."""
 
     def __init__(self, metric: str, mode: str, patience: int, min_delta: float = 0.0) -> None:
