@@ -34,9 +34,10 @@ void rnn_fwd(const i64* P, i64 t) {
   else rnn_fwd_rows<T, false>(P, t);
 }
 
-// bwd (tanh): AUX2 = h_all. REC = dG_{t+1} @ W_hh. dG (B,H) = dL/d(pre-activation).
-template <typename T>
-struct RnnBwd {
+// bwd: h_all in AUX2 (tanh) or AUX1 (ReLU). REC = dG_{t+1} @ W_hh. dG (B,H) = dL/d(pre-activation):
+// tanh: dh (1 - h^2); ReLU: dh where h_t > 0 (torch's rule: 0 at 0).
+template <typename T, bool RELU>
+struct VanillaBwd {
   static constexpr i64 W = 1;
   static constexpr bool CELL_STATE = false;
   struct Row {
@@ -44,35 +45,21 @@ struct RnnBwd {
   };
   const T* h;
   i64 H;
-  RnnBwd(const i64* P, i64 t) : h((const T*)P[AUX2] + (t + 1) * P[B_] * P[H_]), H(P[H_]) {}
+  VanillaBwd(const i64* P, i64 t)
+      : h((const T*)P[RELU ? AUX1 : AUX2] + (t + 1) * P[B_] * P[H_]), H(P[H_]) {}
   Row row(i64 b) const { return Row{h + b * H}; }
   template <typename C>
   void skip(i64, C, T* RS) const {}
   template <typename C>
   static inline void unit(const Row& r, i64 j, T dh, C, T* RS, T* g) {
-    g[0] = dh * (1 - r.hb[j] * r.hb[j]);
+    if constexpr (RELU) g[0] = r.hb[j] > 0 ? dh : (T)0;
+    else g[0] = dh * (1 - r.hb[j] * r.hb[j]);
   }
 };
-
-// bwd (ReLU): AUX1 = h_all; the derivative is 1 where h_t > 0 (torch's rule: 0 at 0).
 template <typename T>
-struct ReluBwd {
-  static constexpr i64 W = 1;
-  static constexpr bool CELL_STATE = false;
-  struct Row {
-    const T* RS hb;
-  };
-  const T* h;
-  i64 H;
-  ReluBwd(const i64* P, i64 t) : h((const T*)P[AUX1] + (t + 1) * P[B_] * P[H_]), H(P[H_]) {}
-  Row row(i64 b) const { return Row{h + b * H}; }
-  template <typename C>
-  void skip(i64, C, T* RS) const {}
-  template <typename C>
-  static inline void unit(const Row& r, i64 j, T dh, C, T* RS, T* g) {
-    g[0] = r.hb[j] > 0 ? dh : (T)0;
-  }
-};
+using RnnBwd = VanillaBwd<T, false>;
+template <typename T>
+using ReluBwd = VanillaBwd<T, true>;
 
 // One exported backward per dtype: the slot holding h says which derivative (tanh: AUX2).
 template <typename T>
