@@ -20,6 +20,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from seqbench import engine
+from seqbench.cells import CELLS
 from seqbench.cli import CONF_DIR, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +36,9 @@ SMALL = [
     "diagnostics.every=2",
     "log.progress=none",
 ]
+
+# every registered cell the engine runs, checked against its fused PyTorch layer
+ENGINE_CELLS = [name for name, c in CELLS.items() if c.engine is not None and c.fused is not None]
 
 # Tests share 2 cores with whatever else runs; one intra-op thread avoids OpenMP spin contention.
 torch.set_num_threads(1)
@@ -140,3 +145,15 @@ def without_timings(metrics: dict) -> dict:
             if k not in timings
         }
     return out
+
+
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    """Run a test on the compiled-kernel path and on the pure-torch fallback."""
+    if request.param == "native":
+        if not engine.native_available():
+            pytest.skip("no C++ compiler: native kernels unavailable")
+        monkeypatch.setenv("SEQBENCH_NATIVE", "1")
+    else:
+        monkeypatch.setenv("SEQBENCH_NATIVE", "0")
+    return request.param

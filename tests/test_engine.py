@@ -15,21 +15,7 @@ from seqbench.cells import CELLS, get_cell
 from seqbench.engine import GradNormRecorder, dropout_masks, native, recurrent
 from seqbench.engine.backward_native import bwd_params
 from seqbench.engine.constants import BWD_SLOTS, CUT, HEADER, NEG, THREADING_MIN_WORK
-
-# every registered cell the engine runs, checked against its fused PyTorch layer
-ENGINE_CELLS = [name for name, c in CELLS.items() if c.engine is not None and c.fused is not None]
-
-
-@pytest.fixture(params=["native", "torch"])
-def path(request, monkeypatch):
-    """Run a test on the compiled-kernel path and on the pure-torch fallback."""
-    if request.param == "native":
-        if not engine.native_available():
-            pytest.skip("no C++ compiler: native kernels unavailable")
-        monkeypatch.setenv("SEQBENCH_NATIVE", "1")
-    else:
-        monkeypatch.setenv("SEQBENCH_NATIVE", "0")
-    return request.param
+from tests.conftest import ENGINE_CELLS
 
 
 def make(cell, n_in, H, L, dtype=torch.float64, seed=0, scale=1.0):

@@ -13,23 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from seqbench import engine
-from seqbench.cells import CELLS, get_cell
+from seqbench.cells import get_cell
 from seqbench.engine import GradNormRecorder, recurrent
-
-ENGINE_CELLS = [name for name, c in CELLS.items() if c.engine is not None and c.fused is not None]
-
-
-@pytest.fixture(params=["native", "torch"])
-def path(request, monkeypatch):
-    """Run a test on the compiled-kernel path and on the pure-torch fallback."""
-    if request.param == "native":
-        if not engine.native_available():
-            pytest.skip("no C++ compiler: native kernels unavailable")
-        monkeypatch.setenv("SEQBENCH_NATIVE", "1")
-    else:
-        monkeypatch.setenv("SEQBENCH_NATIVE", "0")
-    return request.param
+from tests.conftest import ENGINE_CELLS
 
 
 def fused(cell, n_in, hidden, layers=1, dtype=torch.float64, seed=0, scale=1.0):
