@@ -117,20 +117,8 @@ class TensorBoardLogger(Callback):
     def _gate_heatmap(self, layer: int, gate: str) -> Figure:
         steps = [step for step, _ in self.gate_history]
         means = np.stack([m[layer] for _, m in self.gate_history])  # (S, T)
-        fig = Figure(figsize=(6, 3.5))
-        ax = fig.subplots()
-        image = ax.imshow(
-            means, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
-            vmin=0.0, vmax=1.0, extent=(0.5, means.shape[1] + 0.5, -0.5, len(steps) - 0.5),
-        )  # fmt: skip
-        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
-        ax.set_yticks(ticks, [str(steps[i]) for i in ticks])
-        ax.set(
-            xlabel="timestep t", ylabel="training step", title=f"mean {gate} gate, layer {layer}"
-        )
-        fig.colorbar(image, ax=ax)
-        fig.tight_layout()
-        return fig
+        return heatmap_figure(means, steps, f"mean {gate} gate, layer {layer}", cmap="magma",
+                              vmin=0.0, vmax=1.0)  # fmt: skip
 
     def write_hparams(
         self, hparams: dict, metrics: dict[str, float], status: str, experiment: bool = True
@@ -160,20 +148,7 @@ class TensorBoardLogger(Callback):
         with np.errstate(divide="ignore"):
             logs = np.log10(np.stack([norms[layer] for _, norms in self.snapshots]))  # (S, T)
         logs[~np.isfinite(logs)] = np.nan  # underflow to 0 shows as blank
-        fig = Figure(figsize=(6, 3.5))
-        ax = fig.subplots()
-        image = ax.imshow(
-            logs, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
-            extent=(0.5, logs.shape[1] + 0.5, -0.5, len(steps) - 0.5),
-        )  # fmt: skip
-        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
-        ax.set_yticks(ticks, [str(steps[i]) for i in ticks])
-        ax.set(
-            xlabel="timestep t", ylabel="training step", title=f"log10 ||dL/dh_t||, layer {layer}"
-        )
-        fig.colorbar(image, ax=ax)
-        fig.tight_layout()
-        return fig
+        return heatmap_figure(logs, steps, f"log10 ||dL/dh_t||, layer {layer}", cmap="viridis")
 
     def _norm_vs_t(self) -> Figure:
         fig = Figure(figsize=(6, 3.5))
@@ -188,6 +163,22 @@ class TensorBoardLogger(Callback):
         ax.legend(fontsize="small")
         fig.tight_layout()
         return fig
+
+
+def heatmap_figure(values: np.ndarray, steps: list[int], title: str, **imshow) -> Figure:
+    """values (S, T) as an image: timestep t across, training step (snapshot) up."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    image = ax.imshow(
+        values, aspect="auto", origin="lower", interpolation="nearest",
+        extent=(0.5, values.shape[1] + 0.5, -0.5, len(steps) - 0.5), **imshow,
+    )  # fmt: skip
+    ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
+    ax.set_yticks(ticks, [str(steps[i]) for i in ticks])
+    ax.set(xlabel="timestep t", ylabel="training step", title=title)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
 
 
 def run_hparams(cfg) -> dict:
