@@ -21,8 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from seqbench import engine
-from seqbench.cells import CELLS
+from seqbench.cells import CELLS, get_cell
 from seqbench.cli import CONF_DIR, run
+from seqbench.engine import recurrent
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = [
@@ -157,3 +158,20 @@ def path(request, monkeypatch):
     else:
         monkeypatch.setenv("SEQBENCH_NATIVE", "0")
     return request.param
+
+
+def fused_layer(cell, n_in, hidden, layers=1, dtype=torch.float64, seed=0, scale=1.0):
+    """PyTorch's own layer for the cell (batch_first), seeded, its weights optionally scaled."""
+    torch.manual_seed(seed)
+    mod = get_cell(cell).fused(n_in, hidden, num_layers=layers, batch_first=True).to(dtype)
+    if scale != 1.0:
+        with torch.no_grad():
+            for w in mod.parameters():
+                w.mul_(scale)
+    return mod
+
+
+def run_engine(cell, mod, x, **kw):
+    """The engine over x with the weights of PyTorch's layer `mod`."""
+    return recurrent(cell, x, list(mod._flat_weights), num_layers=mod.num_layers,
+                     hidden_size=mod.hidden_size, **kw)  # fmt: skip

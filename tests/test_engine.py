@@ -15,28 +15,8 @@ from seqbench.cells import CELLS, get_cell
 from seqbench.engine import GradNormRecorder, dropout_masks, native, recurrent
 from seqbench.engine.backward_native import bwd_params
 from seqbench.engine.constants import BWD_SLOTS, CUT, HEADER, NEG, THREADING_MIN_WORK
-from tests.conftest import ENGINE_CELLS
-
-
-def make(cell, n_in, H, L, dtype=torch.float64, seed=0, scale=1.0):
-    torch.manual_seed(seed)
-    mod = get_cell(cell).fused(n_in, H, num_layers=L, batch_first=True).to(dtype)
-    if scale != 1.0:
-        with torch.no_grad():
-            for w in mod.parameters():
-                w.mul_(scale)
-    return mod
-
-
-def run_engine(cell, mod, x, **kw):
-    return recurrent(
-        cell,
-        x,
-        list(mod._flat_weights),
-        num_layers=mod.num_layers,
-        hidden_size=mod.hidden_size,
-        **kw,
-    )
+from tests.conftest import ENGINE_CELLS, run_engine
+from tests.conftest import fused_layer as make
 
 
 def run_module(mod, x, lengths=None):

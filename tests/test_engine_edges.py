@@ -14,29 +14,9 @@ import torch
 from torch import nn
 
 from seqbench.cells import get_cell
-from seqbench.engine import GradNormRecorder, recurrent
-from tests.conftest import ENGINE_CELLS
-
-
-def fused(cell, n_in, hidden, layers=1, dtype=torch.float64, seed=0, scale=1.0):
-    """PyTorch's own layer for the cell (batch_first), weights optionally scaled."""
-    torch.manual_seed(seed)
-    mod = get_cell(cell).fused(n_in, hidden, num_layers=layers, batch_first=True).to(dtype)
-    with torch.no_grad():
-        for w in mod.parameters():
-            w.mul_(scale)
-    return mod
-
-
-def run_engine(cell, mod, x, **kw):
-    return recurrent(
-        cell,
-        x,
-        list(mod._flat_weights),
-        num_layers=mod.num_layers,
-        hidden_size=mod.hidden_size,
-        **kw,
-    )
+from seqbench.engine import GradNormRecorder
+from tests.conftest import ENGINE_CELLS, run_engine
+from tests.conftest import fused_layer as fused
 
 
 def step_grads(cell, mod, x, upstream):
