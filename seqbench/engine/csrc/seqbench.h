@@ -249,6 +249,18 @@ inline int threads_for(i64 work) {
   return 1;
 }
 
+// dst[j] = the sum over k < nth of parts[k * n + j], added in thread order.
+template <typename A>
+inline void sum_parts(A* RS dst, const A* RS parts, int nth, i64 n) {
+  IVDEP
+  for (i64 j = 0; j < n; ++j) dst[j] = 0;
+  for (int k = 0; k < nth; ++k) {
+    const A* RS p = parts + (size_t)k * n;
+    IVDEP
+    for (i64 j = 0; j < n; ++j) dst[j] += p[j];
+  }
+}
+
 // Runs rows(b0, b1, cs_acc, sq_acc) over the batch, each thread accumulating the bias column
 // sums (G values of T) and the squared norms per hidden unit (H doubles) into its own
 // zero-initialised arrays, which are then summed into cs / sqrow (sqrow may be null).
@@ -275,22 +287,8 @@ inline void run_rows(i64 B, i64 G, i64 H, T* cs, double* sqrow, F rows) {
          sqrow ? psq.data() + (size_t)id * H : nullptr);
   }
 #endif
-  IVDEP
-  for (i64 j = 0; j < G; ++j) cs[j] = 0;
-  for (int k = 0; k < nth; ++k) {
-    const T* RS p = pcs.data() + (size_t)k * G;
-    IVDEP
-    for (i64 j = 0; j < G; ++j) cs[j] += p[j];
-  }
-  if (sqrow) {
-    IVDEP
-    for (i64 j = 0; j < H; ++j) sqrow[j] = 0.0;
-    for (int k = 0; k < nth; ++k) {
-      const double* RS p = psq.data() + (size_t)k * H;
-      IVDEP
-      for (i64 j = 0; j < H; ++j) sqrow[j] += p[j];
-    }
-  }
+  sum_parts(cs, pcs.data(), nth, G);
+  if (sqrow) sum_parts(sqrow, psq.data(), nth, H);
 }
 
 // ---------------------------------------------------------------- the backward step of a cell
