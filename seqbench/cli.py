@@ -25,8 +25,6 @@ register_configs()
 # finds it from any working directory.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-__all__ = ["CONF_DIR", "main", "run"]
-
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:

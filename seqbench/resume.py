@@ -49,21 +49,22 @@ def resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
     return merged
 
 
+def read_metrics(run_dir: Path) -> dict:
+    """The run's metrics.json, or {} when there is none (or it is unreadable, e.g. truncated)."""
+    try:
+        return json.loads((Path(run_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def run_status(run_dir: Path) -> str | None:
     """The status recorded in the run's metrics.json, or None if there is none (or unreadable)."""
-    try:
-        return json.loads((Path(run_dir) / "metrics.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
+    return read_metrics(run_dir).get("status")
 
 
 def completed_before(run_dir: Path, overrides: list[str]) -> dict | None:
     """metrics.json of an earlier completed run of the same job in `run_dir`, else None."""
-    path = Path(run_dir) / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    metrics = read_metrics(run_dir)
     if metrics.get("status") == "completed" and metrics.get("overrides") == overrides:
         return metrics
     return None

@@ -22,8 +22,9 @@ from omegaconf import DictConfig
 
 from seqbench import engine
 from seqbench.cells import CELLS, get_cell
-from seqbench.cli import CONF_DIR, run
+from seqbench.cli import CONF_DIR
 from seqbench.engine import recurrent
+from seqbench.job import run
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = [

@@ -40,8 +40,8 @@ def test_every_option_builds_its_component(group: str, option: str, tmp_path: Pa
         taken |= set(inspect.signature(configure).parameters)
         assert set(cfg.hardware) == taken
         device, _ = select_device(cfg.hardware.device)
-        assert device.type == ("cpu" if option == "auto" and not torch.cuda.is_available()
-                               else option if option != "auto" else "cuda")  # fmt: skip
+        present = "cuda" if torch.cuda.is_available() else "cpu"
+        assert device.type == (present if option == "auto" else option)
         return
     job = build_job(cfg, tmp_path, CPU)
     assert job.model.cell == cfg.model.cell and job.task.name == cfg.task.name

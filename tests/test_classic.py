@@ -21,7 +21,7 @@ CLASSIC = [
 
 
 def train_adding(tmp_path, model: str) -> pd.DataFrame:
-    from seqbench.cli import run
+    from seqbench.job import run
 
     run_dir = tmp_path / model
     run_dir.mkdir()

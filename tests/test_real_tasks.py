@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from seqbench.checks import check_config
-from seqbench.cli import run
 from seqbench.errors import ConfigError
+from seqbench.job import run
 from seqbench.model import SequenceModel
 from seqbench.tasks import build_task
 from seqbench.tasks.chargen import CharGenTask
