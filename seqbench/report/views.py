@@ -61,7 +61,7 @@ def _curve_caption(sweep: Sweep) -> str:
     if isinstance(baseline, float):
         text += (
             f" The dotted line is the baseline, {baseline:.4g}"
-            f" ({metrics.get('baseline_name') or 'the task’s trivial predictor'}); a curve "
+            f" ({metrics.get('baseline_name') or 'the task’s trivial predictor'}): a curve "
             "that stays on it has learned nothing the baseline does not know."
         )
     return text
