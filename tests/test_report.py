@@ -44,7 +44,9 @@ def sweeps(tmp_path_factory) -> tuple[Path, Path]:
     """A plain sweep (two cells, two seeds) and one with a completed, a diverged (lr 1e30, no
     clipping) and two failed jobs (hidden size 0)."""
     root = tmp_path_factory.mktemp("sweeps")
-    good = run_sweep(root, "cells", "model=rnn,lstm", "seed=0,1")
+    # lr 0.05: a noisy curve, so that the final and the best metric differ (a table that
+    # swapped them would not pass)
+    good = run_sweep(root, "cells", "model=rnn,lstm", "seed=0,1", "optimizer.lr=0.05")
     bad = run_sweep(
         root,
         "bad",
@@ -145,6 +147,7 @@ def test_the_table_equals_compare_and_the_runs_metrics(page: str, sweeps) -> Non
                     expected.loc[model, f"{col}_{stat}"],
                 )
                 assert ours == theirs or (ours != ours and theirs != theirs), (model, col, stat)
+        assert reference[model]["final_metric"] != reference[model]["best_metric"]
         for col in ("final_metric", "best_metric"):
             mean, std = reference[model][col]
             assert float(cells[col]["data-mean"]) == pytest.approx(mean, rel=1e-12)
@@ -191,6 +194,9 @@ def test_the_commands_and_configs_appear(page: str, sweeps) -> None:
 
 def test_markdown_writes_the_pngs_it_links(sweeps, tmp_path: Path) -> None:
     out = tmp_path / "report.md"
+    (tmp_path / "report_files").mkdir()
+    (tmp_path / "report_files" / "s9-from-an-earlier-report.png").write_bytes(PNG)
+    (tmp_path / "report_files" / "mine.png").write_bytes(PNG)  # not the report's: kept
     assert main([str(sweeps[0]), "-o", str(out)]) == 0
     text = out.read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
@@ -198,7 +204,7 @@ def test_markdown_writes_the_pngs_it_links(sweeps, tmp_path: Path) -> None:
     for link in links:
         assert (tmp_path / link).read_bytes().startswith(PNG)
     assert sorted(p.name for p in (tmp_path / "report_files").iterdir()) == sorted(
-        Path(link).name for link in links
+        [Path(link).name for link in links] + ["mine.png"]
     )
     assert re.search(r"^\| lstm \| 2/2 \| 0 / 0 \| ", text, re.M)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from seqbench.errors import EXIT_USAGE
 from seqbench.files import atomic_write
-from seqbench.report.collect import ReportError, load_sweep, sweep_dirs
+from seqbench.report.collect import ReportError, counted, load_sweep, sweep_dirs
 from seqbench.report.content import report_blocks
 from seqbench.report.render import to_html, to_markdown
 
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     runs = sum(len(s.runs) for s in sweeps)
     print(
-        f"wrote {output} ({len(sweeps)} sweep{'s' * (len(sweeps) > 1)}, {runs} runs"
+        f"wrote {output} ({counted(len(sweeps), 'sweep')}, {counted(runs, 'run')}"
         + (f", {written} figures in {figures_dir(output)}" if fmt == "md" else "")
         + ")"
     )
@@ -87,6 +88,12 @@ def write_report(blocks: list, title: str, output: Path, fmt: str) -> int:
     folder = figures_dir(output)
     text, pictures = to_markdown(blocks, Path(folder.name))
     folder.mkdir(exist_ok=True)
+    for stale in folder.glob("s*-*.png"):  # an earlier report's figures that this one lacks
+        if (
+            re.fullmatch(r"s\d+-.+\.png", stale.name)
+            and f"{folder.name}/{stale.name}" not in pictures
+        ):
+            stale.unlink()
     for relative, png in pictures.items():
         _write(output.parent / relative, png, "wb")
     _write(output, text, "w")

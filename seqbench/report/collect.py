@@ -42,6 +42,11 @@ class Sweep:
             yield (values if isinstance(values, tuple) else (values,)), group
 
 
+def counted(number: int, noun: str) -> str:
+    """'1 run', '3 runs'."""
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
 def sweep_dirs(path: Path) -> list[Path]:
     """The sections a command-line path gives: itself when it is a sweep or a run directory,
     else every sweep (multirun.yaml) below it, else all the runs below it as one section."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqbench.report.collect import Sweep, differing_keys, finished_between, run_config
+from seqbench.report.collect import Sweep, counted, differing_keys, finished_between, run_config
 from seqbench.report.render import Code, Details, Heading, Text
 from seqbench.report.tables import (
     fmt,
@@ -29,7 +29,7 @@ def report_blocks(sweeps: list[Sweep], title: str) -> list:
     blocks: list = [
         Heading(title, 1),
         Text(
-            f"{len(sweeps)} sweep{'s' * (len(sweeps) > 1)}, {runs} runs; written {now} by "
+            f"{counted(len(sweeps), 'sweep')}, {counted(runs, 'run')}; written {now} by "
             f"`seqbench-report` from the run directories (metrics.json, history.csv, "
             f"grad_norms.csv, gates.csv, .hydra/) without re-training."
         ),
