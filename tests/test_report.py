@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -153,6 +154,22 @@ def test_the_table_equals_compare_and_the_runs_metrics(page: str, sweeps) -> Non
             assert float(cells[col]["data-mean"]) == pytest.approx(mean, rel=1e-12)
             assert float(cells[col]["data-std"]) == pytest.approx(std, rel=1e-12)
         assert float(cells["baseline"]["data-mean"]) == pytest.approx(1 / 6, rel=1e-12)
+    # and the comparison.csv the sweep itself wrote when it ended
+    written = pd.read_csv(sweeps[0] / "comparison.csv").set_index("model")
+    for model, cells in table.items():
+        for col in ("final_metric_mean", "final_metric_std", "best_metric_mean"):
+            value = float(cells[col.rsplit("_", 1)[0]][f"data-{col.rsplit('_', 1)[1]}"])
+            assert value == pytest.approx(written.loc[model, col], rel=1e-12)
+
+
+def test_every_run_is_listed(page: str, sweeps) -> None:
+    for index, sweep_dir in enumerate(sweeps, 1):
+        section = page[page.index(f'id="sweep-{index}"') :]
+        listed = section[section.index("<summary>All ") :]
+        jobs = sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json"))
+        assert len(jobs) == 4
+        for job in jobs:
+            assert f"<td><code>{job}</code></td>" in listed.split("</details>")[0]
 
 
 def test_every_configuration_has_its_figures(page: str) -> None:
