@@ -4,6 +4,7 @@ these cost milliseconds, so pictures can follow the run without slowing it."""
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import math
@@ -14,13 +15,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 BLANK = (255, 255, 255)  # NaN cells (a norm that underflowed to 0, a padding-only timestep)
 MIN_WIDTH, MIN_HEIGHT = 360, 180  # cells are repeated up to at least this many pixels
-LEFT, RIGHT, TOP, BOTTOM = 64, 84, 24, 34  # margins of the labelled picture, in pixels
+LEFT, RIGHT, TOP, BOTTOM = 76, 96, 30, 46  # margins of the labelled picture, in pixels
 INK, GRID = (40, 40, 40), (225, 225, 225)
 _LUTS: dict[str, np.ndarray] = {}
 
 
+@functools.cache
 def font(size: int = 12) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
+    return ImageFont.load_default(size=size)  # Pillow's own font: nothing to install
 
 
 def lut(cmap: str) -> np.ndarray:
@@ -74,8 +76,8 @@ def heatmap_image(
     bar = lut(cmap)[np.linspace(255, 0, height).round().astype(np.intp)]  # (height, 3), top high
     canvas[TOP : TOP + height, LEFT + width + 10 : LEFT + width + 24] = bar[:, None, :]
     image = Image.fromarray(canvas)
-    draw, small = ImageDraw.Draw(image), font(11)
-    draw.text((LEFT, 4), title, fill=INK, font=font(13))
+    draw, small = ImageDraw.Draw(image), font(15)
+    draw.text((LEFT, 4), title, fill=INK, font=font(17))
     ry, rx = repeats(*values.shape)
     count, timesteps = values.shape
     for i in sorted({0, count // 2, count - 1}):  # first, middle and latest snapshot
@@ -84,9 +86,9 @@ def heatmap_image(
     for t in sorted({1, (timesteps + 1) // 2, timesteps}):
         x = LEFT + (t - 0.5) * rx
         draw.text((x, TOP + height + 4), str(t), fill=INK, font=small, anchor="mt")
-    draw.text((LEFT + width / 2, TOP + height + 18), "timestep t", fill=INK, font=small,
+    draw.text((LEFT + width / 2, TOP + height + 24), "timestep t", fill=INK, font=small,
               anchor="mt")  # fmt: skip
-    draw.text((4, TOP - 2), "step", fill=INK, font=small)
+    draw.text((LEFT - 6, TOP + height + 24), "step (up)", fill=INK, font=small, anchor="rt")
     for y, value in ((TOP, vmax), (TOP + height, vmin)):
         draw.text((LEFT + width + 28, y), f"{value:.3g}", fill=INK, font=small, anchor="lm")
     return np.asarray(image)
@@ -97,10 +99,10 @@ def line_chart(
 ) -> np.ndarray:
     """Lines (label, positive values over t = 1..T, dashed) on a log10 y axis, as (H, W, 3).
     Values <= 0 (underflow) leave gaps."""
-    width, height, left, right, top, bottom = 560, 320, 64, 150, 26, 40
+    width, height, left, right, top, bottom = 600, 360, 70, 180, 50, 48
     image = Image.new("RGB", (width, height), (255, 255, 255))
-    draw, small = ImageDraw.Draw(image), font(11)
-    draw.text((left, 5), title, fill=INK, font=font(13))
+    draw, small = ImageDraw.Draw(image), font(15)
+    draw.text((left, 5), title, fill=INK, font=font(17))
     logs = [np.log10(np.where(v > 0, v, np.nan)) for _, v, _ in lines]
     finite = np.concatenate([g[np.isfinite(g)] for g in logs] or [np.zeros(0)])
     low, high = (math.floor(finite.min()), math.ceil(finite.max())) if finite.size else (0, 1)
@@ -121,17 +123,17 @@ def line_chart(
         x = xy(t, low)[0]
         draw.text((x, y0 + 4), str(t), fill=INK, font=small, anchor="mt")
     draw.rectangle([x0, y1, x1, y0], outline=INK)
-    draw.text(((x0 + x1) / 2, y0 + 20), xlabel, fill=INK, font=small, anchor="mt")
-    draw.text((4, y1 - 14), ylabel, fill=INK, font=small)
-    colours = lut("tab10")[np.arange(len(lines)) * 256 // 10 % 256]
+    draw.text(((x0 + x1) / 2, y0 + 24), xlabel, fill=INK, font=small, anchor="mt")
+    draw.text((x0, y1 - 2), ylabel, fill=INK, font=small, anchor="lb")
+    palette = matplotlib.colormaps["tab10"].colors
     for k, ((label, _, dashed), log) in enumerate(zip(lines, logs, strict=True)):
-        colour = tuple(int(c) for c in colours[k])
+        colour = tuple(round(255 * c) for c in palette[k % len(palette)])
         points = [xy(t + 1, v) if np.isfinite(v) else None for t, v in enumerate(log)]
         for j, (a, b) in enumerate(itertools.pairwise(points)):
             if a is not None and b is not None and not (dashed and (j // 4) % 2):
                 draw.line([a, b], fill=colour, width=2)
-        y = y1 + 4 + 16 * k
-        draw.line([(x1 + 8, y + 6), (x1 + 26, y + 6)], fill=colour, width=2)
+        y = y1 + 4 + 20 * k
+        draw.line([(x1 + 8, y + 8), (x1 + 26, y + 8)], fill=colour, width=2)
         draw.text((x1 + 30, y), label, fill=INK, font=small)
     return np.asarray(image)
 
