@@ -83,7 +83,8 @@ def event_dir(run_dir: Path, overrides: list[str], resumed: bool) -> Path:
     if sweep is None:
         return run_dir / "tb" / run_name(overrides)
     sweep_dir, varied, trial = sweep
-    return sweep_dir / "tb" / run_name(overrides, varied, trial)
+    # a "sweep" of one job (`seqbench -m seed=3`) varies nothing: named by its own overrides
+    return sweep_dir / "tb" / run_name(overrides, varied or None, trial)
 
 
 def _sweep(run_dir: Path) -> tuple[Path, list[str], int | None] | None:

@@ -69,16 +69,19 @@ def describe(tag: str) -> str:
     return ""
 
 
-def scalar(tag: str, value: float, described: bool) -> Summary:
-    """A scalar summary; with `described`, its metadata carries the tag's description (TensorBoard
-    keeps the metadata of a tag's first event, so the description goes out once per file)."""
-    entry = Summary.Value(tag=tag, simple_value=value)
-    if described:  # TensorBoard's loader reads the description with the value (data_compat)
-        entry.metadata.CopyFrom(SummaryMetadata(
-            summary_description=describe(tag),
-            plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"),
-        ))  # fmt: skip
-    return Summary(value=[entry])
+def scalars(values: dict[str, float], described: set[str]) -> Summary:
+    """A summary of scalars; a tag not in `described` gets its description in its metadata
+    (TensorBoard keeps the metadata of a tag's first point, so it goes out once per file)."""
+    entries = []
+    for tag, value in values.items():
+        entry = Summary.Value(tag=tag, simple_value=value)
+        if tag not in described:  # TensorBoard's loader reads it with the value (data_compat)
+            entry.metadata.CopyFrom(SummaryMetadata(
+                summary_description=describe(tag),
+                plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"),
+            ))  # fmt: skip
+        entries.append(entry)
+    return Summary(value=entries)
 
 
 def image(tag: str, encoded_png: bytes, height: int, width: int) -> Summary:
