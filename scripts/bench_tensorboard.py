@@ -43,7 +43,7 @@ def measure(logger_class, snapshots: int, draw) -> tuple[float, float]:
         start = time.perf_counter()
         draws = draw(logger, snapshots)
         per_draw = (time.perf_counter() - start) / max(draws, 1)
-        logger.writer.close()
+        logger.close()
     return per_snapshot, per_draw
 
 
