@@ -17,11 +17,13 @@ from seqbench.errors import EXIT_IO, EXIT_USAGE, ConfigError
 
 
 def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
-    """Write comparison.csv/.md, grad_norm_vs_t.png and learning_curves.png into `sweep_dir`
-    (and the same pictures to TensorBoard under sweep_dir/tb_summary); print the table."""
+    """Write comparison.csv/.md, grad_norm_vs_t.png and learning_curves.png into `sweep_dir`, and
+    the TensorBoard run `sweep` (sweep_dir/tb/sweep): the same pictures, the comparison table in
+    its Text tab and the HParams experiment of all jobs; print the table."""
     from torch.utils.tensorboard import SummaryWriter
 
     from seqbench.loggers.hparams import experiment_summary
+    from seqbench.loggers.runname import EVENTS, SUMMARY_RUN
     from seqbench.loggers.tensorboard import HPARAM_METRICS, run_hparams
     from seqbench.plots import grad_norm_figure, learning_curve_figure
 
@@ -38,11 +40,18 @@ def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
             "grad_norm_vs_t": grad_norm_figure(runs, by),
             "learning_curves": learning_curve_figure(runs, by),
         }
-    with SummaryWriter(str(sweep_dir / "tb_summary")) as writer:
+    summary_dir = sweep_dir / "tb" / SUMMARY_RUN
+    for old in summary_dir.glob(EVENTS):  # a sweep run again: one summary, the latest
+        old.unlink()
+    with SummaryWriter(str(summary_dir)) as writer:
         # one HParams experiment for the whole sweep: the keys that vary between jobs "differ"
         jobs = [run_hparams(OmegaConf.load(d / ".hydra" / "config.yaml")) for d in run_dirs
                 if (d / ".hydra" / "config.yaml").exists()]  # fmt: skip
         writer.file_writer.add_summary(experiment_summary(jobs, HPARAM_METRICS))
+        comparison = sweep_dir / "comparison.md"
+        if comparison.exists():
+            title = f"{len(run_dirs)} runs in {sweep_dir} (also comparison.csv)\n\n"
+            writer.add_text("comparison", title + comparison.read_text(), 0)
         for name, fig in figures.items():
             fig.savefig(sweep_dir / f"{name}.png", dpi=110)
             writer.add_figure(f"sweep/{name}", fig, 0)
