@@ -212,6 +212,12 @@ def _rename_optuna_sweeper_config(cs: ConfigStore) -> None:
         return
     cs.repo.get("hydra", {}).get("sweeper", {}).pop("optuna.yaml", None)
     cs.store(group="hydra/sweeper", name="optuna_plugin", node=OptunaSweeperConf)
+    try:  # the same for conf/hydra/launcher/ray.yaml (seqbench.launchers.RayLauncher)
+        from hydra_plugins.hydra_ray_launcher._config import RayLauncherConf
+    except ImportError:
+        return
+    cs.repo.get("hydra", {}).get("launcher", {}).pop("ray.yaml", None)
+    cs.store(group="hydra/launcher", name="ray_plugin", node=RayLauncherConf)
 
 
 def flatten(node: dict, prefix: str = ""):

@@ -50,6 +50,11 @@ def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
         print_table(table, title=f"{sweep_dir}: {len(run_dirs)} runs")
 
 
+# the sweep's progress watcher, by sweep directory: kept outside HydraHooks, which launchers
+# pickle to send to their workers (a thread cannot be pickled)
+_WATCHERS: dict[str, Any] = {}
+
+
 class HydraHooks(HydraCallback):
     """Hydra callbacks (conf/config.yaml, hydra.callbacks): check that the output directory is
     writable before Hydra creates it, and summarize when a multirun ends."""
@@ -60,6 +65,14 @@ class HydraHooks(HydraCallback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         ensure_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+        if config.log.progress != "none":  # one line per finished job, whatever the launcher
+            from seqbench.progress import SweepProgress, count_jobs, sweep_keys
+
+            overrides = list(config.hydra.overrides.task)
+            total = count_jobs(config.hydra, overrides)
+            keys = sweep_keys(config.hydra, overrides)
+            progress = SweepProgress(Path(config.hydra.sweep.dir), total, keys)
+            _WATCHERS[str(config.hydra.sweep.dir)] = progress.start()
         if config.hardware.device == "auto":  # once here, instead of in every job
             from seqbench.hardware import select_device
 
@@ -68,7 +81,38 @@ class HydraHooks(HydraCallback):
                 print(notice)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        progress = _WATCHERS.pop(str(config.hydra.sweep.dir), None)
+        if progress is not None:
+            progress.stop()
         summarize_sweep(Path(config.hydra.sweep.dir))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A sweep job on CUDA takes a GPU of its own (seqbench.devices)."""
+        self.gpu = claim_gpu(config)
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        if getattr(self, "gpu", None) is not None:
+            self.gpu.release()
+            self.gpu = None
+
+
+def claim_gpu(config: DictConfig) -> Any:
+    """In a sweep whose jobs train on CUDA and see several GPUs (joblib: all of them), lock the
+    first free one for this job and make it the current device; the GpuClaim, or None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if config.hardware.device not in ("cuda", "auto") or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return None  # one visible device (Ray, Slurm, or one GPU): it is cuda:0
+    from seqbench.devices import GpuClaim
+
+    claim = GpuClaim(Path(config.hydra.sweep.dir) / ".gpu_locks")
+    torch.cuda.set_device(claim.claim(int(HydraConfig.get().job.num), torch.cuda.device_count()))
+    return claim
 
 
 def refuse_impossible_values(config: DictConfig) -> None:
