@@ -2,17 +2,21 @@
 SQLite file in the sweep directory by default): a re-run continues the same study.
 
 `hydra.sweeper.n_trials` counts the study's trials in total, so a re-run runs only those still
-missing. A trial left running by the interruption is finished first: its job runs again into
-its own run directory, which resumes from the checkpoint (seqbench.resume.prepare_sweep_job),
-and its result is told to the same trial; one that never started is recorded as failed.
+missing, with the sampler's seed moved on so that no trial repeats an earlier one. A trial left
+running by the interruption is finished first: its job runs again into its own run directory,
+which resumes from the checkpoint (seqbench.resume.prepare_sweep_job), and its result is told
+to the same trial; one that never started is recorded as failed. One sweep per study at a time:
+a second sweep running on the same storage would see the first one's trials as interrupted.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,16 @@ def finish_interrupted_trials(study: Any, launcher: Any, sweep_dir: Path) -> lis
     return finished
 
 
+def reseed_sampler(sweeper: Any, done: int) -> None:
+    """A seeded sampler starts again from its seed in every process: on a continued study its
+    first random trials would repeat the first run's. Seed it with seed + trials so far, which
+    stays reproducible (a GridSampler skips the grid points the study has already tried)."""
+    sampler_cfg = sweeper.config.hydra.sweeper.sampler
+    seed = sampler_cfg.get("seed")
+    if done and seed is not None and not isinstance(sweeper.sampler, functools.partial):
+        sweeper.sampler = instantiate(sampler_cfg, seed=int(seed) + done)
+
+
 def continue_study(sweeper: Any) -> None:
     """Before Hydra's Optuna sweeper (`sweeper`: its OptunaSweeperImpl) runs: finish the
     trials an interruption left running, then run only the trials still missing, numbering
@@ -64,6 +78,7 @@ def continue_study(sweeper: Any) -> None:
     sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
     finish_interrupted_trials(study, sweeper.launcher, sweep_dir)
     done = len(study.trials)
+    reseed_sampler(sweeper, done)
     sweeper.n_trials = max(0, sweeper.n_trials - done)
     sweeper.job_idx = done
     log.info(f"Study {study.study_name}: {done} trials so far, {sweeper.n_trials} to go.")
