@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from seqbench.devices import GpuClaim, pick_gpu
 from seqbench.hardware import select_device
 from seqbench.progress import SweepProgress, count_jobs, sweep_keys
-from tests.conftest import compose_config, run_small
+from tests.conftest import SMALL, compose_config, run_small, seqbench_cli
 
 # a few ms a step; 800 of them, so a signal sent after the first checkpoint lands mid-run
 LONG = ["hardware=cpu", "model=gru", "task.seq_len=20", "train.steps=800",
@@ -162,3 +162,24 @@ def test_job_count_and_sweep_keys_follow_the_sweeper() -> None:
     assert sweep_keys(basic, overrides) == ["seed", "model"]
     optuna = compose_config(["hydra/sweeper=optuna", "hydra.sweeper.n_trials=7"], hydra=True)
     assert count_jobs(optuna.hydra, ["optimizer.lr=interval(0.001,0.1)"]) == 7
+
+
+@pytest.mark.slow
+def test_progress_of_a_parallel_sweep_is_printed_by_the_launching_process(tmp_path) -> None:
+    """joblib runs the jobs in worker processes; the sweep's own process prints one line per
+    finished job, each with the count so far."""
+    sweep_dir = tmp_path / "joblib"
+    small = [o for o in SMALL if not o.startswith("log.progress=")]
+    result = seqbench_cli("-m", *small, "log.progress=plain", "log.tensorboard=false",
+                          "model=rnn,gru", "seed=0,1", "hydra/launcher=joblib",
+                          "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
+                          cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("seqbench: sweep ")]
+    assert [line.split(" done")[0] for line in lines] == [
+        f"seqbench: sweep {n}/4" for n in (1, 2, 3, 4)
+    ]
+    jobs = sorted(line.split(": #")[1].split(" ")[0] for line in lines)
+    assert jobs == ["0", "1", "2", "3"]
+    assert all("completed, best mse" in line for line in lines)
+    assert lines[-1].startswith("seqbench: sweep 4/4 done, 0 failed/diverged, 0 to go: #")
