@@ -212,7 +212,7 @@ def _rename_optuna_sweeper_config(cs: ConfigStore) -> None:
         return
     cs.repo.get("hydra", {}).get("sweeper", {}).pop("optuna.yaml", None)
     cs.store(group="hydra/sweeper", name="optuna_plugin", node=OptunaSweeperConf)
-    try:  # the same for conf/hydra/launcher/ray.yaml (seqbench.launchers.RayLauncher)
+    try:  # the same for conf/hydra/launcher/ray.yaml (seqbench's RayLauncher)
         from hydra_plugins.hydra_ray_launcher._config import RayLauncherConf
     except ImportError:
         return

@@ -13,7 +13,7 @@ import fcntl
 import os
 from collections.abc import Collection
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def pick_gpu(job_num: int, num_visible: int, busy: Collection[int] = ()) -> int:
@@ -68,3 +68,20 @@ class GpuClaim:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
         self._file, self.index = None, None
+
+
+def claim_sweep_gpu(config: Any) -> GpuClaim | None:
+    """In a sweep whose jobs train on CUDA and see several GPUs (joblib: all of them), lock the
+    first free one for this job and make it the current device; the GpuClaim, or None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if config.hardware.device not in ("cuda", "auto") or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return None  # one visible device (Ray, Slurm, or one GPU): it is cuda:0
+    claim = GpuClaim(Path(config.hydra.sweep.dir) / ".gpu_locks")
+    torch.cuda.set_device(claim.claim(int(HydraConfig.get().job.num), torch.cuda.device_count()))
+    return claim

@@ -57,7 +57,8 @@ _WATCHERS: dict[str, Any] = {}
 
 class HydraHooks(HydraCallback):
     """Hydra callbacks (conf/config.yaml, hydra.callbacks): check that the output directory is
-    writable before Hydra creates it, and summarize when a multirun ends."""
+    writable before Hydra creates it; in a multirun, print progress lines while it runs, give
+    each CUDA job its own GPU, and summarize when it ends."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         refuse_impossible_values(config)  # before Hydra creates the run directory
@@ -88,31 +89,14 @@ class HydraHooks(HydraCallback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """A sweep job on CUDA takes a GPU of its own (seqbench.devices)."""
-        self.gpu = claim_gpu(config)
+        from seqbench.devices import claim_sweep_gpu
+
+        self.gpu = claim_sweep_gpu(config)
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         if getattr(self, "gpu", None) is not None:
             self.gpu.release()
             self.gpu = None
-
-
-def claim_gpu(config: DictConfig) -> Any:
-    """In a sweep whose jobs train on CUDA and see several GPUs (joblib: all of them), lock the
-    first free one for this job and make it the current device; the GpuClaim, or None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if config.hardware.device not in ("cuda", "auto") or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    import torch
-
-    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
-        return None  # one visible device (Ray, Slurm, or one GPU): it is cuda:0
-    from seqbench.devices import GpuClaim
-
-    claim = GpuClaim(Path(config.hydra.sweep.dir) / ".gpu_locks")
-    torch.cuda.set_device(claim.claim(int(HydraConfig.get().job.num), torch.cuda.device_count()))
-    return claim
 
 
 def refuse_impossible_values(config: DictConfig) -> None:

@@ -183,3 +183,42 @@ def test_progress_of_a_parallel_sweep_is_printed_by_the_launching_process(tmp_pa
     assert jobs == ["0", "1", "2", "3"]
     assert all("completed, best mse" in line for line in lines)
     assert lines[-1].startswith("seqbench: sweep 4/4 done, 0 failed/diverged, 0 to go: #")
+
+
+def test_sweep_jobs_on_a_two_gpu_machine_take_different_devices(tmp_path, monkeypatch) -> None:
+    """The hook's wiring, with CUDA faked: jobs 0 and 2 run at once (joblib, n_jobs=2) and get
+    cuda:0 and cuda:1; the CPU, one GPU, or a single run claim nothing."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from seqbench.devices import claim_sweep_gpu
+
+    current: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+
+    def job_config(num: int, *overrides: str):
+        cfg = compose_config(["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path}", *overrides],
+                             hydra=True)  # fmt: skip
+        with open_dict(cfg):
+            cfg.hydra.job.num = num
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    try:
+        first = claim_sweep_gpu(job_config(0, "hardware=cuda"))
+        second = claim_sweep_gpu(job_config(2, "hardware=auto"))
+        assert (first.index, second.index) == (0, 1) and current == [0, 1]
+        first.release()
+        assert claim_sweep_gpu(job_config(4, "hardware=cpu")) is None
+        third = claim_sweep_gpu(job_config(4, "hardware=cuda"))
+        assert third.index == 0 and current == [0, 1, 0]
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        assert claim_sweep_gpu(job_config(5, "hardware=cuda")) is None
+        assert claim_sweep_gpu(job_config(0, "hardware=cuda", "hydra.mode=RUN")) is None
+        second.release()
+        third.release()
+    finally:
+        HydraConfig.instance().cfg = None
