@@ -214,6 +214,12 @@ def _rename_optuna_sweeper_config(cs: ConfigStore) -> None:
         return
     cs.repo.get("hydra", {}).get("sweeper", {}).pop("optuna.yaml", None)
     cs.store(group="hydra/sweeper", name="optuna_plugin", node=OptunaSweeperConf)
+    try:  # the same for conf/hydra/launcher/ray.yaml (seqbench's RayLauncher)
+        from hydra_plugins.hydra_ray_launcher._config import RayLauncherConf
+    except ImportError:
+        return
+    cs.repo.get("hydra", {}).get("launcher", {}).pop("ray.yaml", None)
+    cs.store(group="hydra/launcher", name="ray_plugin", node=RayLauncherConf)
 
 
 AUTO_POINTS = 50  # diagnostics.every=auto: about this many snapshots per run

@@ -59,9 +59,15 @@ def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
         print_table(table, title=f"{sweep_dir}: {len(run_dirs)} runs")
 
 
+# the sweep's progress watcher, by sweep directory: kept outside HydraHooks, which launchers
+# pickle to send to their workers (a thread cannot be pickled)
+_WATCHERS: dict[str, Any] = {}
+
+
 class HydraHooks(HydraCallback):
     """Hydra callbacks (conf/config.yaml, hydra.callbacks): check that the output directory is
-    writable before Hydra creates it, and summarize when a multirun ends."""
+    writable before Hydra creates it; in a multirun, print progress lines while it runs, give
+    each CUDA job its own GPU, and summarize when it ends."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         refuse_impossible_values(config)  # before Hydra creates the run directory
@@ -69,6 +75,14 @@ class HydraHooks(HydraCallback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         ensure_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+        if config.log.progress != "none":  # one line per finished job, whatever the launcher
+            from seqbench.progress import SweepProgress, count_jobs, sweep_keys
+
+            overrides = list(config.hydra.overrides.task)
+            total = count_jobs(config.hydra, overrides)
+            keys = sweep_keys(config.hydra, overrides)
+            progress = SweepProgress(Path(config.hydra.sweep.dir), total, keys)
+            _WATCHERS[str(config.hydra.sweep.dir)] = progress.start()
         if config.hardware.device == "auto":  # once here, instead of in every job
             from seqbench.hardware import select_device
 
@@ -77,7 +91,21 @@ class HydraHooks(HydraCallback):
                 print(notice)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        progress = _WATCHERS.pop(str(config.hydra.sweep.dir), None)
+        if progress is not None:
+            progress.stop()
         summarize_sweep(Path(config.hydra.sweep.dir))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A sweep job on CUDA takes a GPU of its own (seqbench.devices)."""
+        from seqbench.devices import claim_sweep_gpu
+
+        self.gpu = claim_sweep_gpu(config)
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        if getattr(self, "gpu", None) is not None:
+            self.gpu.release()
+            self.gpu = None
 
 
 def refuse_impossible_values(config: DictConfig) -> None:
