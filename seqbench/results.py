@@ -1,8 +1,12 @@
 """The run directory's result files: metrics.json, history.csv, grad_norms.csv and (gated
 cells) gates.csv.
 
-Every file is written whole to a temporary name in the same directory and then renamed over the
-old one, so a crash leaves either the previous complete file or the new one, never half a file.
+The CSVs grow as the run goes (`tail -f`, or a plotting script reading a live run): a validation
+appends its row to history.csv, a snapshot its rows to grad_norms.csv and gates.csv, flushed at
+once, so a crash or kill -9 loses at most what came after the last write. Their content at the
+end is byte for byte the whole-file `to_csv` of everything recorded. metrics.json is written
+whole, at the end (or at an interrupt), to a temporary name in the same directory and then
+renamed over the old one, so a crash leaves either no file, the previous one or the new one.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +74,17 @@ class RunRecorder(Callback):
         self.lr = lr
         self.solved_step: int | None = None
         self.max_grad_norm = 0.0
+        self.files = {
+            "history": GrowingCSV(
+                self.run_dir / "history.csv",
+                lambda rows: pd.DataFrame(rows, columns=_history_columns(rows)),
+            ),
+            "grad_norms": GrowingCSV(
+                self.run_dir / "grad_norms.csv",
+                lambda snapshots: grad_norm_frame(snapshots, self.gate_snapshots),
+            ),
+            "gates": GrowingCSV(self.run_dir / "gates.csv", gate_unit_frame),
+        }
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -126,8 +141,30 @@ class RunRecorder(Callback):
         self.max_grad_norm = state["max_grad_norm"]
         self.start = time.perf_counter() - state["elapsed"]  # wall time adds up across resumes
         self.info["overrides"] = state["overrides"]
+        for file in self.files.values():
+            file.columns = None  # rewritten whole from this state at the next write
+
+    def start_files(self) -> None:
+        """Write the CSVs whole as of now: header only for a new run, the checkpoint's rows for
+        a resumed one (whatever a killed run wrote after its checkpoint, a half-written last
+        line included, goes). Rows are appended from here on."""
+        self.files["history"].rewrite(self.history)
+        self.files["grad_norms"].rewrite(self.snapshots)
+        if self.gate_snapshots:
+            self.files["gates"].rewrite(self.gate_snapshots)
+        else:
+            self.files["gates"].path.unlink(missing_ok=True)
+
+    def append_files(self) -> None:
+        """Append what was recorded since the last write. A snapshot's rows go out once its
+        gates are known: at the next hook after on_grad_norms (on_gates, on_step, write)."""
+        self.files["history"].extend(self.history)
+        self.files["grad_norms"].extend(self.snapshots)
+        if self.gate_snapshots:
+            self.files["gates"].extend(self.gate_snapshots)
 
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
+        self.files["grad_norms"].extend(self.snapshots)  # the step's snapshot, gates or not
         self.steps_done = step
         self.clipped_steps += int(clipped)
         self.losses_since_eval.append(loss)
@@ -145,10 +182,12 @@ class RunRecorder(Callback):
             self.best = {"value": value, "step": step}
         if self.solved_step is None and self.solved is not None and self.solved(metrics):
             self.solved_step = step
+        self.files["history"].extend(self.history)
 
     def on_grad_norms(
         self, step: int, norms: np.ndarray, positions: np.ndarray, log10: np.ndarray | None
     ) -> None:
+        self.files["grad_norms"].extend(self.snapshots)  # the one before, should it be pending
         self.snapshots.append((step, norms, positions, log10))
         self.max_grad_norm = max(self.max_grad_norm, float(np.max(norms, initial=0.0)))
 
@@ -159,6 +198,7 @@ class RunRecorder(Callback):
             per_unit = {name: np.nanmean(g, axis=1) for name, g in gates.items()}  # (L, H)
         self.gate_snapshots.append((step, per_t, per_unit))
         self.memory_gate = memory_gate
+        self.append_files()
 
     def memory_gate_history(self) -> list[tuple[int, np.ndarray]]:
         """(step, the memory gate's (L, T) means) per gate snapshot: TensorBoard's heat map
@@ -237,17 +277,61 @@ class RunRecorder(Callback):
         }
 
     def write(self, status: str, **extra: Any) -> dict:
-        """Write metrics.json, history.csv and grad_norms.csv; return the metrics dict."""
+        """Write metrics.json and append what the CSVs still lack; return the metrics dict."""
         metrics = self.metrics(status, **extra)
         atomic_write(self.run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2))
-        history = pd.DataFrame(self.history, columns=_history_columns(self.history))
-        atomic_write(self.run_dir / "history.csv", lambda f: history.to_csv(f, index=False))
-        grads = grad_norm_frame(self.snapshots, self.gate_snapshots)
-        atomic_write(self.run_dir / "grad_norms.csv", lambda f: grads.to_csv(f, index=False))
-        if self.gate_snapshots:
-            units = gate_unit_frame(self.gate_snapshots)
-            atomic_write(self.run_dir / "gates.csv", lambda f: units.to_csv(f, index=False))
+        self.append_files()
         return metrics
+
+
+class GrowingCSV:
+    """A CSV file kept equal, byte for byte, to what ``frame(items).to_csv`` would write whole,
+    by appending the rows of new items (flushed: the file is closed after each write).
+
+    pandas formats a column by its dtype over the whole file (3 or 3.0), and a new item can
+    change that: a new column, an int column meeting a float or a gap. The rows are appended
+    only when the frame of the new items together with the last one on disk has the file's
+    columns and dtypes; otherwise the file is rewritten whole (atomically), which for seqbench's
+    files happens at the first row only.
+
+    Args:
+        path: the file.
+        frame: the DataFrame of a list of items, as the whole file holds it.
+    """
+
+    def __init__(self, path: Path, frame: Callable[[Sequence], pd.DataFrame]) -> None:
+        self.path, self.frame = Path(path), frame
+        self.written = 0  # items on disk
+        self.tail_rows = 0  # rows of the last item on disk
+        self.columns: list[str] | None = None  # the file's header; None: not written yet
+        self.dtypes: list = []
+
+    def rewrite(self, items: Sequence) -> None:
+        """Write the file whole from `items`, atomically."""
+        whole = self.frame(items)
+        atomic_write(self.path, lambda f: whole.to_csv(f, index=False))
+        self.columns, self.dtypes = list(whole.columns), list(whole.dtypes)
+        self.written = len(items)
+        self.tail_rows = len(self.frame(items[-1:])) if items else 0
+
+    def extend(self, items: Sequence) -> None:
+        """Bring the file up to `items`: everything recorded so far, of which the first
+        `written` are on disk."""
+        if self.columns is not None and self.written == len(items):
+            return
+        if self.columns is None or not 0 < self.written < len(items):
+            return self.rewrite(items)
+        window = self.frame(items[self.written - 1 :])  # the last item on disk: its dtypes
+        if not set(window.columns) <= set(self.columns):
+            return self.rewrite(items)
+        window = window.reindex(columns=self.columns)  # a column it lacks: empty cells
+        if list(window.dtypes) != self.dtypes:
+            return self.rewrite(items)
+        with self.path.open("a") as f:
+            window.iloc[self.tail_rows :].to_csv(f, header=False, index=False)
+        new = len(items) - self.written
+        self.tail_rows = len(window) - self.tail_rows if new == 1 else len(self.frame(items[-1:]))
+        self.written = len(items)
 
 
 def grad_norm_frame(snapshots: list[tuple], gate_snapshots: list[tuple] = ()) -> pd.DataFrame:
