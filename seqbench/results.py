@@ -289,30 +289,30 @@ class GrowingCSV:
     by appending the rows of new items (flushed: the file is closed after each write).
 
     pandas formats a column by its dtype over the whole file (3 or 3.0), and a new item can
-    change that: a new column, an int column meeting a float or a gap. The rows are appended
-    only when the frame of the new items together with the last one on disk has the file's
-    columns and dtypes; otherwise the file is rewritten whole (atomically), which for seqbench's
-    files happens at the first row only.
+    change that: a new column, an int column meeting a float or a gap. The new rows are appended
+    only when, joined to the last row on disk, they keep the file's columns and dtypes;
+    otherwise the file is rewritten whole (atomically), which for seqbench's files happens at
+    the first row only.
 
     Args:
         path: the file.
-        frame: the DataFrame of a list of items, as the whole file holds it.
+        frame: the DataFrame of a list of items (a validation's row, a snapshot's rows), as the
+            whole file holds it.
     """
 
     def __init__(self, path: Path, frame: Callable[[Sequence], pd.DataFrame]) -> None:
         self.path, self.frame = Path(path), frame
         self.written = 0  # items on disk
-        self.tail_rows = 0  # rows of the last item on disk
         self.columns: list[str] | None = None  # the file's header; None: not written yet
         self.dtypes: list = []
+        self.tail = pd.DataFrame()  # the last row on disk, with the file's dtypes
 
     def rewrite(self, items: Sequence) -> None:
         """Write the file whole from `items`, atomically."""
         whole = self.frame(items)
         atomic_write(self.path, lambda f: whole.to_csv(f, index=False))
         self.columns, self.dtypes = list(whole.columns), list(whole.dtypes)
-        self.written = len(items)
-        self.tail_rows = len(self.frame(items[-1:])) if items else 0
+        self.written, self.tail = len(items), whole.iloc[-1:]
 
     def extend(self, items: Sequence) -> None:
         """Bring the file up to `items`: everything recorded so far, of which the first
@@ -321,17 +321,16 @@ class GrowingCSV:
             return
         if self.columns is None or not 0 < self.written < len(items):
             return self.rewrite(items)
-        window = self.frame(items[self.written - 1 :])  # the last item on disk: its dtypes
-        if not set(window.columns) <= set(self.columns):
+        new = self.frame(items[self.written :])
+        if not set(new.columns) <= set(self.columns):
             return self.rewrite(items)
-        window = window.reindex(columns=self.columns)  # a column it lacks: empty cells
-        if list(window.dtypes) != self.dtypes:
+        new = new.reindex(columns=self.columns)  # a column it lacks: empty cells
+        joined = pd.concat([self.tail, new], ignore_index=True)
+        if list(joined.dtypes) != self.dtypes:
             return self.rewrite(items)
         with self.path.open("a") as f:
-            window.iloc[self.tail_rows :].to_csv(f, header=False, index=False)
-        new = len(items) - self.written
-        self.tail_rows = len(window) - self.tail_rows if new == 1 else len(self.frame(items[-1:]))
-        self.written = len(items)
+            joined.iloc[1:].to_csv(f, header=False, index=False)
+        self.written, self.tail = len(items), joined.iloc[-1:]
 
 
 def grad_norm_frame(snapshots: list[tuple], gate_snapshots: list[tuple] = ()) -> pd.DataFrame:
