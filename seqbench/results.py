@@ -75,10 +75,7 @@ class RunRecorder(Callback):
         self.solved_step: int | None = None
         self.max_grad_norm = 0.0
         self.files = {
-            "history": GrowingCSV(
-                self.run_dir / "history.csv",
-                lambda rows: pd.DataFrame(rows, columns=_history_columns(rows)),
-            ),
+            "history": GrowingCSV(self.run_dir / "history.csv", history_frame),
             "grad_norms": GrowingCSV(
                 self.run_dir / "grad_norms.csv",
                 lambda snapshots: grad_norm_frame(snapshots, self.gate_snapshots),
@@ -328,8 +325,12 @@ class GrowingCSV:
         joined = pd.concat([self.tail, new], ignore_index=True)
         if list(joined.dtypes) != self.dtypes:
             return self.rewrite(items)
-        with self.path.open("a") as f:
-            joined.iloc[1:].to_csv(f, header=False, index=False)
+        try:
+            with self.path.open("a") as f:
+                joined.iloc[1:].to_csv(f, header=False, index=False)
+        except BaseException:  # a second Ctrl-C or a full disk mid-row: rewrite at next write
+            self.columns = None
+            raise
         self.written, self.tail = len(items), joined.iloc[-1:]
 
 
@@ -381,11 +382,12 @@ def gate_unit_frame(gate_snapshots: list[tuple]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _history_columns(history: list[dict]) -> list[str]:
+def history_frame(history: list[dict]) -> pd.DataFrame:
+    """history.csv: one row per validation, the columns in order of first appearance."""
     columns = ["step", "wall_time", "train_loss"]
     for row in history:
         columns += [k for k in row if k not in columns]
-    return columns
+    return pd.DataFrame(history, columns=columns)
 
 
 def better(value: float, best: float, mode: str) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from seqbench.checkpoint import CHECKPOINT, PREVIOUS
 from seqbench.results import RunRecorder, gate_unit_frame, grad_norm_frame
@@ -115,6 +116,29 @@ def test_rows_are_on_disk_at_once_and_match_the_whole_file(tmp_path: Path) -> No
     rewrites = {name: [i for i in range(len(events)) if ino[i + 1] != ino[i]]
                 for name, ino in inodes.items()}  # fmt: skip
     assert rewrites == {"history.csv": [2, 4, 10], "grad_norms.csv": [0]}
+
+
+def test_an_append_cut_short_is_rewritten_whole_at_the_next_write(tmp_path: Path, monkeypatch):
+    """A second Ctrl-C (or a full disk) in the middle of appending a row leaves half a line;
+    the write at the end of the run rewrites the file whole rather than append after it."""
+    recorder = RunRecorder(tmp_path, {}, "mse", "min", 10.0)
+    recorder.start_files()
+    recorder.on_step(1, 1.0, 1.0, False)
+    recorder.on_eval(1, {"mse": 0.5})
+    recorder.on_step(2, 1.0, 1.0, False)
+
+    def half_a_row_then_ctrl_c(self, f, *args, **kwargs):
+        f.write("2,0.1")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_a_row_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        recorder.on_eval(2, {"mse": 0.25})
+    monkeypatch.undo()
+    assert (tmp_path / "history.csv").read_text().endswith("\n2,0.1")
+    recorder.write("interrupted")
+    assert on_disk(tmp_path) == whole_files(recorder)
+    assert pd.read_csv(tmp_path / "history.csv")["val_mse"].tolist() == [0.5, 0.25]
 
 
 # --- resume after a kill -9: a half-written last line and rows after the checkpoint go --------
