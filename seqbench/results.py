@@ -142,26 +142,31 @@ class RunRecorder(Callback):
             file.columns = None  # rewritten whole from this state at the next write
 
     def start_files(self) -> None:
-        """Write the CSVs whole as of now: header only for a new run, the checkpoint's rows for
-        a resumed one (whatever a killed run wrote after its checkpoint, a half-written last
-        line included, goes). Rows are appended from here on."""
-        self.files["history"].rewrite(self.history)
-        self.files["grad_norms"].rewrite(self.snapshots)
-        if self.gate_snapshots:
-            self.files["gates"].rewrite(self.gate_snapshots)
-        else:
-            self.files["gates"].path.unlink(missing_ok=True)
+        """Make the CSVs hold what is recorded now: nothing for a new run (an earlier run's files
+        go; each file appears with its first row, so `tail -F` follows it), the checkpoint's rows
+        for a resumed one (what a killed run wrote after its checkpoint, a half-written last line
+        included, goes). Rows are appended from here on."""
+        for name, items in self.recorded().items():
+            if items:
+                self.files[name].rewrite(items)
+            else:
+                self.files[name].path.unlink(missing_ok=True)
+                self.files[name].columns = None
 
-    def append_files(self) -> None:
-        """Append what was recorded since the last write. A snapshot's rows go out once its
-        gates are known: at the next hook after on_grad_norms (on_gates, on_step, write)."""
-        self.files["history"].extend(self.history)
-        self.files["grad_norms"].extend(self.snapshots)
-        if self.gate_snapshots:
-            self.files["gates"].extend(self.gate_snapshots)
+    def recorded(self) -> dict[str, list]:
+        return {"history": self.history, "grad_norms": self.snapshots, "gates": self.gate_snapshots}
+
+    def append_files(self, final: bool = False) -> None:
+        """Append what was recorded since the last write (`final`: history.csv and grad_norms.csv
+        with their header only if nothing was). A snapshot's rows go out once its gates are
+        known: at the next hook after on_grad_norms (on_gates, on_step, write)."""
+        for name, items in self.recorded().items():
+            if items or (final and name != "gates"):
+                self.files[name].extend(items)
 
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
-        self.files["grad_norms"].extend(self.snapshots)  # the step's snapshot, gates or not
+        if self.snapshots:  # the step's snapshot, gates or not
+            self.files["grad_norms"].extend(self.snapshots)
         self.steps_done = step
         self.clipped_steps += int(clipped)
         self.losses_since_eval.append(loss)
@@ -184,7 +189,8 @@ class RunRecorder(Callback):
     def on_grad_norms(
         self, step: int, norms: np.ndarray, positions: np.ndarray, log10: np.ndarray | None
     ) -> None:
-        self.files["grad_norms"].extend(self.snapshots)  # the one before, should it be pending
+        if self.snapshots:  # the one before, should it be pending
+            self.files["grad_norms"].extend(self.snapshots)
         self.snapshots.append((step, norms, positions, log10))
         self.max_grad_norm = max(self.max_grad_norm, float(np.max(norms, initial=0.0)))
 
@@ -277,30 +283,24 @@ class RunRecorder(Callback):
         """Write metrics.json and append what the CSVs still lack; return the metrics dict."""
         metrics = self.metrics(status, **extra)
         atomic_write(self.run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2))
-        self.append_files()
+        self.append_files(final=True)
         return metrics
 
 
 class GrowingCSV:
-    """A CSV file kept equal, byte for byte, to what ``frame(items).to_csv`` would write whole,
-    by appending the rows of new items (flushed: the file is closed after each write).
+    """A CSV file kept equal, byte for byte, to ``frame(items).to_csv`` (the whole file) by
+    appending the rows of new items (a validation's row, a snapshot's rows), flushed.
 
     pandas formats a column by its dtype over the whole file (3 or 3.0), and a new item can
-    change that: a new column, an int column meeting a float or a gap. The new rows are appended
-    only when, joined to the last row on disk, they keep the file's columns and dtypes;
-    otherwise the file is rewritten whole (atomically), which for seqbench's files happens at
-    the first row only.
-
-    Args:
-        path: the file.
-        frame: the DataFrame of a list of items (a validation's row, a snapshot's rows), as the
-            whole file holds it.
+    change that (a new column, an int column meeting a float or a gap): the new rows are appended
+    only when, joined to the last row on disk, they keep the file's columns and dtypes; otherwise
+    the file is rewritten whole, atomically (for seqbench's files: never after the first row).
     """
 
     def __init__(self, path: Path, frame: Callable[[Sequence], pd.DataFrame]) -> None:
         self.path, self.frame = Path(path), frame
         self.written = 0  # items on disk
-        self.columns: list[str] | None = None  # the file's header; None: not written yet
+        self.columns: list[str] | None = None  # the file's header; None: to be written whole
         self.dtypes: list = []
         self.tail = pd.DataFrame()  # the last row on disk, with the file's dtypes
 

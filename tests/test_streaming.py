@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +41,16 @@ def without_wall_time(text: str) -> str:
 
 
 def whole_files(recorder: RunRecorder, pending: bool = False) -> dict[str, str]:
-    """What the recorder's state gives written whole with pandas, as the files were before
-    (`pending`: without the last snapshot, whose rows wait for its gates until the next hook)."""
+    """What the recorder's state gives written whole with pandas, as the files were before,
+    for each file that has rows (`pending`: without the last snapshot, whose rows wait for its
+    gates until the next hook)."""
     snapshots = recorder.snapshots[:-1] if pending else recorder.snapshots
-    empty = pd.DataFrame(columns=["step", "wall_time", "train_loss"])  # no validation yet
-    history = pd.DataFrame(recorder.history) if recorder.history else empty
-    files = {
-        "history.csv": history.to_csv(index=False),
-        "grad_norms.csv": grad_norm_frame(snapshots, recorder.gate_snapshots).to_csv(index=False),
-    }
+    files = {}
+    if recorder.history:
+        files["history.csv"] = pd.DataFrame(recorder.history).to_csv(index=False)
+    if snapshots:
+        grads = grad_norm_frame(snapshots, recorder.gate_snapshots)
+        files["grad_norms.csv"] = grads.to_csv(index=False)
     if recorder.gate_snapshots:
         files["gates.csv"] = gate_unit_frame(recorder.gate_snapshots).to_csv(index=False)
     return files
@@ -63,10 +65,11 @@ def test_rows_are_on_disk_at_once_and_match_the_whole_file(tmp_path: Path) -> No
     column is float) or that gain a key, snapshots with and without gates, log10 norms: after
     every hook the files hold exactly what pandas would write whole. Plain appends keep the
     file (same inode); only a change of the file's columns or dtypes rewrites it."""
+    for name in CSVS:
+        (tmp_path / name).write_text("an earlier run's file\n")
     recorder = RunRecorder(tmp_path, {}, "mse", "min", 10.0, lr=lambda: 0.5)
     recorder.start_files()
-    assert on_disk(tmp_path) == {"history.csv": "step,wall_time,train_loss\n",
-                                 "grad_norms.csv": "step,layer,t,norm,positions\n"}  # fmt: skip
+    assert on_disk(tmp_path) == {}  # each file appears with its first row
     rng = np.random.default_rng(0)
     gates = {"forget": rng.random((2, 4, 3)), "input": rng.random((2, 4, 3))}  # (L, T, H)
 
@@ -93,16 +96,21 @@ def test_rows_are_on_disk_at_once_and_match_the_whole_file(tmp_path: Path) -> No
         (lambda: recorder.on_eval(5, {"mse": 0.0625, "acc": 0.5}), False),
         (lambda: snapshot(5, True), False),
     ]
-    inodes = {name: [os.stat(tmp_path / name).st_ino] for name in CSVS[:2]}
-    for hook, pending in events:
+    inodes: dict[str, list[tuple[int, int]]] = {name: [] for name in CSVS}  # (event, inode)
+    for event, (hook, pending) in enumerate(events):
         hook()
         assert on_disk(tmp_path) == whole_files(recorder, pending)
-        for name in inodes:
-            inodes[name].append(os.stat(tmp_path / name).st_ino)
-    gates_inode = os.stat(tmp_path / "gates.csv").st_ino
+        for name in on_disk(tmp_path):
+            inodes[name].append((event, os.stat(tmp_path / name).st_ino))
     recorder.write("completed")
     assert on_disk(tmp_path) == whole_files(recorder)
-    assert os.stat(tmp_path / "gates.csv").st_ino == gates_inode  # created once, then appended
+    for name in CSVS:
+        inodes[name].append((len(events), os.stat(tmp_path / name).st_ino))
+    # rewritten where the columns or a dtype changed (validations 2 and 4), else appended
+    rewrites = {name: [e for (_, a), (e, b) in pairwise(seen) if a != b]
+                for name, seen in inodes.items()}  # fmt: skip
+    assert rewrites == {"history.csv": [4, 10], "grad_norms.csv": [], "gates.csv": []}
+    assert [inodes[name][0][0] for name in CSVS] == [2, 0, 0]  # created with the first row
 
     history = pd.read_csv(tmp_path / "history.csv")
     assert history["val_mse"].tolist() == [1.0, 0.25, 0.125, 0.5, 0.0625]
@@ -112,10 +120,15 @@ def test_rows_are_on_disk_at_once_and_match_the_whole_file(tmp_path: Path) -> No
     assert grads["step"].unique().tolist() == [0, 2, 3, 4, 5]
     assert grads[grads["step"] == 3]["gate_forget"].isna().all()
     assert grads[grads["step"] != 3]["gate_forget"].notna().all()
-    # rewritten where the columns or a dtype changed (validations 1, 2 and 4), else appended
-    rewrites = {name: [i for i in range(len(events)) if ino[i + 1] != ino[i]]
-                for name, ino in inodes.items()}  # fmt: skip
-    assert rewrites == {"history.csv": [2, 4, 10], "grad_norms.csv": [0]}
+
+
+def test_a_run_with_nothing_recorded_writes_the_headers(tmp_path: Path) -> None:
+    """As before the files grew: history.csv and grad_norms.csv with their header only."""
+    recorder = RunRecorder(tmp_path, {}, "mse", "min", 10.0)
+    recorder.start_files()
+    recorder.write("diverged")
+    assert on_disk(tmp_path) == {"history.csv": "step,wall_time,train_loss\n",
+                                 "grad_norms.csv": "step,layer,t,norm,positions\n"}  # fmt: skip
 
 
 def test_an_append_cut_short_is_rewritten_whole_at_the_next_write(tmp_path: Path, monkeypatch):
@@ -137,7 +150,7 @@ def test_an_append_cut_short_is_rewritten_whole_at_the_next_write(tmp_path: Path
     monkeypatch.undo()
     assert (tmp_path / "history.csv").read_text().endswith("\n2,0.1")
     recorder.write("interrupted")
-    assert on_disk(tmp_path) == whole_files(recorder)
+    assert on_disk(tmp_path)["history.csv"] == whole_files(recorder)["history.csv"]
     assert pd.read_csv(tmp_path / "history.csv")["val_mse"].tolist() == [0.5, 0.25]
 
 
