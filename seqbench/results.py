@@ -1,7 +1,7 @@
 """The run directory's result files: metrics.json, history.csv, grad_norms.csv and (gated
 cells) gates.csv.
 
-The CSVs grow as the run goes (`tail -f`, or a plotting script reading a live run): a validation
+The CSVs grow as the run goes (`tail -F`, or a plotting script reading a live run): a validation
 appends its row to history.csv, a snapshot its rows to grad_norms.csv and gates.csv, flushed at
 once, so a crash or kill -9 loses at most what came after the last write. Their content at the
 end is byte for byte the whole-file `to_csv` of everything recorded. metrics.json is written
