@@ -93,6 +93,7 @@ def run(
         for row in recorder.history:  # early stopping's count follows from the history
             early.on_eval(row["step"], {task.metric: row[f"val_{task.metric}"]})
         best.best = recorder.best["value"] if recorder.best else None
+    recorder.start_files()  # the CSVs as of the checkpoint (or empty); rows are appended from here
 
     console = ConsoleLogger(cfg.train.steps, task.metric, cfg.log.progress, start_step, sweep_job)
     callbacks: list[Callback] = [recorder, best, early, console]

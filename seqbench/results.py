@@ -1,8 +1,12 @@
 """The run directory's result files: metrics.json, history.csv, grad_norms.csv and (gated
 cells) gates.csv.
 
-Every file is written whole to a temporary name in the same directory and then renamed over the
-old one, so a crash leaves either the previous complete file or the new one, never half a file.
+The CSVs grow as the run goes (`tail -F`, or a plotting script reading a live run): a validation
+appends its row to history.csv, a snapshot its rows to grad_norms.csv and gates.csv, flushed at
+once, so a crash or kill -9 loses at most what came after the last write. Their content at the
+end is byte for byte the whole-file `to_csv` of everything recorded. metrics.json is written
+whole, at the end (or at an interrupt), to a temporary name in the same directory and then
+renamed over the old one, so a crash leaves either no file, the previous one or the new one.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +74,14 @@ class RunRecorder(Callback):
         self.lr = lr
         self.solved_step: int | None = None
         self.max_grad_norm = 0.0
+        self.files = {
+            "history": GrowingCSV(self.run_dir / "history.csv", history_frame),
+            "grad_norms": GrowingCSV(
+                self.run_dir / "grad_norms.csv",
+                lambda snapshots: grad_norm_frame(snapshots, self.gate_snapshots),
+            ),
+            "gates": GrowingCSV(self.run_dir / "gates.csv", gate_unit_frame),
+        }
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -126,8 +138,35 @@ class RunRecorder(Callback):
         self.max_grad_norm = state["max_grad_norm"]
         self.start = time.perf_counter() - state["elapsed"]  # wall time adds up across resumes
         self.info["overrides"] = state["overrides"]
+        for file in self.files.values():
+            file.columns = None  # rewritten whole from this state at the next write
+
+    def start_files(self) -> None:
+        """Make the CSVs hold what is recorded now: nothing for a new run (an earlier run's files
+        go; each file appears with its first row, so `tail -F` follows it), the checkpoint's rows
+        for a resumed one (what a killed run wrote after its checkpoint, a half-written last line
+        included, goes). Rows are appended from here on."""
+        for name, items in self.recorded().items():
+            if items:
+                self.files[name].rewrite(items)
+            else:
+                self.files[name].path.unlink(missing_ok=True)
+                self.files[name].columns = None
+
+    def recorded(self) -> dict[str, list]:
+        return {"history": self.history, "grad_norms": self.snapshots, "gates": self.gate_snapshots}
+
+    def append_files(self, final: bool = False) -> None:
+        """Append what was recorded since the last write (`final`: history.csv and grad_norms.csv
+        with their header only if nothing was). A snapshot's rows go out once its gates are
+        known: at the next hook after on_grad_norms (on_gates, on_step, write)."""
+        for name, items in self.recorded().items():
+            if items or (final and name != "gates"):
+                self.files[name].extend(items)
 
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
+        if self.snapshots:  # the step's snapshot, gates or not
+            self.files["grad_norms"].extend(self.snapshots)
         self.steps_done = step
         self.clipped_steps += int(clipped)
         self.losses_since_eval.append(loss)
@@ -145,10 +184,13 @@ class RunRecorder(Callback):
             self.best = {"value": value, "step": step}
         if self.solved_step is None and self.solved is not None and self.solved(metrics):
             self.solved_step = step
+        self.files["history"].extend(self.history)
 
     def on_grad_norms(
         self, step: int, norms: np.ndarray, positions: np.ndarray, log10: np.ndarray | None
     ) -> None:
+        if self.snapshots:  # the one before, should it be pending
+            self.files["grad_norms"].extend(self.snapshots)
         self.snapshots.append((step, norms, positions, log10))
         self.max_grad_norm = max(self.max_grad_norm, float(np.max(norms, initial=0.0)))
 
@@ -159,6 +201,7 @@ class RunRecorder(Callback):
             per_unit = {name: np.nanmean(g, axis=1) for name, g in gates.items()}  # (L, H)
         self.gate_snapshots.append((step, per_t, per_unit))
         self.memory_gate = memory_gate
+        self.append_files()
 
     def memory_gate_history(self) -> list[tuple[int, np.ndarray]]:
         """(step, the memory gate's (L, T) means) per gate snapshot: TensorBoard's heat map
@@ -237,17 +280,58 @@ class RunRecorder(Callback):
         }
 
     def write(self, status: str, **extra: Any) -> dict:
-        """Write metrics.json, history.csv and grad_norms.csv; return the metrics dict."""
+        """Write metrics.json and append what the CSVs still lack; return the metrics dict."""
         metrics = self.metrics(status, **extra)
         atomic_write(self.run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2))
-        history = pd.DataFrame(self.history, columns=_history_columns(self.history))
-        atomic_write(self.run_dir / "history.csv", lambda f: history.to_csv(f, index=False))
-        grads = grad_norm_frame(self.snapshots, self.gate_snapshots)
-        atomic_write(self.run_dir / "grad_norms.csv", lambda f: grads.to_csv(f, index=False))
-        if self.gate_snapshots:
-            units = gate_unit_frame(self.gate_snapshots)
-            atomic_write(self.run_dir / "gates.csv", lambda f: units.to_csv(f, index=False))
+        self.append_files(final=True)
         return metrics
+
+
+class GrowingCSV:
+    """A CSV file kept equal, byte for byte, to ``frame(items).to_csv`` (the whole file) by
+    appending the rows of new items (a validation's row, a snapshot's rows), flushed.
+
+    pandas formats a column by its dtype over the whole file (3 or 3.0), and a new item can
+    change that (a new column, an int column meeting a float or a gap): the new rows are appended
+    only when, joined to the last row on disk, they keep the file's columns and dtypes; otherwise
+    the file is rewritten whole, atomically (for seqbench's files: never after the first row).
+    """
+
+    def __init__(self, path: Path, frame: Callable[[Sequence], pd.DataFrame]) -> None:
+        self.path, self.frame = Path(path), frame
+        self.written = 0  # items on disk
+        self.columns: list[str] | None = None  # the file's header; None: to be written whole
+        self.dtypes: list = []
+        self.tail = pd.DataFrame()  # the last row on disk, with the file's dtypes
+
+    def rewrite(self, items: Sequence) -> None:
+        """Write the file whole from `items`, atomically."""
+        whole = self.frame(items)
+        atomic_write(self.path, lambda f: whole.to_csv(f, index=False))
+        self.columns, self.dtypes = list(whole.columns), list(whole.dtypes)
+        self.written, self.tail = len(items), whole.iloc[-1:]
+
+    def extend(self, items: Sequence) -> None:
+        """Bring the file up to `items`: everything recorded so far, of which the first
+        `written` are on disk."""
+        if self.columns is not None and self.written == len(items):
+            return
+        if self.columns is None or not 0 < self.written < len(items):
+            return self.rewrite(items)
+        new = self.frame(items[self.written :])
+        if not set(new.columns) <= set(self.columns):
+            return self.rewrite(items)
+        new = new.reindex(columns=self.columns)  # a column it lacks: empty cells
+        joined = pd.concat([self.tail, new], ignore_index=True)
+        if list(joined.dtypes) != self.dtypes:
+            return self.rewrite(items)
+        try:
+            with self.path.open("a") as f:
+                joined.iloc[1:].to_csv(f, header=False, index=False)
+        except BaseException:  # a second Ctrl-C or a full disk mid-row: rewrite at next write
+            self.columns = None
+            raise
+        self.written, self.tail = len(items), joined.iloc[-1:]
 
 
 def grad_norm_frame(snapshots: list[tuple], gate_snapshots: list[tuple] = ()) -> pd.DataFrame:
@@ -298,11 +382,12 @@ def gate_unit_frame(gate_snapshots: list[tuple]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _history_columns(history: list[dict]) -> list[str]:
+def history_frame(history: list[dict]) -> pd.DataFrame:
+    """history.csv: one row per validation, the columns in order of first appearance."""
     columns = ["step", "wall_time", "train_loss"]
     for row in history:
         columns += [k for k in row if k not in columns]
-    return columns
+    return pd.DataFrame(history, columns=columns)
 
 
 def better(value: float, best: float, mode: str) -> bool:

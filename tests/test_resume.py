@@ -1,5 +1,6 @@
-"""Interruption and resume: a SIGTERM'd run resumes to exactly the uninterrupted result; corrupt
-checkpoints are detected; a resume that changes the config is refused."""
+"""Interruption and resume: a SIGTERM'd or kill -9'd run resumes to exactly the uninterrupted
+result; corrupt checkpoints are detected; a resume that changes the config is refused; the test
+split is scored with the best validation weights (best.pt)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from seqbench.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_training_state
 from seqbench.errors import ConfigError
 from tests.conftest import seqbench_cli, without_timings
+from tests.test_streaming import without_wall_time
 
 # small steps (a few ms), but 250 of them after the signal is sent at step 150: it lands mid-run
 LONG = ["hardware=cpu", "task.seq_len=20", "train.steps=400", "train.eval_every=50",
@@ -26,37 +28,61 @@ LONG = ["hardware=cpu", "task.seq_len=20", "train.steps=400", "train.eval_every=
         "checkpoint.every=100", "inference.compare=false", "log.progress=plain"]  # fmt: skip
 
 
-def test_sigterm_then_resume_is_bit_identical(tmp_path: Path) -> None:
+def test_sigterm_then_kill_then_resume_is_bit_identical(tmp_path: Path) -> None:
+    """SIGTERM at step 150: the run stops cleanly and writes every file. Resumed, then killed
+    with kill -9 after step 250: it writes nothing more, the CSVs hold the rows streamed up to
+    the kill (past its last checkpoint, maybe half a line), and the next resume cuts them back
+    to the checkpoint. The end result is the uninterrupted run's, CSVs wall_time aside."""
     straight = seqbench_cli(*LONG, f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
-
     run_dir = tmp_path / "b"
-    exe = Path(sys.executable).parent / "seqbench"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    log = (tmp_path / "b.log").open("w")
-    proc = subprocess.Popen([str(exe), *LONG, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                            env=env, stdout=log, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.time() + 120
-    while "step 150/" not in (tmp_path / "b.log").read_text() and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143
+
+    returncode, stderr = stop_at(tmp_path, [*LONG, f"hydra.run.dir={run_dir}"], 150, "SIGTERM")
+    assert returncode == 143
     assert "Traceback" not in stderr and f"resume={run_dir}" in stderr
     interrupted = json.loads((run_dir / "metrics.json").read_text())
     assert interrupted["status"] == "interrupted" and 150 <= interrupted["steps"] < 400
 
+    (run_dir / "metrics.json").unlink()  # so that the kill -9 below is seen to write none
+    kill_at = (interrupted["steps"] // 50 + 2) * 50  # 250 unless the SIGTERM landed late
+    returncode, stderr = stop_at(tmp_path, [f"resume={run_dir}"], kill_at, "SIGKILL")
+    assert returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists(), stderr
+    # streamed before the console printed that step: its validation, the snapshots before it
+    assert kill_at in pd.read_csv(run_dir / "history.csv")["step"].tolist()
+    snapshots = set(range(0, kill_at, 100))  # diagnostics.every=100
+    assert snapshots <= set(pd.read_csv(run_dir / "grad_norms.csv")["step"])
+    checkpoint_step = load_training_state(run_dir)["step"]
+    assert checkpoint_step % 100 == 0 and kill_at - 100 <= checkpoint_step <= kill_at + 50
+
     resumed = seqbench_cli(f"resume={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"Resuming {run_dir} at step {interrupted['steps']}" in resumed.stdout
+    assert f"Resuming {run_dir} at step {checkpoint_step}" in resumed.stdout
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     b = json.loads((run_dir / "metrics.json").read_text())
     assert b["status"] == "completed"
     assert without_timings(a) == without_timings(b)
-    for name in ("history.csv", "grad_norms.csv"):
-        ha = pd.read_csv(tmp_path / "a" / name).drop(columns="wall_time", errors="ignore")
-        hb = pd.read_csv(run_dir / name).drop(columns="wall_time", errors="ignore")
-        pd.testing.assert_frame_equal(ha, hb)  # appended without duplicates or gaps
+    for name in ("history.csv", "grad_norms.csv", "gates.csv"):  # no repeated or missing rows
+        text_a, text_b = ((d / name).read_text() for d in (tmp_path / "a", run_dir))
+        assert without_wall_time(text_a) == without_wall_time(text_b), name
+    assert pd.read_csv(run_dir / "history.csv")["step"].tolist() == list(range(50, 401, 50))
+
+
+def stop_at(tmp_path: Path, args: list[str], step: int, signal_name: str) -> tuple[int, str]:
+    """Run `seqbench *args` as a process and send it the signal once it prints `step`; return
+    its exit status and stderr."""
+    exe = Path(sys.executable).parent / "seqbench"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log_path = tmp_path / f"{signal_name}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([str(exe), *args], cwd=tmp_path, env=env, stdout=log,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.time() + 120
+        while f"step {step}/" not in log_path.read_text() and time.time() < deadline:
+            assert proc.poll() is None, f"seqbench ended before step {step}: {log_path.read_text()}"
+            time.sleep(0.02)
+        proc.send_signal(getattr(signal, signal_name))
+        _, stderr = proc.communicate(timeout=60)
+    return proc.returncode, stderr
 
 
 def make_run(tmp_path: Path, small_run) -> Path:
@@ -194,3 +220,39 @@ def test_resumed_config_is_the_checkpoints_with_this_commands_log_settings(tmp_p
     assert message.startswith(f"resume={tmp_path}: this command line changes the run's config")
     forced = resumed_config(compose_config([*changed, "resume_force=true"]), saved)
     assert (forced.model.hidden_size, forced.seed) == (16, 3)
+
+
+def test_test_split_is_scored_with_the_best_validation_weights(tmp_path: Path) -> None:
+    """A stocks run of 3 steps whose best validation is its first (the loop's later validations
+    are made to look worse): metrics.json's test score is evaluate() of best.pt's weights on
+    the test split, and differs from the final weights' score."""
+    from unittest import mock
+
+    from seqbench import train as loop
+    from seqbench.job import build_job
+    from tests.conftest import compose_config, run_small
+
+    overrides = ["task=stocks", "task.seq_len=10", "hardware=cpu", "model.hidden_size=8",
+                 "train.batch_size=8", "train.steps=3", "train.eval_every=1",
+                 "diagnostics.every=0", "log.progress=none", "log.tensorboard=false",
+                 "inference.compare=false", "optimizer.lr=0.05"]  # fmt: skip
+    evaluate, seen = loop.evaluate, []
+
+    def first_is_best(model, task, split="val"):
+        metrics = evaluate(model, task, split)
+        seen.append(split)
+        return metrics if len(seen) == 1 else {**metrics, "rmse": metrics["rmse"] + 1.0}
+
+    run_dir = tmp_path / "run"
+    with mock.patch.object(loop, "evaluate", first_is_best):
+        metrics = run_small(run_dir, *overrides, base=())
+    assert seen == ["val"] * 3 and metrics["best_step"] == 1  # the test split: not in the loop
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    final = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    assert (best["step"], final["step"]) == (1, 3)
+
+    job = build_job(compose_config(overrides), run_dir, torch.device("cpu"))
+    job.model.load_state_dict(best["model"])
+    assert metrics["test"] == evaluate(job.model, job.task, "test")
+    job.model.load_state_dict(final["model"])
+    assert evaluate(job.model, job.task, "test")["rmse"] != metrics["test"]["rmse"]
