@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -94,6 +95,11 @@ def learning_curve_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
             ax.axhline(baseline, color="gray", linestyle=":", linewidth=1)
     if log_axis:
         ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        if high / low < 10:  # within a decade the 1.7x10^-2 labels say less than 0.017
+            plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
     ax.set(
         xlabel="training step",
         ylabel=f"validation {metric}" + (" (log scale)" if log_axis else ""),

@@ -86,3 +86,13 @@ def test_the_legend_sits_outside_the_data_area(tmp_path) -> None:
     data = ax.get_window_extent(renderer)
     assert legend.x0 >= data.x1  # right of the axes, not over the curves
     assert legend.x1 <= fig.bbox.x1 + 1  # and inside the picture
+
+
+def test_a_loss_within_a_decade_keeps_plain_tick_labels(tmp_path) -> None:
+    flat = 0.017 + 0.001 * np.sin(STEPS / 100)  # stocks: RMSE 0.016-0.018, near its baseline
+    fig = learning_curve_figure(
+        fake_runs(tmp_path, "rmse", "min", {"gru": [flat]}, 0.0168), ["model"]
+    )
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert ax.yaxis.get_minor_formatter()(0.0175, 0) == "0.0175"  # not 1.75x10^-2
