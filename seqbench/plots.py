@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,10 +53,11 @@ def grad_norm_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
         for ax, when in zip(axes, ("init", "end"), strict=True):
             stack = np.stack(curves[when])  # (seeds, T)
             t = np.arange(1, stack.shape[1] + 1)
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():  # a t where every seed underflowed stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
                 mean = np.nanmean(stack, axis=0)
+                low, high = np.nanmin(stack, 0), np.nanmax(stack, 0)
             ax.plot(t, mean, label=_label(by, values), **styles[values])
-            low, high = np.nanmin(stack, 0), np.nanmax(stack, 0)
             ax.fill_between(t, low, high, color=styles[values]["color"], alpha=0.15)
     for ax, when in zip(axes, ("at initialisation", "at the end of training"), strict=True):
         ax.set(xlabel="timestep t", title=f"gradient norm {when}")
