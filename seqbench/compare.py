@@ -14,10 +14,14 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import yaml
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 # Per-run numbers aggregated as mean ± std (over the runs that completed).
 NUMERIC = [
@@ -259,20 +263,79 @@ def write_tables(
     return written
 
 
-def print_table(table: pd.DataFrame, title: str = "comparison") -> None:
-    from rich.console import Console
-    from rich.table import Table
+# What the terminal shows (everything else stays in comparison.csv/.md): the numbers a reader
+# compares first, each a "mean ± std" string that must fit 100 columns uncut.
+TERMINAL = {
+    "final_metric": "final {metric}",
+    "baseline": "baseline",
+    "init_vanishing_ratio": "vanish@init",
+    "end_vanishing_ratio": "vanish@end",
+}
 
-    display = to_display(table, short=True)
-    rich_table = Table(title=title, title_justify="left")
-    for col in display.columns:
-        rich_table.add_column(str(col), no_wrap=True)
-    for _, row in display.iterrows():
-        rich_table.add_row(*(str(v) for v in row))
+
+def terminal_table(table: pd.DataFrame, title: str = "comparison", width: int = 100) -> Table:
+    """The sweep's table for a terminal `width` columns wide: the keys that differ between rows
+    (all group keys when there is one row), seeds completed/run, solved/completed, final
+    metric, baseline and layer 0's vanishing ratio at init and at the end, nothing cut.
+
+    One column per key when they fit beside the numbers, else one "configuration" column of
+    `key=value` pairs. Every cell folds onto more lines rather than losing characters to an
+    ellipsis, and the widest (the keys) fold first.
+    """
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    display = to_display(table)
+    counts = ("runs", "completed", "diverged", "failed", "interrupted", "solved", "exploding")
+    keys = [c for c in table.columns
+            if not c.endswith(("_mean", "_std")) and c not in counts and c != "metric"]  # fmt: skip
+    differ = [k for k in keys if table[k].astype(str).nunique() > 1] or keys
+    metric = next((m for m in table.get("metric", []) if isinstance(m, str)), "metric")
+    numbers = [c for c in TERMINAL if f"{c}_mean" in table.columns]
+    numbers = numbers or [c for c in NUMERIC if f"{c}_mean" in table.columns]  # --metrics
+    columns = {"seeds": "seeds", "solved": "solved"}
+    columns.update({c: TERMINAL.get(c, SHORT.get(c, c)).format(metric=metric) for c in numbers})
+    short = {k: k.rsplit(".", 1)[-1] for k in differ}
+    if len(set(short.values())) < len(short):  # seq_len of two groups: keep the full keys
+        short = {k: k for k in differ}
+    config = {short[k]: [str(v) for v in table[k]] for k in differ}
+
+    def natural(header: str, cells: list[str]) -> int:  # its width unwrapped, rule and padding
+        return max(len(header), *map(len, cells)) + 3
+
+    used = 1 + sum(natural(h, [str(v) for v in display[c]]) for c, h in columns.items())
+    if used + sum(natural(h, cells) for h, cells in config.items()) > width:
+        pairs = [[v if k in ("model", "task") else f"{k}={v}" for v in cells]
+                 for k, cells in config.items()]  # fmt: skip
+        config = {"configuration": [", ".join(row) for row in zip(*pairs, strict=True)]}
+
+    failures = int(table["diverged"].sum() + table["failed"].sum())
+    caption = "more columns (best, solved step, decay, horizon, timing): comparison.csv/.md"
+    if failures:
+        caption = (f"{int(table['diverged'].sum())} diverged, {int(table['failed'].sum())} "
+                   f"failed (errors in their metrics.json); {caption}")  # fmt: skip
+    rich_table = Table(title=Text(title), title_justify="left", caption=caption,
+                       caption_justify="left", box=box.SQUARE, padding=(0, 1))  # fmt: skip
+    for header in config:
+        rich_table.add_column(Text(header), overflow="fold")
+    for header in columns.values():
+        rich_table.add_column(Text(header), overflow="fold", justify="right")
+    for i in range(len(table)):
+        cells = [cells[i] for cells in config.values()]
+        cells += [str(display[c].iloc[i]) for c in columns]
+        rich_table.add_row(*map(Text, cells))  # as written: brackets in a value are not markup
+    return rich_table
+
+
+def print_table(table: pd.DataFrame, title: str = "comparison") -> None:
+    """Print `terminal_table` (100 columns when stdout is not a terminal, e.g. a log file)."""
+    from rich.console import Console
+
     console = Console()
-    if not console.is_terminal:  # a log file is not 80 columns wide
-        console = Console(width=400)
-    console.print(rich_table)
+    if not console.is_terminal:
+        console = Console(width=100)
+    console.print(terminal_table(table, title, width=console.width), soft_wrap=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

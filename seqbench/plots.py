@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -51,10 +53,11 @@ def grad_norm_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
         for ax, when in zip(axes, ("init", "end"), strict=True):
             stack = np.stack(curves[when])  # (seeds, T)
             t = np.arange(1, stack.shape[1] + 1)
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():  # a t where every seed underflowed stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
                 mean = np.nanmean(stack, axis=0)
+                low, high = np.nanmin(stack, 0), np.nanmax(stack, 0)
             ax.plot(t, mean, label=_label(by, values), **styles[values])
-            low, high = np.nanmin(stack, 0), np.nanmax(stack, 0)
             ax.fill_between(t, low, high, color=styles[values]["color"], alpha=0.15)
     for ax, when in zip(axes, ("at initialisation", "at the end of training"), strict=True):
         ax.set(xlabel="timestep t", title=f"gradient norm {when}")
@@ -65,33 +68,48 @@ def grad_norm_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
 
 
 def learning_curve_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
-    """Validation metric vs step per configuration: mean over seeds, band of ±1 std."""
-    fig = Figure(figsize=(6, 4))
+    """Validation metric vs step per configuration: the mean over seeds, and a band from the
+    lowest to the highest seed (a mean ± std band would dip below zero for a loss whose seeds
+    disagree by orders of magnitude; the min-max band stays within values a run reached).
+
+    A task minimising its metric (MSE, RMSE, cross-entropy, bits per character) gets a log
+    y-axis: on the adding problem the story is 1e-2 against 1e-4, which a linear axis flattens
+    onto the floor. A maximised one (accuracy) stays linear. The legend sits right of the axes.
+    """
+    fig = Figure(figsize=(9, 4), layout="constrained")
     ax = fig.subplots()
-    metric = None
-    groups = list(runs[runs["status"] == "completed"].groupby(list(by), sort=True))
+    done = runs[runs["status"] == "completed"]
+    metric = done["metric"].iloc[0] if len(done) else None
+    log_axis = bool(len(done)) and (done["mode"] == "min").all()
+    groups = list(done.groupby(list(by), sort=True))
     styles = _styles([v if isinstance(v, tuple) else (v,) for v, _ in groups])
     for values, group in groups:
         values = values if isinstance(values, tuple) else (values,)
-        metric = group["metric"].iloc[0]
-        frames = [
-            pd.read_csv(Path(d) / "history.csv")[["step", f"val_{metric}"]]
-            for d in group["run_dir"]
-        ]
-        curve = pd.concat(frames).groupby("step")[f"val_{metric}"].agg(["mean", "std"]).fillna(0.0)
+        column = f"val_{group['metric'].iloc[0]}"
+        frames = [pd.read_csv(Path(d) / "history.csv")[["step", column]] for d in group["run_dir"]]
+        curve = pd.concat(frames).groupby("step")[column].agg(["mean", "min", "max"])
+        log_axis = log_axis and bool((curve["min"] > 0).all())  # a zero has no logarithm
         ax.plot(curve.index, curve["mean"], label=_label(by, values), **styles[values])
-        ax.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"],
-                        color=styles[values]["color"], alpha=0.15)  # fmt: skip
+        ax.fill_between(curve.index, curve["min"], curve["max"],
+                        color=styles[values]["color"], alpha=0.15, linewidth=0)  # fmt: skip
         baseline = group["baseline"].iloc[0]
         if np.isfinite(baseline):
             ax.axhline(baseline, color="gray", linestyle=":", linewidth=1)
+    if log_axis:
+        ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        if high / low < 10:  # within a decade the 1.7x10^-2 labels say less than 0.017
+            plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
     ax.set(
         xlabel="training step",
-        ylabel=f"validation {metric}",
-        title="learning curves (dotted: baseline)",
+        ylabel=f"validation {metric}" + (" (log scale)" if log_axis else ""),
+        title="learning curves: mean over seeds, band min-max (dotted: baseline)",
     )
-    ax.legend(fontsize="small")
-    fig.tight_layout()
+    if groups:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0.0)  # fmt: skip
     return fig
 
 

@@ -130,47 +130,54 @@ class ConsoleLogger(Callback):
             return
         if self.mode == "none" or self.sweep_job is not None:
             return
-        table = Table(title=f"seqbench run: {run_dir}", show_header=False, title_justify="left")
-        table.add_column(style="bold")
-        table.add_column()
-        status_style = {"completed": "green", "diverged": "red", "failed": "red"}
-        status = metrics["status"]
-        if metrics.get("diverged_step") is not None:
-            status += f" at step {metrics['diverged_step']}"
-        table.add_row("status", f"[{status_style.get(metrics['status'], 'yellow')}]{status}")
-        table.add_row("model / task", f"{metrics['model']} / {metrics['task']}")
-        table.add_row("seed", str(metrics["seed"]))
-        table.add_row("parameters", f"{metrics['num_parameters']:,}")
-        table.add_row("steps", f"{metrics['steps']:,} ({metrics['steps_per_s'] or 0:.1f} steps/s)")
-        table.add_row("wall time", _duration(metrics["wall_time_s"]))
-        name, mode = metrics["metric"], metrics["mode"]
-        table.add_row(f"final val {name}", _fmt(metrics["final_metric"]))
-        table.add_row(
-            f"best val {name}", f"{_fmt(metrics['best_metric'])} at step {metrics['best_step']}"
-        )
-        table.add_row(
-            "baseline",
-            f"{_fmt(metrics['baseline'])} ({metrics['baseline_name']}; {mode} is better)",
-        )
-        table.add_row("clipped steps", f"{100 * metrics['clip_fraction']:.1f}%")
-        for when in ("init", "end"):
-            snap = metrics["grad_norms"][when]
-            if snap is None:
-                continue
-            for layer, s in enumerate(snap["layers"]):
-                growth = s.get("growth_rate")
-                growth = "n/a" if growth is None else f"x{growth:.3g}/step back"
-                table.add_row(
-                    f"grad {when} (step {snap['step']}) L{layer}",
-                    f"log10 ||dL/dh_1||/||dL/dh_T|| = {s['vanishing_ratio']:.2f}, growth {growth}, "
-                    f"horizon {s.get('memory_horizon', 'n/a')}/{s['timesteps']} steps, "
-                    f"max {s['max_norm']:.3g}{', EXPLODING' if s['exploding'] else ''}",
-                )
-        for name, value in (metrics.get("test") or {}).items():
-            table.add_row(f"test {name} (best weights)", _fmt(value))
-        if metrics.get("error"):
-            table.add_row("error", metrics["error"])
-        self.console.print(table)
+        self.console.print(summary_table(metrics, run_dir))
+
+
+def summary_table(metrics: dict, run_dir: str) -> Table:
+    """The closing table of a single run. Long values (a path, gradient lines, an error) wrap
+    onto more lines (fold) rather than lose characters to an ellipsis: at 100 columns nothing
+    is cut."""
+    table = Table(title=Text(f"seqbench run: {run_dir}"), show_header=False, title_justify="left")
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(overflow="fold")
+    status_style = {"completed": "green", "diverged": "red", "failed": "red"}
+    status = metrics["status"]
+    if metrics.get("diverged_step") is not None:
+        status += f" at step {metrics['diverged_step']}"
+    table.add_row("status", Text(status, style=status_style.get(metrics["status"], "yellow")))
+    table.add_row("model / task", f"{metrics['model']} / {metrics['task']}")
+    table.add_row("seed", str(metrics["seed"]))
+    table.add_row("parameters", f"{metrics['num_parameters']:,}")
+    table.add_row("steps", f"{metrics['steps']:,} ({metrics['steps_per_s'] or 0:.1f} steps/s)")
+    table.add_row("wall time", _duration(metrics["wall_time_s"]))
+    name, mode = metrics["metric"], metrics["mode"]
+    table.add_row(f"final val {name}", _fmt(metrics["final_metric"]))
+    table.add_row(
+        f"best val {name}", f"{_fmt(metrics['best_metric'])} at step {metrics['best_step']}"
+    )
+    table.add_row(
+        "baseline",
+        f"{_fmt(metrics['baseline'])} ({metrics['baseline_name']}; {mode} is better)",
+    )
+    table.add_row("clipped steps", f"{100 * metrics['clip_fraction']:.1f}%")
+    for when in ("init", "end"):
+        snap = metrics["grad_norms"][when]
+        if snap is None:
+            continue
+        for layer, s in enumerate(snap["layers"]):
+            growth = s.get("growth_rate")
+            growth = "n/a" if growth is None else f"x{growth:.3g}/step back"
+            table.add_row(
+                f"grad {when} (step {snap['step']}) L{layer}",
+                f"log10 ||dL/dh_1||/||dL/dh_T|| = {s['vanishing_ratio']:.2f}, growth {growth}, "
+                f"horizon {s.get('memory_horizon', 'n/a')}/{s['timesteps']} steps, "
+                f"max {s['max_norm']:.3g}{', EXPLODING' if s['exploding'] else ''}",
+            )
+    for name, value in (metrics.get("test") or {}).items():
+        table.add_row(f"test {name} (best weights)", _fmt(value))
+    if metrics.get("error"):
+        table.add_row("error", Text(metrics["error"]))  # as written: brackets are not markup
+    return table
 
 
 def _fmt(value: float | None) -> str:

@@ -1,0 +1,157 @@
+"""What a terminal of 100 columns shows: the sweep's comparison table and a run's summary, with
+no cell cut (no ellipsis, every cell's text in the rendered output)."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from seqbench.compare import aggregate, group_keys, terminal_table
+from seqbench.loggers.console import summary_table
+from tests.conftest import SMALL, run_small
+
+WIDTH = 100
+
+
+def render(table: Table, width: int = WIDTH) -> str:
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    console.print(table)
+    return console.export_text()
+
+
+def plain(cell) -> str:
+    return cell.plain if isinstance(cell, Text) else Text.from_markup(str(cell)).plain
+
+
+def assert_uncut(table: Table, width: int = WIDTH) -> str:
+    """Render `table` at `width` columns; fail if a header or cell lost characters.
+
+    Each body line splits on the table's vertical rule into one fragment per column, and a
+    column's fragments, concatenated line after line, hold every cell of that column in order;
+    a value that wrapped is still all there (whitespace aside), a cut one is not."""
+    text = render(table, width)
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= width
+    n = len(table.columns)
+    lines = text.splitlines()
+    rule = next((i for i, line in enumerate(lines) if line.startswith(("├", "┡", "╞"))), -1)
+    parts = [(lines[rule + 1 :], lambda c: list(c.cells))]
+    if table.show_header:
+        parts.append((lines[:rule], lambda c: [c.header]))
+    for part, cells_of in parts:
+        rows = [line for line in part if line.count("│") == n + 1]
+        for i, column in enumerate(table.columns):
+            shown = re.sub(r"\s", "", "".join(line.split("│")[i + 1] for line in rows))
+            for cell in cells_of(column):
+                value = re.sub(r"\s", "", plain(cell))
+                assert value in shown, f"{value!r} cut in column {i}:\n{text}"
+                shown = shown[shown.index(value) + len(value) :]  # cells in row order
+    return text
+
+
+def runs_frame(rows: list[dict]) -> pd.DataFrame:
+    """Per-run rows as load_runs makes them (the numbers it reads from metrics.json)."""
+    return pd.DataFrame(rows)
+
+
+def run_row(rng: np.random.Generator, model: str, seed: int, status: str = "completed",
+            metric: str = "mse", **keys) -> dict:  # fmt: skip
+    """One run's numbers, with the digits real runs produce (no round values)."""
+    return {"model": model, "task": "adding", "seed": seed, **keys, "status": status,
+            "metric": metric, "mode": "min", "final_metric": rng.uniform(1e-4, 0.2),
+            "best_metric": rng.uniform(1e-4, 0.2), "baseline": 0.16666667,
+            "solved": bool(rng.integers(2)), "solved_step": float(rng.integers(100, 3000)),
+            "init_vanishing_ratio": rng.uniform(-40, -0.1),
+            "end_vanishing_ratio": -math.inf if model == "rnn" else rng.uniform(-40, 5),
+            "init_decay_rate": rng.uniform(0.5, 1), "end_decay_rate": rng.uniform(0.5, 1),
+            "max_grad_norm": rng.uniform(0, 1e4), "wall_time_s": rng.uniform(10, 1e4),
+            "steps_per_s": rng.uniform(1, 500), "num_parameters": 50_497.0,
+            "exploding": False, "error": None, "run_dir": f"/runs/{model}/{seed}"}  # fmt: skip
+
+
+def table_of(rows: list[dict]) -> pd.DataFrame:
+    runs = runs_frame(rows)
+    return aggregate(runs, group_keys(runs))
+
+
+def test_three_cells_three_lengths_three_seeds_fit_uncut() -> None:
+    rng = np.random.default_rng(0)
+    rows = [run_row(rng, m, s, **{"task.seq_len": t}) for m in ("rnn", "lstm", "gru")
+            for t in (200, 500, 1000) for s in range(3)]  # fmt: skip
+    table = table_of(rows)
+    text = assert_uncut(terminal_table(table, "multirun/long_adding/2026-11-30_16-00-00: 27 runs"))
+    header = text.splitlines()[2]  # title, top rule, header
+    for expected in ("model", "seq_len", "seeds", "solved", "final mse", "baseline",
+                     "vanish@init", "vanish@end"):  # fmt: skip
+        assert expected in header
+    assert "task" not in header.replace("task.", "")  # one task: not a varying key
+    assert "-inf" in text and "±" in text
+    assert text.count("3/3") >= 9  # seeds of every row
+
+
+def test_a_failed_and_a_diverged_job_are_counted_and_fit() -> None:
+    rng = np.random.default_rng(1)
+    rows = [run_row(rng, m, s, **{"optimizer.lr": lr}) for m in ("rnn", "lstm", "gru")
+            for lr in (0.003, 0.0003) for s in range(3)]  # fmt: skip
+    rows[0].update(status="failed", final_metric=math.nan, error="model.hidden_size=0 ...")
+    rows[4].update(status="diverged")
+    text = assert_uncut(terminal_table(table_of(rows)))
+    assert "1 diverged, 1 failed" in text
+    assert "2/3" in text  # seeds completed of run, on those two rows
+
+
+def test_long_names_and_values_wrap_instead_of_being_cut() -> None:
+    rng = np.random.default_rng(2)
+    long = ["a_rather_long_model_name_from_a_plugin_package", "lstm"]
+    rows = [run_row(rng, m, s, metric="cross_entropy", **{
+                "task.seq_len": t, "optimizer.weight_decay": 1e-5 * (s % 2 + 1),
+                "scheduler": "cosine_with_a_long_name", "task.path": f"/data/corpora/{t}/x.csv"})
+            for m in long for t in (50, 100) for s in range(2)]  # fmt: skip
+    rows[-1]["scheduler"] = "none"
+    text = assert_uncut(terminal_table(table_of(rows), "a title that is longer " * 8))
+    assert "configuration" in text  # too many keys for a column each: one column of key=value
+
+
+def test_one_run_shows_its_model_and_task() -> None:
+    text = assert_uncut(terminal_table(table_of([run_row(np.random.default_rng(3), "gru", 0)])))
+    assert "gru" in text and "adding" in text
+
+
+def test_a_narrow_terminal_folds_numbers_rather_than_cutting_them() -> None:
+    rng = np.random.default_rng(4)
+    rows = [run_row(rng, m, s) for m in ("rnn", "lstm") for s in range(3)]
+    assert "…" not in render(terminal_table(table_of(rows)), width=60)
+
+
+@pytest.fixture(scope="module")
+def sentiment_metrics(tmp_path_factory) -> dict:
+    """A real run: a 2-layer LSTM on sentiment (it has a test split), a few steps."""
+    run_dir = tmp_path_factory.mktemp("run") / "a-run-directory-with-a-long-name-2026-11-30"
+    base = [o for o in SMALL if not o.startswith("task.")]  # sentiment has no val_size
+    return run_small(run_dir, "task=sentiment", "model=lstm", "model.num_layers=2",
+                     "task.seq_len=16", base=base)  # fmt: skip
+
+
+def test_run_summary_fits_uncut(sentiment_metrics: dict) -> None:
+    metrics = dict(sentiment_metrics)
+    assert metrics["test"] and len(metrics["grad_norms"]["init"]["layers"]) == 2
+    metrics["error"] = (
+        "RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not "
+        "enough memory: you tried to allocate 137438953472 bytes. "
+        + "/a/very/long/path/without/any/spaces/at/all/that/must/fold/"
+        * 2
+    )
+    table = summary_table(metrics, "/tmp/outputs/2026-11-30/16-00-00/" + "x" * 90)
+    text = assert_uncut(table)
+    assert "[enforce fail at alloc_cpu.cpp:117]" in text  # brackets are text, not markup
+    assert "grad end" in text and "L1" in text and "test accuracy" in text
+    for line in text.splitlines()[:3]:
+        assert len(line) <= WIDTH
