@@ -41,6 +41,8 @@ EDGES = [
     ("model.num_layers", (), [1], [0]),
     ("model.dropout", ("model.num_layers=2",), [0.0, below(1.0)], [-TINY, 1.0]),
     ("model.dropout", ("model.num_layers=1",), [0.0], [TINY]),  # nothing between layers
+    ("model.input_dropout", (), [0.0, below(1.0)], [-TINY, 1.0]),
+    ("model.output_dropout", (), [0.0, below(1.0)], [-TINY, 1.0]),
     ("model.init", (), ["default", "orthogonal", "xavier", "identity"], ["zeros"]),
     ("model.nonlinearity", ("model=rnn",), ["tanh", "relu"], ["sigmoid", "ReLU"]),
     ("model.nonlinearity", ("model=lstm",), ["tanh"], ["relu"]),
