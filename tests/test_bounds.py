@@ -69,6 +69,7 @@ EDGES = [
      [below(0.75)], [0.75]),
     ("task.min_freq", ("task=sentiment",), [1], [0]),
     ("task.max_vocab", ("task=sentiment",), [3], [2]),
+    ("task.readout", ("task=sentiment",), ["last", "mean"], ["max", "Last"]),
     ("task.horizon", ("task=stocks",), [1], [0]),
     ("task.corpus", ("task=chargen",), ["shakespeare", "hamlet"], ["Hamlet", ""]),
     ("task.prompt", ("task=chargen",), ["a"], [""]),

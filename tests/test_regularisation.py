@@ -19,6 +19,7 @@ from seqbench.config import ModelConfig
 from seqbench.diagnostics import grad_norms
 from seqbench.errors import ConfigError
 from seqbench.model import SequenceModel
+from seqbench.tasks.sentiment import read_out
 from tests.conftest import ENGINE_CELLS, compose_config, run_small
 
 VOCAB, CLASSES, B, T, E, H = 50, 2, 6, 7, 5, 4
@@ -162,3 +163,19 @@ def test_a_regularised_sentiment_run(tmp_path: Path) -> None:
     # evaluations at steps 3 and 6, then the stop
     assert (metrics["steps"], metrics["stopped_at_step"]) == (6, 6), metrics
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_sentiment_readout(readout: str) -> None:
+    """task.readout: each snippet's last real output, or the mean over its real outputs,
+    written out one sequence at a time; padding never counts."""
+    output = torch.randn(4, 6, 3)
+    lengths = torch.tensor([6, 1, 3, 4])
+    got = read_out(output, lengths, readout)
+    for row, n in enumerate(lengths.tolist()):
+        real = output[row, :n]
+        expected = real[-1] if readout == "last" else real.sum(0) / n
+        torch.testing.assert_close(got[row], expected)
+    padded = output.clone()
+    padded[1, 1:] = 1e6  # what lies beyond a sequence's length is ignored
+    torch.testing.assert_close(read_out(padded, lengths, readout), got)
