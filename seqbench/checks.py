@@ -38,6 +38,8 @@ def check_config(cfg: Any) -> None:
         "model.dropout",
         "dropout acts between stacked layers, so it needs model.num_layers >= 2",
     )
+    need(0.0 <= cfg.model.input_dropout < 1.0, "model.input_dropout", "a probability in [0, 1)")
+    need(0.0 <= cfg.model.output_dropout < 1.0, "model.output_dropout", "a probability in [0, 1)")
     need(cfg.model.init in INITS, "model.init", f"one of {list(INITS)}")
     cell = CELLS.get(cfg.model.cell)
     if cell is not None and cfg.model.nonlinearity not in cell.nonlinearities:

@@ -20,6 +20,8 @@ class ModelConfig:
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0  # between stacked layers (needs num_layers > 1)
+    input_dropout: float = 0.0  # on the first layer's inputs: the token embeddings on token tasks
+    output_dropout: float = 0.0  # on the last layer's outputs, before the head
     forget_bias: float = 1.0  # LSTM only: initial forget-gate bias
     init: str = "default"  # default | orthogonal | xavier | identity (IRNN: identity W_hh blocks)
     nonlinearity: str = "tanh"  # rnn: tanh | relu; gated cells: tanh only

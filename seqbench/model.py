@@ -115,6 +115,10 @@ class SequenceModel(nn.Module):
         hidden_size: units per layer.
         num_layers: stacked layers.
         dropout: dropout on the outputs of every layer but the last.
+        input_dropout: dropout on what the first layer reads, in training mode only: the token
+            embeddings on token tasks (embedding dropout), the input features otherwise.
+        output_dropout: dropout on the last layer's outputs, which the head reads, in training
+            mode only. Both default to 0 (off: no random numbers are drawn).
         forget_bias: cells with a forget gate (LSTM): its initial bias.
         init: "default" (PyTorch's uniform), "orthogonal" (orthogonal recurrent blocks, Xavier
             input weights, zero biases), "xavier" (Xavier-uniform weights, zero biases) or
@@ -146,6 +150,8 @@ class SequenceModel(nn.Module):
         hidden_size: int = 64,
         num_layers: int = 1,
         dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        output_dropout: float = 0.0,
         forget_bias: float = 1.0,
         init: str = "default",
         nonlinearity: str = "tanh",
@@ -171,6 +177,7 @@ class SequenceModel(nn.Module):
         self.engine = engine
         self.track_log10 = track_log10
         self.bidirectional = bidirectional
+        self.input_dropout, self.output_dropout = input_dropout, output_dropout
         self.embed = None
         if vocab_size is not None:
             self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
@@ -201,6 +208,7 @@ class SequenceModel(nn.Module):
         """
         if self.embed is not None:
             x = self.embed(x)  # (B, T) -> (B, T, E)
+        x = self._dropout(x, self.input_dropout)
         if self.engine and torch.is_grad_enabled():
             recorder = None
             if record_states:  # the gate means over real positions come with the norms
@@ -213,13 +221,13 @@ class SequenceModel(nn.Module):
                 hidden_size=self.rnn.hidden_size, dropout=self.rnn.dropout,
                 training=self.training, recorder=recorder,
             )  # fmt: skip
-            return self.head(seq), recorder if recorder is not None else []
+            return self._readout(seq), recorder if recorder is not None else []
         fused = self.spec.fused is not None
         if self.bidirectional:
             return self._bidirectional(x, record_states or not fused, lengths, record_states)
         if not record_states and fused:
             seq, _ = self.rnn(x)  # (B, T, H)
-            return self.head(seq), []
+            return self._readout(seq), []
         states = UnrolledStates()
         seq = x
         for layer in range(self.rnn.num_layers):
@@ -235,7 +243,17 @@ class SequenceModel(nn.Module):
                     states.gate_means.append(batch_means(torch.stack(gates), valid))
             states.append(hs)
             seq = torch.stack(hs, dim=1)  # (B, T, H)
-        return self.head(seq), states if record_states else []
+        return self._readout(seq), states if record_states else []
+
+    def _dropout(self, x: Tensor, p: float) -> Tensor:
+        # p = 0 skips the call, so runs without dropout draw exactly the same random numbers.
+        # The mask follows memory order, and the fused and engine outputs are (T, B, H) in memory:
+        # contiguous() makes every path (fused, engine, unrolled) draw the same mask for a seed.
+        return F.dropout(x.contiguous(), p, self.training) if p > 0 else x
+
+    def _readout(self, seq: Tensor) -> Tensor:
+        """The head on the last layer's outputs (B, T, H), after `output_dropout`."""
+        return self.head(self._dropout(seq, self.output_dropout))
 
     def _bidirectional(
         self, x: Tensor, unroll: bool, lengths: Tensor | None, record_states: bool
@@ -274,7 +292,7 @@ class SequenceModel(nn.Module):
                 seq = torch.cat([torch.stack(forward, dim=1), backward_seq], dim=-1)
         # forward state at each step, backward state after the whole sequence (at step 1)
         features = torch.cat([seq[..., :hidden], seq[:, :1, hidden:].expand(-1, steps, -1)], -1)
-        return self.head(features), states
+        return self._readout(features), states
 
 
 def reverse_padded(seq: Tensor, lengths: Tensor | None) -> Tensor:

@@ -41,6 +41,8 @@ EDGES = [
     ("model.num_layers", (), [1], [0]),
     ("model.dropout", ("model.num_layers=2",), [0.0, below(1.0)], [-TINY, 1.0]),
     ("model.dropout", ("model.num_layers=1",), [0.0], [TINY]),  # nothing between layers
+    ("model.input_dropout", (), [0.0, below(1.0)], [-TINY, 1.0]),
+    ("model.output_dropout", (), [0.0, below(1.0)], [-TINY, 1.0]),
     ("model.init", (), ["default", "orthogonal", "xavier", "identity"], ["zeros"]),
     ("model.nonlinearity", ("model=rnn",), ["tanh", "relu"], ["sigmoid", "ReLU"]),
     ("model.nonlinearity", ("model=lstm",), ["tanh"], ["relu"]),
@@ -67,6 +69,7 @@ EDGES = [
      [below(0.75)], [0.75]),
     ("task.min_freq", ("task=sentiment",), [1], [0]),
     ("task.max_vocab", ("task=sentiment",), [3], [2]),
+    ("task.readout", ("task=sentiment",), ["last", "mean"], ["max", "Last"]),
     ("task.horizon", ("task=stocks",), [1], [0]),
     ("task.corpus", ("task=chargen",), ["shakespeare", "hamlet"], ["Hamlet", ""]),
     ("task.prompt", ("task=chargen",), ["a"], [""]),

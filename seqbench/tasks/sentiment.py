@@ -9,7 +9,8 @@ A snippet is lowercased and split into words (apostrophes kept inside: "it's") a
 punctuation marks. Ids come from the training split's vocabulary: 0 is <pad>, 1 is <unk> (a word
 seen fewer than `min_freq` times in training, or never). Sequences are padded at the end to
 `seq_len` (longer ones are truncated) and the classifier reads the model output at each
-sequence's own last real token, never at padding. Example with seq_len=8:
+sequence's own last real token (`readout: last`), or the mean of its outputs over the real
+tokens (`readout: mean`), never at padding. Example with seq_len=8:
 
     "A slick, engrossing melodrama."
     tokens   a   slick  ,   engrossing  melodrama  .
@@ -69,6 +70,9 @@ class SentimentConfig(TaskConfig):
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0  # the shuffle before splitting; fixed so every run sees the same splits
+    # where the classifier reads the model: `last` (the output at each snippet's last real
+    # token) or `mean` (the mean of the outputs over its real tokens: the head on the mean state)
+    readout: str = "last"
 
 
 def tokenize(text: str) -> list[str]:
@@ -99,10 +103,25 @@ def encode(
     return ids, lengths
 
 
+READOUTS = ("last", "mean")
+
+
 def last_step(output: Tensor, lengths: Tensor) -> Tensor:
     """The output (B, T, O) at each sequence's last real position lengths-1 -> (B, O)."""
     rows = torch.arange(output.shape[0], device=output.device)
     return output[rows, lengths - 1]
+
+
+def mean_over_real(output: Tensor, lengths: Tensor) -> Tensor:
+    """The mean of the outputs (B, T, O) over each sequence's real positions -> (B, O). The head
+    is linear, so this is the head applied to the mean hidden state."""
+    real = torch.arange(output.shape[1], device=output.device)[None, :] < lengths[:, None]
+    return (output * real[..., None]).sum(1) / lengths[:, None].to(output.dtype)
+
+
+def read_out(output: Tensor, lengths: Tensor, readout: str) -> Tensor:
+    """The logits (B, O) a snippet is classified from (`task.readout`)."""
+    return last_step(output, lengths) if readout == "last" else mean_over_real(output, lengths)
 
 
 def macro_f1(predicted: Tensor, target: Tensor, num_classes: int) -> float:
@@ -140,8 +159,9 @@ class SentimentTask:
         val_fraction: float,
         test_fraction: float,
         split_seed: int,
+        readout: str = "last",
     ) -> None:
-        self.seq_len = seq_len
+        self.seq_len, self.readout = seq_len, readout
         texts, targets, self.classes, facts = load_reviews(
             path, text_column, label_column, None if labels is None else list(labels)
         )
@@ -200,6 +220,7 @@ class SentimentTask:
         check_split_fractions(cfg, need)
         need(cfg.min_freq >= 1, "task.min_freq", "a positive integer")
         need(cfg.max_vocab >= 3, "task.max_vocab", "an integer >= 3 (<pad>, <unk>, a word)")
+        need(cfg.readout in READOUTS, "task.readout", f"one of {list(READOUTS)}")
 
     def sample(self, batch_size: int) -> Batch:
         train = self.data["train"]
@@ -209,7 +230,7 @@ class SentimentTask:
         return Batch(train.x[index], train.y[index], train.lengths[index])
 
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
-        return F.cross_entropy(last_step(output, batch.lengths), batch.y)
+        return F.cross_entropy(read_out(output, batch.lengths, self.readout), batch.y)
 
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         data = self.data[split]
@@ -217,7 +238,7 @@ class SentimentTask:
         for start in range(0, len(data.y), EVAL_CHUNK):
             chunk = slice(start, start + EVAL_CHUNK)
             output, _ = model(data.x[chunk], lengths=data.lengths[chunk])  # (chunk, T, C)
-            logits.append(last_step(output, data.lengths[chunk]))
+            logits.append(read_out(output, data.lengths[chunk], self.readout))
         return self.metrics(torch.cat(logits), data.y)
 
     def metrics(self, logits: Tensor, target: Tensor) -> dict[str, float]:
