@@ -171,7 +171,7 @@ class Config:
 
 def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore and the resolvers in OmegaConf (idempotent)."""
-    from seqbench.tasks import task_schemas  # here, not at the top: tasks import torch
+    from seqbench.schemas import task_schemas  # read from source: task modules import torch
 
     OmegaConf.register_new_resolver("seqbench_direction", optimization_direction, replace=True)
     cs = ConfigStore.instance()

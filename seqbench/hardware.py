@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
-
-import numpy as np
-import torch
+import sys
+from typing import TYPE_CHECKING
 
 from seqbench.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `seqbench --help` never loads it
+    import torch
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -18,6 +21,8 @@ class HardwareError(ConfigError):
 
 def select_device(device: str) -> tuple[torch.device, str | None]:
     """Resolve cpu | cuda | auto; return the device and a notice for the user, if any."""
+    import torch
+
     if device not in DEVICES:
         raise HardwareError(f"hardware.device={device!r} is not one of {list(DEVICES)}.")
     if device == "cuda" and not torch.cuda.is_available():
@@ -33,7 +38,7 @@ def select_device(device: str) -> tuple[torch.device, str | None]:
     return torch.device(device), None
 
 
-def configure(flush_denormal: bool, num_threads: int) -> None:
+def configure(flush_denormal: bool, num_threads: int, step_work: int | None = None) -> None:
     """Process-wide CPU settings.
 
     Vanishing gradients are exactly what seqbench studies, and in float32 they become denormal
@@ -41,14 +46,58 @@ def configure(flush_denormal: bool, num_threads: int) -> None:
     nn.LSTM training step at B=128, T=200, H=128 took 0.95 s, and 0.13 s with denormals
     flushed). Flushing replaces values below 1.2e-38 with 0, which changes no result that float32
     can represent in normal range. Gradient norms are reported as 0 once they underflow.
+
+    Threads: `num_threads` if > 0, else one for a step smaller than the engine's threading
+    threshold (`step_work`: batch rows x gate columns; see `auto_threads`), else torch's
+    default (or a sweep's share of the cores, set before).
     """
+    import torch
+
+    from seqbench.engine.constants import THREADING_MIN_WORK
+
     torch.set_flush_denormal(flush_denormal)
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
+    threads = auto_threads(num_threads, step_work, THREADING_MIN_WORK)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+#: libgomp's busy-wait at a barrier before a waiting thread sleeps (its default, 300000, is
+#: about a millisecond; measured on the 2-core machine, see README "Several runs at once").
+SPIN_COUNT = "10000"
+
+
+def bound_openmp_spinning() -> None:
+    """Bound how long OpenMP threads spin at a barrier, unless the user set a wait policy.
+
+    The entry point calls this before torch is imported: libgomp reads GOMP_SPINCOUNT once,
+    when it is loaded. A user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins.
+    """
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+
+
+def auto_threads(num_threads: int, step_work: int | None, min_work: int) -> int | None:
+    """The torch threads a run uses when hardware.num_threads is 0 (auto), None to keep torch's.
+
+    A step whose work (batch rows x gate columns) is below the engine's threading threshold
+    (`min_work`) runs on one thread: its many tiny parallel regions per timestep gain little
+    from a second thread and make every barrier wait for a core when other processes want
+    them (two such runs at once took 50x as long). Decided once, before training: the engine's
+    sums depend on the thread count, so a run never changes it.
+    """
+    if num_threads > 0:
+        return num_threads
+    if step_work is not None and step_work < min_work:
+        return 1
+    return None

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from seqbench.callbacks import Callback, Diverged, Interrupted
+from seqbench.cells import get_cell
 from seqbench.checkpoint import (
     BestCheckpoint,
     PeriodicCheckpoint,
@@ -77,7 +78,8 @@ def run(
         cfg = resumed_config(cfg, state["config"])
         run_dir = resume
     device, notice = select_device(cfg.hardware.device)
-    configure(cfg.hardware.flush_denormal, cfg.hardware.num_threads)
+    step_work = cfg.train.batch_size * get_cell(cfg.model.cell).gates * cfg.model.hidden_size
+    configure(cfg.hardware.flush_denormal, cfg.hardware.num_threads, step_work)
     seed_everything(cfg.seed)
     job = build_job(cfg, Path(run_dir), device)
     task, recorder = job.task, job.recorder
