@@ -21,11 +21,9 @@ from omegaconf import DictConfig
 
 from seqbench.config import register_configs
 from seqbench.errors import EXIT_IO, EXIT_USAGE, ConfigError
-from seqbench.hardware import bound_openmp_spinning
 from seqbench.resume import completed_before, prepare_sweep_job, run_status, write_failed
 
 register_configs()
-bound_openmp_spinning()  # before torch loads its OpenMP runtime, which reads it once
 
 
 def _share_config_store(store: ConfigStore, memo: dict) -> ConfigStore:

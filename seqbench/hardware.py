@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import sys
 from typing import TYPE_CHECKING
 
 from seqbench.errors import ConfigError
@@ -38,7 +36,7 @@ def select_device(device: str) -> tuple[torch.device, str | None]:
     return torch.device(device), None
 
 
-def configure(flush_denormal: bool, num_threads: int, step_work: int | None = None) -> None:
+def configure(flush_denormal: bool, num_threads: int) -> None:
     """Process-wide CPU settings.
 
     Vanishing gradients are exactly what seqbench studies, and in float32 they become denormal
@@ -46,19 +44,12 @@ def configure(flush_denormal: bool, num_threads: int, step_work: int | None = No
     nn.LSTM training step at B=128, T=200, H=128 took 0.95 s, and 0.13 s with denormals
     flushed). Flushing replaces values below 1.2e-38 with 0, which changes no result that float32
     can represent in normal range. Gradient norms are reported as 0 once they underflow.
-
-    Threads: `num_threads` if > 0, else one for a step smaller than the engine's threading
-    threshold (`step_work`: batch rows x gate columns; see `auto_threads`), else torch's
-    default (or a sweep's share of the cores, set before).
     """
     import torch
 
-    from seqbench.engine.constants import THREADING_MIN_WORK
-
     torch.set_flush_denormal(flush_denormal)
-    threads = auto_threads(num_threads, step_work, THREADING_MIN_WORK)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
 
 
 def seed_everything(seed: int) -> None:
@@ -71,24 +62,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-#: libgomp's busy-wait at a barrier before a waiting thread sleeps (its default, 300000, is
-#: about a millisecond; measured on the 2-core machine, see README "Several runs at once").
-SPIN_COUNT = "10000"
-
-
-def bound_openmp_spinning() -> None:
-    """Bound how long OpenMP threads spin at a barrier, unless the user set a wait policy.
-
-    The entry point calls this before torch is imported: libgomp reads GOMP_SPINCOUNT once,
-    when it is loaded. A user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins.
-    """
-    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
-        return
-    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
-
-
-def auto_threads(num_threads: int, step_work: int | None, min_work: int) -> int | None:
-    """The torch threads a run uses when hardware.num_threads is 0 (auto), None to keep torch's.
+def auto_threads(num_threads: int, step_work: int, min_work: int) -> int | None:
+    """The torch threads a run uses when hardware.num_threads is 0 (auto), None to keep torch's
+    default (or the share of the cores a parallel sweep gave the job).
 
     A step whose work (batch rows x gate columns) is below the engine's threading threshold
     (`min_work`) runs on one thread: its many tiny parallel regions per timestep gain little
@@ -98,6 +74,17 @@ def auto_threads(num_threads: int, step_work: int | None, min_work: int) -> int 
     """
     if num_threads > 0:
         return num_threads
-    if step_work is not None and step_work < min_work:
+    if step_work < min_work:
         return 1
     return None
+
+
+def threads_for_step(num_threads: int, step_work: int) -> None:
+    """Apply `auto_threads` with the engine's threshold (before any work, once per process)."""
+    import torch
+
+    from seqbench.engine.constants import THREADING_MIN_WORK
+
+    threads = auto_threads(num_threads, step_work, THREADING_MIN_WORK)
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)

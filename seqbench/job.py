@@ -27,7 +27,7 @@ from seqbench.checkpoint import (
 )
 from seqbench.checks import check_config
 from seqbench.errors import EXIT_CODES, ConfigError
-from seqbench.hardware import configure, seed_everything, select_device
+from seqbench.hardware import configure, seed_everything, select_device, threads_for_step
 from seqbench.inference import compare_inference
 from seqbench.interrupt import stop_on_signals
 from seqbench.loggers.console import ConsoleLogger
@@ -78,8 +78,9 @@ def run(
         cfg = resumed_config(cfg, state["config"])
         run_dir = resume
     device, notice = select_device(cfg.hardware.device)
+    configure(cfg.hardware.flush_denormal, cfg.hardware.num_threads)
     step_work = cfg.train.batch_size * get_cell(cfg.model.cell).gates * cfg.model.hidden_size
-    configure(cfg.hardware.flush_denormal, cfg.hardware.num_threads, step_work)
+    threads_for_step(cfg.hardware.num_threads, step_work)  # small steps: 1 thread
     seed_everything(cfg.seed)
     job = build_job(cfg, Path(run_dir), device)
     task, recorder = job.task, job.recorder
