@@ -104,7 +104,7 @@ class StepScheduleConfig(SchedulerConfig):
 class HardwareConfig:
     device: str = MISSING  # cpu | cuda | auto (cuda when present): the option's name
     flush_denormal: bool = True  # float32 denormals -> 0: 4-7x faster RNN backward on CPU
-    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    num_threads: int = 0  # torch threads; 0: 1 for a small step, else torch's default (README)
 
 
 @dataclass
