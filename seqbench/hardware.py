@@ -29,10 +29,10 @@ def select_device(device: str) -> tuple[torch.device, str | None]:
             f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}). "
             "Use hardware=cpu, or hardware=auto to take CUDA only when it is present."
         )
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda"), None
+    if device == "auto" and not torch.cuda.is_available():
         return torch.device("cpu"), "hardware=auto: no CUDA device found, running on the CPU."
+    if device in ("cuda", "auto"):  # the exact device (a sweep job's own, seqbench.devices)
+        return torch.device("cuda", torch.cuda.current_device()), None
     return torch.device(device), None
 
 

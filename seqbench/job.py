@@ -26,12 +26,14 @@ from seqbench.checkpoint import (
     training_state,
 )
 from seqbench.checks import check_config
+from seqbench.config import diagnostics_every
 from seqbench.errors import EXIT_CODES, ConfigError
 from seqbench.hardware import configure, seed_everything, select_device, threads_for_step
 from seqbench.inference import compare_inference
 from seqbench.interrupt import stop_on_signals
 from seqbench.loggers.console import ConsoleLogger
-from seqbench.loggers.tensorboard import TensorBoardLogger, final_numbers, run_hparams
+from seqbench.loggers.runname import event_dir
+from seqbench.loggers.tensorboard import TensorBoardLogger, run_hparams
 from seqbench.model import SequenceModel, count_parameters, engine_choice
 from seqbench.results import RunRecorder
 from seqbench.resume import resumed_config
@@ -101,8 +103,9 @@ def run(
         callbacks.append(SchedulerStep(job.scheduler, task.metric))
     tensorboard = None
     if cfg.log.tensorboard:  # before the checkpoint: its events reach the disk first
+        log_dir = event_dir(job.run_dir, recorder.info["overrides"], resumed=state is not None)
         tensorboard = TensorBoardLogger(
-            job.run_dir / "tb", cfg.diagnostics.explode_factor, resume_step=start_step or None,
+            log_dir, cfg.diagnostics.explode_factor, resume_step=start_step or None,
             snapshots=[(s, n) for s, n, *_ in recorder.snapshots], clipped=recorder.clipped_steps,
             lr=recorder.lr, gate_history=recorder.memory_gate_history(),
             flush_every=cfg.checkpoint.every,
@@ -129,7 +132,7 @@ def run(
             train(
                 job.model, task, job.optimizer, steps=cfg.train.steps,
                 batch_size=cfg.train.batch_size, eval_every=cfg.train.eval_every,
-                clip=Clip(**cfg.train.clip), diagnostics_every=cfg.diagnostics.every,
+                clip=Clip(**cfg.train.clip), diagnostics_every=diagnostics_every(cfg),
                 callbacks=callbacks, start_step=start_step, stop=stop, done=early,
             )  # fmt: skip
         extra["stopped_early"] = early.stopped_at is not None
@@ -152,8 +155,7 @@ def run(
             save_checkpoint(job.run_dir, job.state())
         metrics = recorder.write(status, **extra)
         if tensorboard is not None:
-            tensorboard.write_hparams(run_hparams(cfg), final_numbers(metrics), status,
-                                      experiment=sweep_job is None)  # fmt: skip
+            tensorboard.write_end(run_hparams(cfg), metrics, experiment=sweep_job is None)
         for callback in callbacks:
             getattr(callback, "close", lambda: None)()
     console.summary(metrics, str(job.run_dir))

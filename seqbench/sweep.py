@@ -17,11 +17,13 @@ from seqbench.errors import EXIT_IO, EXIT_USAGE, ConfigError
 
 
 def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
-    """Write comparison.csv/.md, grad_norm_vs_t.png and learning_curves.png into `sweep_dir`
-    (and the same pictures to TensorBoard under sweep_dir/tb_summary); print the table."""
+    """Write comparison.csv/.md, grad_norm_vs_t.png and learning_curves.png into `sweep_dir`, and
+    the TensorBoard run `sweep` (sweep_dir/tb/sweep): the same pictures, the comparison table in
+    its Text tab and the HParams experiment of all jobs; print the table."""
     from torch.utils.tensorboard import SummaryWriter
 
     from seqbench.loggers.hparams import experiment_summary
+    from seqbench.loggers.runname import EVENTS, SUMMARY_RUN
     from seqbench.loggers.tensorboard import HPARAM_METRICS, run_hparams
     from seqbench.plots import grad_norm_figure, learning_curve_figure
 
@@ -38,11 +40,18 @@ def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
             "grad_norm_vs_t": grad_norm_figure(runs, by),
             "learning_curves": learning_curve_figure(runs, by),
         }
-    with SummaryWriter(str(sweep_dir / "tb_summary")) as writer:
+    summary_dir = sweep_dir / "tb" / SUMMARY_RUN
+    for old in summary_dir.glob(EVENTS):  # a sweep run again: one summary, the latest
+        old.unlink()
+    with SummaryWriter(str(summary_dir)) as writer:
         # one HParams experiment for the whole sweep: the keys that vary between jobs "differ"
         jobs = [run_hparams(OmegaConf.load(d / ".hydra" / "config.yaml")) for d in run_dirs
                 if (d / ".hydra" / "config.yaml").exists()]  # fmt: skip
         writer.file_writer.add_summary(experiment_summary(jobs, HPARAM_METRICS))
+        comparison = sweep_dir / "comparison.md"
+        if comparison.exists():
+            title = f"{len(run_dirs)} runs in {sweep_dir} (also comparison.csv)\n\n"
+            writer.add_text("comparison", title + comparison.read_text(), 0)
         for name, fig in figures.items():
             fig.savefig(sweep_dir / f"{name}.png", dpi=110)
             writer.add_figure(f"sweep/{name}", fig, 0)
@@ -50,9 +59,15 @@ def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
         print_table(table, title=f"{sweep_dir}: {len(run_dirs)} runs")
 
 
+# the sweep's progress watcher, by sweep directory: kept outside HydraHooks, which launchers
+# pickle to send to their workers (a thread cannot be pickled)
+_WATCHERS: dict[str, Any] = {}
+
+
 class HydraHooks(HydraCallback):
     """Hydra callbacks (conf/config.yaml, hydra.callbacks): check that the output directory is
-    writable before Hydra creates it, and summarize when a multirun ends."""
+    writable before Hydra creates it; in a multirun, print progress lines while it runs, give
+    each CUDA job its own GPU, and summarize when it ends."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         refuse_impossible_values(config)  # before Hydra creates the run directory
@@ -60,6 +75,14 @@ class HydraHooks(HydraCallback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         ensure_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+        if config.log.progress != "none":  # one line per finished job, whatever the launcher
+            from seqbench.progress import SweepProgress, count_jobs, sweep_keys
+
+            overrides = list(config.hydra.overrides.task)
+            total = count_jobs(config.hydra, overrides)
+            keys = sweep_keys(config.hydra, overrides)
+            progress = SweepProgress(Path(config.hydra.sweep.dir), total, keys)
+            _WATCHERS[str(config.hydra.sweep.dir)] = progress.start()
         if config.hardware.device == "auto":  # once here, instead of in every job
             from seqbench.hardware import select_device
 
@@ -68,7 +91,21 @@ class HydraHooks(HydraCallback):
                 print(notice)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        progress = _WATCHERS.pop(str(config.hydra.sweep.dir), None)
+        if progress is not None:
+            progress.stop()
         summarize_sweep(Path(config.hydra.sweep.dir))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A sweep job on CUDA takes a GPU of its own (seqbench.devices)."""
+        from seqbench.devices import claim_sweep_gpu
+
+        self.gpu = claim_sweep_gpu(config)
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        if getattr(self, "gpu", None) is not None:
+            self.gpu.release()
+            self.gpu = None
 
 
 def refuse_impossible_values(config: DictConfig) -> None:

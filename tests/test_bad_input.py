@@ -95,7 +95,8 @@ BAD = [
      refused("train.clip.threshold=-1.0", "a value > 0, or null")),
     ("train.clip.mode=max", USAGE, refused("train.clip.mode='max'", "norm or value")),
     ("diagnostics.every=-1", USAGE,
-     refused("diagnostics.every=-1", "0 (init only) or a positive integer")),
+     refused("diagnostics.every=-1", "auto (max(1, train.steps // 50): about 50 snapshots per "
+             "run), 0 (at init and at the end only) or a positive number of steps")),
     ("diagnostics.explode_factor=0", USAGE,
      refused("diagnostics.explode_factor=0.0", "a value > 0")),
     ("log.progress=fancy", USAGE,

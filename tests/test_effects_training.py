@@ -312,7 +312,8 @@ def test_best_pt_from_before_the_stop_survives_the_resume(tmp_path: Path) -> Non
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0}).Reload()
+    (folder,) = {p.parent for p in (run_dir / "tb").rglob("events.out.tfevents.*")}
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
             for tag in events.Tags()["scalars"]}  # fmt: skip
 

@@ -95,8 +95,9 @@ def test_leaf_modules_import_nothing_of_ours(leaf: str) -> None:
     assert import_graph()[leaf] == set()
 
 
-def test_compare_tool_does_not_load_torch() -> None:
-    code = "import sys, seqbench.compare; print(sorted(m for m in sys.modules if 'torch' in m))"
+@pytest.mark.parametrize("tool", ["seqbench.compare", "seqbench.report.cli"])
+def test_light_tools_do_not_load_torch(tool: str) -> None:
+    code = f"import sys, {tool}; print(sorted(m for m in sys.modules if 'torch' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

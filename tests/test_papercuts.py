@@ -138,13 +138,13 @@ def check_hparams_experiment(sweep_dir: Path) -> None:
     only its session, with booleans as booleans."""
     from tensorboard.plugins.hparams import api_pb2, metadata
 
-    for job in ("0", "1"):
-        tags = hparams_plugin_data(sweep_dir / job / "tb")
+    for job in ("0", "1"):  # each job's events under tb/, named by what the sweep varies
+        tags = hparams_plugin_data(sweep_dir / "tb" / f"model={('rnn', 'gru')[int(job)]}")
         assert metadata.EXPERIMENT_TAG not in tags  # the sweep's experiment is the only one
         start = tags[metadata.SESSION_START_INFO_TAG].hparams
         assert start["model.bidirectional"].WhichOneof("kind") == "bool_value"
         assert start["model"].string_value == ("rnn", "gru")[int(job)]
-    experiment = hparams_plugin_data(sweep_dir / "tb_summary")[metadata.EXPERIMENT_TAG]
+    experiment = hparams_plugin_data(sweep_dir / "tb" / "sweep")[metadata.EXPERIMENT_TAG]
     infos = {info.name: info for info in experiment.hparam_infos}
     assert infos["model"].differs and not infos["seed"].differs
     assert not infos["model.bidirectional"].differs

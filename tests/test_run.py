@@ -60,7 +60,8 @@ def test_run_directory_contract(small_run, tmp_path: Path) -> None:
     assert ckpt["step"] == 6 and ckpt["config"]["model"]["cell"] == "lstm"
     assert "rnn.weight_hh_l1" in ckpt["model"] and "state" in ckpt["optimizer"]
 
-    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0}).Reload()
+    (folder,) = {p.parent for p in (run_dir / "tb").rglob("events.out.tfevents.*")}  # tb/<name>
+    events = EventAccumulator(str(folder), size_guidance={"images": 0}).Reload()
     tags = events.Tags()
     for tag in ("train/loss", "val/mse", "grad/total_norm", "grad/clip_fraction",
                 "grad/vanishing_ratio/layer0", "grad/decay_rate/layer1"):  # fmt: skip
@@ -68,7 +69,7 @@ def test_run_directory_contract(small_run, tmp_path: Path) -> None:
     assert {"grad_heatmap/layer0", "grad_heatmap/layer1", "grad_norm_vs_t"} <= set(tags["images"])
     assert len(events.Scalars("train/loss")) == 6
     # HParams: in the run's own event file, no stray sub-run directory
-    assert [p for p in (run_dir / "tb").iterdir() if p.is_dir()] == []
+    assert [p for p in folder.iterdir() if p.is_dir()] == []
     hparams = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
     assert events.Scalars("hparams/best_metric")[-1].value == pytest.approx(m["best_metric"])

@@ -63,7 +63,7 @@ def test_basic_sweep_table_matches_the_runs_files(tmp_path: Path) -> None:
     assert "| gru " in markdown and "±" in markdown
     for picture in ("grad_norm_vs_t.png", "learning_curves.png"):
         assert (sweep_dir / picture).stat().st_size > 10_000
-    assert list((sweep_dir / "tb_summary").glob("events.out.tfevents.*"))
+    assert list((sweep_dir / "tb" / "sweep").glob("events.out.tfevents.*"))
 
 
 def test_failed_and_diverged_jobs_are_reported(tmp_path: Path) -> None:

@@ -1,0 +1,212 @@
+"""What the report says about each sweep, in reading order: a header (what varied, how many runs,
+when), the command, the headline, the tables, the figures with captions saying what to look at,
+the runs that did not complete, and the config."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from seqbench.report.collect import Sweep, counted, differing_keys, finished_between, run_config
+from seqbench.report.render import Code, Details, Heading, Text
+from seqbench.report.tables import (
+    fmt,
+    gate_table,
+    gradient_table,
+    label,
+    results_table,
+    runs_table,
+)
+from seqbench.report.views import figure_blocks
+
+
+def report_blocks(sweeps: list[Sweep], title: str) -> list:
+    """The whole report: a title, a table of contents, then one section per sweep."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    runs = sum(len(s.runs) for s in sweeps)
+    blocks: list = [
+        Heading(title, 1),
+        Text(
+            f"{counted(len(sweeps), 'sweep')}, {counted(runs, 'run')}; written {now} by "
+            f"`seqbench-report` from the run directories (metrics.json, history.csv, "
+            f"grad_norms.csv, gates.csv, .hydra/) without re-training."
+        ),
+    ]
+    if len(sweeps) > 1:
+        items = "; ".join(f"{i}. {_title(s)}" for i, s in enumerate(sweeps, 1))
+        blocks.append(Text(f"Contents: {items}."))
+    for index, sweep in enumerate(sweeps, 1):
+        blocks += sweep_blocks(sweep, index)
+    return blocks
+
+
+def _title(sweep: Sweep) -> str:
+    tasks = sorted(sweep.runs["task"].dropna().astype(str).unique())
+    varied = [
+        f"{k} ∈ {{{', '.join(map(str, _values(sweep, k)))}}}"
+        for k in sweep.by
+        if len(_values(sweep, k)) > 1
+    ]
+    seeds = sweep.runs["seed"].dropna().nunique()
+    return f"{'/'.join(tasks)}: {' × '.join(varied) or 'one configuration'}, {seeds} seed" + (
+        "s" if seeds != 1 else ""
+    )
+
+
+def _values(sweep: Sweep, key: str) -> list:
+    values = sweep.runs[key].dropna().unique().tolist()
+    return sorted(
+        values, key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v))
+    )
+
+
+def sweep_blocks(sweep: Sweep, index: int) -> list:
+    blocks: list = [Heading(f"{index}. {_title(sweep)}", 2, f"sweep-{index}")]
+    blocks.append(Text(_header(sweep)))
+    if sweep.command:
+        where = f" (typed in `{sweep.cwd}`)" if sweep.cwd else ""
+        blocks += [Text(f"The sweep's command{where}:"), Code(sweep.command, "bash")]
+    blocks += [Heading("Results", 3), Text(_headline(sweep)), results_table(sweep)]
+    blocks += [Text(_table_note(sweep)), Heading("Gradients", 3), gradient_table(sweep)]
+    gates = gate_table(sweep)
+    if gates is not None:
+        blocks += [Text(_gate_note(sweep)), gates]
+    blocks += figure_blocks(sweep, f"s{index}")
+    unfinished = sweep.runs[sweep.runs["status"] != "completed"]
+    if len(unfinished):
+        blocks += [
+            Heading("Runs that did not complete", 3),
+            Text(
+                f"{len(unfinished)} of {len(sweep.runs)} runs did not complete; they are left "
+                "out of the means, the curves and the heat maps (the table counts them)."
+            ),
+            runs_table(sweep, only_unfinished=True),
+        ]
+    blocks.append(Details(f"All {len(sweep.runs)} runs and their commands", [runs_table(sweep)]))
+    blocks += _config_blocks(sweep)
+    return blocks
+
+
+def _header(sweep: Sweep) -> str:
+    runs = sweep.runs
+    counts = runs["status"].value_counts()
+    status = ", ".join(f"{n} {s}" for s, n in counts.items())
+    first, last = finished_between([Path(d) for d in runs["run_dir"]])
+    when = f"{first:%Y-%m-%d %H:%M}" + (
+        f" to {last:%Y-%m-%d %H:%M} UTC" if f"{last:%H:%M}" != f"{first:%H:%M}" else " UTC"
+    )
+    varied = [
+        f"{k} ({', '.join(map(str, _values(sweep, k)))})"
+        for k in sweep.by
+        if len(_values(sweep, k)) > 1
+    ]
+    seeds = _values(sweep, "seed")
+    metrics = next(iter(sweep.metrics.values()))
+    wall = float(np.nansum(runs["wall_time_s"].to_numpy(dtype=float)))
+    parts = [
+        f"Directory `{sweep.path.resolve()}`: {len(runs)} runs ({status}), finished {when}, "
+        f"{wall:,.{1 if wall < 10 else 0}f} s of training in all",
+        f"What varied: {'; '.join(varied) or 'nothing but the seed'}; seeds "
+        f"{', '.join(map(str, seeds))}",
+    ]
+    metric, mode = metrics.get("metric"), metrics.get("mode")
+    if metric:
+        better = "lower" if mode == "min" else "higher"
+        baseline = metrics.get("baseline")
+        name = metrics.get("baseline_name")
+        parts.append(
+            f"Metric: validation {metric} ({better} is better)"
+            + (
+                f"; baseline {baseline:.4g}" + (f", {name}" if name else "")
+                if isinstance(baseline, float)
+                else ""
+            )
+        )
+    device = metrics.get("device")
+    if device:
+        parts.append(f"Device {device}, torch {metrics.get('torch', '?')}")
+    return ". ".join(parts) + "."
+
+
+def _headline(sweep: Sweep) -> str:
+    """Which configuration did best, which solved the task, how far the gradient reaches."""
+    table = sweep.table
+    done = table[table["completed"] > 0]
+    if done.empty:
+        return "No run completed: there is nothing to compare (see the runs below)."
+    metrics = next(iter(sweep.metrics.values()))
+    metric, mode = metrics.get("metric", "metric"), metrics.get("mode", "min")
+    finals = done["final_metric_mean"].astype(float)
+    best = finals.idxmin() if mode == "min" else finals.idxmax()
+    names = {i: label(sweep, tuple(table.loc[i, k] for k in sweep.by)) for i in table.index}
+    row = table.loc[best]
+    text = [
+        f"Best final validation {metric}: {names[best]}, "
+        f"{fmt(row['final_metric_mean'], row['final_metric_std'])}"
+    ]
+    baseline = row["baseline_mean"]
+    if np.isfinite(baseline):
+        text[0] += f" (baseline {baseline:.4g})"
+        beat = [
+            names[i]
+            for i, r in done.iterrows()
+            if (r["final_metric_mean"] < r["baseline_mean"]) == (mode == "min")
+        ]
+        text.append(
+            f"below the baseline at the end: {', '.join(beat)}"
+            if mode == "min" and beat
+            else f"above the baseline at the end: {', '.join(beat)}"
+            if beat
+            else "no configuration beat the baseline at the end"
+        )
+    solved = [
+        f"{names[i]} {int(r['solved'])}/{int(r['completed'])} (at step "
+        f"{fmt(r['solved_step_mean'], r['solved_step_std'], integer=True)})"
+        for i, r in done.iterrows()
+        if r["solved"] > 0
+    ]
+    if solved:
+        never = [names[i] for i, r in done.iterrows() if r["solved"] == 0]
+        text.append(
+            "solved by " + "; ".join(solved) + (f"; never by {', '.join(never)}" if never else "")
+        )
+    return "; ".join(text) + "."
+
+
+def _table_note(sweep: Sweep) -> str:
+    return (
+        "Means ± standard deviation over the completed seeds (diverged and failed runs are "
+        "counted, not averaged), computed by `seqbench.compare` as `seqbench-compare` does; "
+        "`solved` counts the seeds that reached the task's threshold, `solved at step` is the "
+        "first validation step that did. In the gradient table, log10 ‖dL/dh₁‖/‖dL/dh_T‖ is how "
+        "many orders of magnitude the gradient loses from the last timestep back to the first "
+        "(0: none); growth per step back is the fitted factor per timestep (below 1: vanishing, "
+        "above 1: exploding); the memory horizon counts the timesteps back from T while "
+        "‖dL/dh_t‖ ≥ 1e-3 ‖dL/dh_T‖ (T: it reaches the first input)."
+    )
+
+
+def _gate_note(sweep: Sweep) -> str:
+    return (
+        "Gated cells: the memory gate of layer 0 (LSTM: forget, GRU: update), its mean "
+        "activation and the share of units whose mean is above 0.95 (units that hold their "
+        "state across many steps), mean over the completed seeds."
+    )
+
+
+def _config_blocks(sweep: Sweep) -> list:
+    run_dirs = [Path(d) for d in sweep.runs["run_dir"]]
+    first = next((d for d in run_dirs if run_config(d) is not None), None)
+    if first is None:
+        return []
+    differ = differing_keys(run_dirs)
+    note = (
+        f"The composed config of `{first.name}` (its `.hydra/config.yaml`); the runs differ "
+        f"only in {', '.join(f'`{k}`' for k in differ)}."
+        if differ
+        else f"The composed config of `{first.name}` (its `.hydra/config.yaml`), the same for "
+        "every run."
+    )
+    return [Details("Config", [Text(note), Code(run_config(first) or "", "yaml")])]
