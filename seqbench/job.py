@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from seqbench.callbacks import Callback, Diverged, Interrupted
+from seqbench.cells import get_cell
 from seqbench.checkpoint import (
     BestCheckpoint,
     PeriodicCheckpoint,
@@ -27,7 +28,7 @@ from seqbench.checkpoint import (
 from seqbench.checks import check_config
 from seqbench.config import diagnostics_every
 from seqbench.errors import EXIT_CODES, ConfigError
-from seqbench.hardware import configure, seed_everything, select_device
+from seqbench.hardware import configure, seed_everything, select_device, threads_for_step
 from seqbench.inference import compare_inference
 from seqbench.interrupt import stop_on_signals
 from seqbench.loggers.console import ConsoleLogger
@@ -80,6 +81,8 @@ def run(
         run_dir = resume
     device, notice = select_device(cfg.hardware.device)
     configure(cfg.hardware.flush_denormal, cfg.hardware.num_threads)
+    step_work = cfg.train.batch_size * get_cell(cfg.model.cell).gates * cfg.model.hidden_size
+    threads_for_step(cfg.hardware.num_threads, step_work)  # small steps: 1 thread
     seed_everything(cfg.seed)
     job = build_job(cfg, Path(run_dir), device)
     task, recorder = job.task, job.recorder

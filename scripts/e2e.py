@@ -1,0 +1,155 @@
+"""End-to-end rows of `make bench`: the `seqbench` command timed as whole processes.
+
+* ``vs_naive``    the command with TensorBoard on and a gradient-norm snapshot at every step
+  (``diagnostics.every=1``), LSTM and GRU at (B, T, H) = (128, 200, 128) for 150 steps, against
+  ``scripts/naive_loop.py`` (default-PyTorch nn.LSTM/nn.GRU, Adam, MSE on the last output, no
+  seqbench) of the same shapes and steps. Target: seqbench >= 4x faster.
+* ``logging``     the default job with TensorBoard on vs ``log.tensorboard=false``. Target:
+  logging costs at most 10%.
+* ``contention``  the default job (``train.steps=600 log.tensorboard=false
+  inference.compare=false``) alone, then 2 and 4 copies started together. Fair sharing of the
+  cores makes N copies take N times one alone; target: the slowest copy within 1.3x of that
+  (2 copies: 2.6x one alone). Also the run alone on 2 threads (``hardware.num_threads=2``,
+  what torch's default was before the one-thread rule for small steps).
+
+Each row is the median of ``--repeats`` runs (variants in alternation). The machine's 1-minute
+load average at the start of each row is printed with it: other processes distort every number.
+The table is printed and written as CSV (default outputs/bench_e2e.csv).
+
+Usage: ``python scripts/e2e.py [--rows vs_naive logging contention] [--repeats N] [--csv PATH]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEQBENCH = [sys.executable, "-m", "seqbench"]
+NAIVE = [sys.executable, str(ROOT / "scripts" / "naive_loop.py")]
+SHAPES = ["task=adding", "task.seq_len=200", "train.batch_size=128", "model.hidden_size=128",
+          "train.steps=150", "diagnostics.every=1", "hardware=cpu"]  # fmt: skip
+CONTENDED = ["train.steps=600", "log.tensorboard=false", "inference.compare=false"]
+ROWS = ("vs_naive", "logging", "contention")
+
+
+def _env() -> dict[str, str]:
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
+
+
+def run_together(commands: list[list[str]], workdir: Path) -> list[float]:
+    """Start the commands at once; each one's wall time in seconds (it must exit 0)."""
+    start = time.perf_counter()
+    procs = []
+    for i, cmd in enumerate(commands):
+        if cmd[:2] == SEQBENCH[:2]:
+            cmd = [*cmd, "log.progress=none", f"hydra.run.dir={workdir / f'run{i}'}"]
+        procs.append(subprocess.Popen(cmd, cwd=workdir, env=_env(), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+    times = []
+    for cmd, proc in zip(commands, procs, strict=True):
+        _, err = proc.communicate()
+        times.append(time.perf_counter() - start)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-2000:]}")
+    for path in workdir.iterdir():
+        shutil.rmtree(path, ignore_errors=True)
+    return times
+
+
+def timed(variants: dict[str, list[list[str]]], repeats: int, workdir: Path) -> dict:
+    """Median (over repeats, variants alternating) of each variant's slowest process."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, commands in variants.items():
+            times[name].append(max(run_together(commands, workdir)))
+            print(f"    {name}: {times[name][-1]:.1f} s", flush=True)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _row(name: str, config: str, a: str, a_s: float, b: str, b_s: float, ratio: str,
+         value: float, target: str, met: bool, load: float) -> dict:  # fmt: skip
+    return {"row": name, "config": config, "a": a, "a_s": round(a_s, 2), "b": b,
+            "b_s": round(b_s, 2), "ratio": ratio, "value": round(value, 3), "target": target,
+            "met": met, "load1": round(load, 2)}  # fmt: skip
+
+
+def vs_naive(repeats: int, workdir: Path) -> list[dict]:
+    rows = []
+    for cell in ("lstm", "gru"):
+        load = os.getloadavg()[0]
+        naive = [*NAIVE, "--cell", cell, "--seq-len", "200", "--batch-size", "128",
+                 "--hidden-size", "128", "--steps", "150"]  # fmt: skip
+        med = timed({"seqbench": [[*SEQBENCH, f"model={cell}", *SHAPES]], "naive": [naive]},
+                    repeats, workdir)  # fmt: skip
+        speedup = med["naive"] / med["seqbench"]
+        rows.append(_row("vs_naive", f"{cell} B128 T200 H128, 150 steps, tb on, every=1",
+                         "seqbench", med["seqbench"], "naive_loop", med["naive"],
+                         "naive/seqbench", speedup, ">= 4", speedup >= 4, load))  # fmt: skip
+    return rows
+
+
+def logging(repeats: int, workdir: Path) -> list[dict]:
+    load = os.getloadavg()[0]
+    med = timed({"tb_on": [[*SEQBENCH]], "tb_off": [[*SEQBENCH, "log.tensorboard=false"]]},
+                repeats, workdir)  # fmt: skip
+    cost = med["tb_on"] / med["tb_off"] - 1
+    return [_row("logging", "default job", "tensorboard on", med["tb_on"], "off",
+                 med["tb_off"], "on/off - 1", cost, "<= 0.10", cost <= 0.10, load)]  # fmt: skip
+
+
+def contention(repeats: int, workdir: Path) -> list[dict]:
+    job = [*SEQBENCH, *CONTENDED]
+    load = os.getloadavg()[0]
+    med = timed({"alone": [job], "alone_2threads": [[*job, "hardware.num_threads=2"]],
+                 "x2": [job] * 2, "x4": [job] * 4}, repeats, workdir)  # fmt: skip
+    config = " ".join(CONTENDED)
+    kept = med["alone"] / med["alone_2threads"]
+    rows = [_row("contention", config, "alone", med["alone"], "alone, 2 threads",
+                 med["alone_2threads"], "alone/alone_2threads", kept, "<= 1.15 (speed kept)",
+                 kept <= 1.15, load)]  # fmt: skip
+    for n in (2, 4):
+        share = med[f"x{n}"] / (n * med["alone"])
+        rows.append(_row("contention", config, "alone", med["alone"], f"{n} together (slowest)",
+                         med[f"x{n}"], f"x{n}/({n}*alone)", share, "<= 1.3", share <= 1.3,
+                         load))  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--csv", default="outputs/bench_e2e.csv")
+    args = ap.parse_args(argv)
+    import pandas as pd
+
+    from scripts.bench import show
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="seqbench-e2e-") as tmp:
+        for name in args.rows:
+            print(f"end-to-end: {name}", flush=True)
+            rows += globals()[name](args.repeats, Path(tmp))
+    df = pd.DataFrame(rows)
+    show(df, f"end to end, whole processes, median of {args.repeats}; {os.cpu_count()} cores")
+    csv = Path(args.csv)
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    df.insert(0, "date", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    df.to_csv(csv, mode="a", header=not csv.exists(), index=False)
+    print(f"appended to {csv}")
+    return rows
+
+
+if __name__ == "__main__":
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    main()
