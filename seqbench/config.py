@@ -210,6 +210,14 @@ def _rename_optuna_sweeper_config(cs: ConfigStore) -> None:
     from hydra.core.plugins import Plugins
 
     Plugins.instance()  # scans (re-executes) the plugin modules once; later calls do not
+    rename_plugin_configs(cs)
+
+
+def rename_plugin_configs(cs: ConfigStore) -> None:
+    """The renames of `_rename_optuna_sweeper_config`, without the plugin scan. Also run by
+    hydra_plugins.seqbench_plugins each time it is executed: Hydra re-scans (re-executes) every
+    plugin module when a job restores its singletons (`Singleton.set_state`, e.g. joblib running
+    a job in the launching process), which stores the plugins' nodes again."""
     try:
         from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
     except ImportError:  # the plugin is not installed: hydra/sweeper=optuna is unavailable anyway

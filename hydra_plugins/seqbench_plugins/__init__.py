@@ -7,10 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _OptunaSweeper
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
+from seqbench.config import rename_plugin_configs
 from seqbench.launchers import checkpoint_first, ray_init_kwargs
 from seqbench.studies import continue_study, write_trials
 
@@ -64,3 +68,14 @@ class OptunaSweeper(_OptunaSweeper):
             self.sweeper.sweep(arguments)
         finally:
             write_trials(self.sweeper)
+
+
+class PluginConfigNames(SearchPathPlugin):
+    """Not a search path: Hydra runs this hook before every composition, after any plugin scan.
+    A scan re-executes the plugins' config modules (when a job restores Hydra's singletons, e.g.
+    joblib running a job in the launching process), which stores their `optuna` and `ray` nodes
+    again; this moves them back aside so conf/hydra/sweeper/optuna.yaml and
+    conf/hydra/launcher/ray.yaml stay what hydra/sweeper=optuna and hydra/launcher=ray select."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        rename_plugin_configs(ConfigStore.instance())
