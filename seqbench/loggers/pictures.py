@@ -9,7 +9,6 @@ import io
 import itertools
 import math
 
-import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -28,6 +27,8 @@ def font(size: int = 12) -> ImageFont.ImageFont:
 def lut(cmap: str) -> np.ndarray:
     """(256, 3) uint8 colours of a matplotlib colour map, computed once per map."""
     if cmap not in _LUTS:
+        import matplotlib  # here, not at import: 0.3 s of a run's start-up, first needed later
+
         rgba = matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))
         _LUTS[cmap] = (rgba[:, :3] * 255).round().astype(np.uint8)
     return _LUTS[cmap]
@@ -125,6 +126,8 @@ def line_chart(
     draw.rectangle([x0, y1, x1, y0], outline=INK)
     draw.text(((x0 + x1) / 2, y0 + 24), xlabel, fill=INK, font=small, anchor="mt")
     draw.text((x0, y1 - 2), ylabel, fill=INK, font=small, anchor="lb")
+    import matplotlib
+
     palette = matplotlib.colormaps["tab10"].colors
     for k, ((label, _, dashed), log) in enumerate(zip(lines, logs, strict=True)):
         colour = tuple(round(255 * c) for c in palette[k % len(palette)])
