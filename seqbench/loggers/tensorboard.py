@@ -149,7 +149,7 @@ class TensorBoardLogger(Callback):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN (padding-only) columns
             per_unit = np.nanmean(means, axis=1)  # (L, H)
-        self.gate_history.append((step, np.nanmean(means, axis=2)))
+            self.gate_history.append((step, np.nanmean(means, axis=2)))  # (L, T)
         for layer in range(len(means)):
             saturated = float(np.mean(per_unit[layer] > 0.95))
             values[f"gates/{memory_gate}_above_0.95/layer{layer}"] = saturated
