@@ -4,6 +4,7 @@ map of one configuration, the memory horizon per configuration, and a figure as 
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def log_grad_map(run_dirs: Sequence[Path], layer: int = 0) -> pd.DataFrame:
             maps.append(np.log10(norms.where(norms > 0)))
     steps = sorted(set.intersection(*(set(m.index) for m in maps)))
     stack = np.stack([m.loc[steps].to_numpy(dtype=float) for m in maps])  # (runs, steps, T)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells: underflow or padding
         mean = np.nanmean(stack, axis=0) if np.isfinite(stack).any() else stack[0]
     return pd.DataFrame(mean, index=steps, columns=maps[0].columns)
 
