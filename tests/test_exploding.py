@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-from seqbench import engine as engine_module
 from seqbench.cells import CELLS, get_cell
 from seqbench.diagnostics import grad_norms
 from seqbench.engine import GradNormRecorder, dropout_masks, recurrent
@@ -22,15 +21,6 @@ from tests.test_engine import assert_rel, run_module
 
 RNN = next(name for name, c in CELLS.items() if "relu" in c.nonlinearities)
 RELU = get_cell(RNN).with_nonlinearity("relu")
-
-
-@pytest.fixture(params=["native", "torch"])
-def path(request, monkeypatch):
-    """The compiled-kernel path and the pure-torch fallback (as tests/test_engine.py)."""
-    if request.param == "native" and not engine_module.native_available():
-        pytest.skip("no C++ compiler: native kernels unavailable")
-    monkeypatch.setenv("SEQBENCH_NATIVE", "1" if request.param == "native" else "0")
-    return request.param
 
 
 def relu_rnn(n_in: int, H: int, L: int, dtype=torch.float64, seed: int = 0) -> nn.RNN:

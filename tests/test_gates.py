@@ -8,20 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from seqbench import engine as engine_module
 from seqbench.cells import CELLS, get_cell
 from seqbench.model import SequenceModel
 
 RNN = next(name for name, c in CELLS.items() if "relu" in c.nonlinearities)
-
-
-@pytest.fixture(params=["native", "torch"])
-def path(request, monkeypatch):
-    """The compiled-kernel path and the pure-torch fallback (as tests/test_engine.py)."""
-    if request.param == "native" and not engine_module.native_available():
-        pytest.skip("no C++ compiler: native kernels unavailable")
-    monkeypatch.setenv("SEQBENCH_NATIVE", "1" if request.param == "native" else "0")
-    return request.param
 
 
 def reference_gates(mod: nn.RNNBase, x: torch.Tensor, lengths=None) -> dict:
