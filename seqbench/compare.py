@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 NUMERIC = [
     "final_metric",
     "best_metric",
+    "test_metric",  # the test split (tasks that have one), scored once with the best weights
     "baseline",
     "solved_step",
     "init_vanishing_ratio",
@@ -102,6 +103,7 @@ def _run_numbers(m: dict) -> dict:
         "mode": m.get("mode"),
         "final_metric": _num(m.get("final_metric")),
         "best_metric": _num(m.get("best_metric")),
+        "test_metric": _num((m.get("test") or {}).get(m.get("metric"))),
         "baseline": _num(m.get("baseline")),
         "solved": bool(m.get("solved_step") is not None),
         "solved_step": _num(m.get("solved_step")),
@@ -196,6 +198,7 @@ def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
 SHORT = {
     "final_metric": "final",
     "best_metric": "best",
+    "test_metric": "test",
     "solved_step": "solved at step",
     "init_vanishing_ratio": "vanish@init",
     "init_decay_rate": "decay@init",
@@ -227,6 +230,8 @@ def to_display(table: pd.DataFrame, short: bool = False) -> pd.DataFrame:
     for col in NUMERIC:
         if f"{col}_mean" not in table.columns:
             continue
+        if col == "test_metric" and table[f"{col}_mean"].isna().all():
+            continue  # a task without a test split: no column of n/a
         out[SHORT[col] if short and col in SHORT else col] = [
             _fmt(m, s, integer=col in ("num_parameters", "solved_step"))
             for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"], strict=True)

@@ -1,13 +1,17 @@
-"""Result files written whole or not at all. A leaf module (no torch): the comparison tool uses it
-too, and must start fast."""
+"""Result files written whole or not at all, and CSV files that grow by appended rows. A leaf
+module (no torch, pandas only when a CSV is written): the comparison tool uses it too, and must
+start fast."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
@@ -23,3 +27,52 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class GrowingCSV:
+    """A CSV file kept equal, byte for byte, to ``frame(items).to_csv`` (the whole file) by
+    appending the rows of new items (a validation's row, a snapshot's rows), flushed.
+
+    pandas formats a column by its dtype over the whole file (3 or 3.0), and a new item can
+    change that (a new column, an int column meeting a float or a gap): the new rows are appended
+    only when, joined to the last row on disk, they keep the file's columns and dtypes; otherwise
+    the file is rewritten whole, atomically (for seqbench's files: never after the first row).
+    """
+
+    def __init__(self, path: Path, frame: Callable[[Sequence], pd.DataFrame]) -> None:
+        self.path, self.frame = Path(path), frame
+        self.written = 0  # items on disk
+        self.columns: list[str] | None = None  # the file's header; None: to be written whole
+        self.dtypes: list = []
+        self.tail = None  # the last row on disk (a DataFrame), with the file's dtypes
+
+    def rewrite(self, items: Sequence) -> None:
+        """Write the file whole from `items`, atomically."""
+        whole = self.frame(items)
+        atomic_write(self.path, lambda f: whole.to_csv(f, index=False))
+        self.columns, self.dtypes = list(whole.columns), list(whole.dtypes)
+        self.written, self.tail = len(items), whole.iloc[-1:]
+
+    def extend(self, items: Sequence) -> None:
+        """Bring the file up to `items`: everything recorded so far, of which the first
+        `written` are on disk."""
+        if self.columns is not None and self.written == len(items):
+            return
+        if self.columns is None or not 0 < self.written < len(items):
+            return self.rewrite(items)
+        new = self.frame(items[self.written :])
+        if not set(new.columns) <= set(self.columns):
+            return self.rewrite(items)
+        new = new.reindex(columns=self.columns)  # a column it lacks: empty cells
+        import pandas as pd  # here: the config-only paths import seqbench.files, not pandas
+
+        joined = pd.concat([self.tail, new], ignore_index=True)
+        if list(joined.dtypes) != self.dtypes:
+            return self.rewrite(items)
+        try:
+            with self.path.open("a") as f:
+                joined.iloc[1:].to_csv(f, header=False, index=False)
+        except BaseException:  # a second Ctrl-C or a full disk mid-row: rewrite at next write
+            self.columns = None
+            raise
+        self.written, self.tail = len(items), joined.iloc[-1:]

@@ -15,7 +15,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 
 from seqbench.callbacks import Callback
 from seqbench.diagnostics import summarize
-from seqbench.files import atomic_write
+from seqbench.files import GrowingCSV, atomic_write
 
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 #: A unit's gate counts as saturated open above this mean activation (metrics.json "gates").
@@ -74,6 +74,7 @@ class RunRecorder(Callback):
         self.lr = lr
         self.solved_step: int | None = None
         self.max_grad_norm = 0.0
+        self.texts: dict[str, dict] = {}  # the task's last text per name (a sample), its step
         self.files = {
             "history": GrowingCSV(self.run_dir / "history.csv", history_frame),
             "grad_norms": GrowingCSV(
@@ -114,6 +115,7 @@ class RunRecorder(Callback):
             "best": self.best,
             "solved_step": self.solved_step,
             "max_grad_norm": self.max_grad_norm,
+            "texts": dict(self.texts),
             "elapsed": self.elapsed(),
             "overrides": self.info.get("overrides"),  # the original command's, kept on resume
         }
@@ -136,6 +138,7 @@ class RunRecorder(Callback):
         self.best = state["best"]
         self.solved_step = state["solved_step"]
         self.max_grad_norm = state["max_grad_norm"]
+        self.texts = dict(state.get("texts", {}))
         self.start = time.perf_counter() - state["elapsed"]  # wall time adds up across resumes
         self.info["overrides"] = state["overrides"]
         for file in self.files.values():
@@ -185,6 +188,9 @@ class RunRecorder(Callback):
         if self.solved_step is None and self.solved is not None and self.solved(metrics):
             self.solved_step = step
         self.files["history"].extend(self.history)
+
+    def on_text(self, step: int, texts: dict[str, str]) -> None:
+        self.texts.update({name: {"step": step, "text": text} for name, text in texts.items()})
 
     def on_grad_norms(
         self, step: int, norms: np.ndarray, positions: np.ndarray, log10: np.ndarray | None
@@ -276,6 +282,7 @@ class RunRecorder(Callback):
                 "max_norm": self.max_grad_norm if self.snapshots else None,
             },
             **self.gate_metrics(),
+            **({"texts": self.texts} if self.texts else {}),  # e.g. the last generated sample
             **extra,
         }
 
@@ -285,53 +292,6 @@ class RunRecorder(Callback):
         atomic_write(self.run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2))
         self.append_files(final=True)
         return metrics
-
-
-class GrowingCSV:
-    """A CSV file kept equal, byte for byte, to ``frame(items).to_csv`` (the whole file) by
-    appending the rows of new items (a validation's row, a snapshot's rows), flushed.
-
-    pandas formats a column by its dtype over the whole file (3 or 3.0), and a new item can
-    change that (a new column, an int column meeting a float or a gap): the new rows are appended
-    only when, joined to the last row on disk, they keep the file's columns and dtypes; otherwise
-    the file is rewritten whole, atomically (for seqbench's files: never after the first row).
-    """
-
-    def __init__(self, path: Path, frame: Callable[[Sequence], pd.DataFrame]) -> None:
-        self.path, self.frame = Path(path), frame
-        self.written = 0  # items on disk
-        self.columns: list[str] | None = None  # the file's header; None: to be written whole
-        self.dtypes: list = []
-        self.tail = pd.DataFrame()  # the last row on disk, with the file's dtypes
-
-    def rewrite(self, items: Sequence) -> None:
-        """Write the file whole from `items`, atomically."""
-        whole = self.frame(items)
-        atomic_write(self.path, lambda f: whole.to_csv(f, index=False))
-        self.columns, self.dtypes = list(whole.columns), list(whole.dtypes)
-        self.written, self.tail = len(items), whole.iloc[-1:]
-
-    def extend(self, items: Sequence) -> None:
-        """Bring the file up to `items`: everything recorded so far, of which the first
-        `written` are on disk."""
-        if self.columns is not None and self.written == len(items):
-            return
-        if self.columns is None or not 0 < self.written < len(items):
-            return self.rewrite(items)
-        new = self.frame(items[self.written :])
-        if not set(new.columns) <= set(self.columns):
-            return self.rewrite(items)
-        new = new.reindex(columns=self.columns)  # a column it lacks: empty cells
-        joined = pd.concat([self.tail, new], ignore_index=True)
-        if list(joined.dtypes) != self.dtypes:
-            return self.rewrite(items)
-        try:
-            with self.path.open("a") as f:
-                joined.iloc[1:].to_csv(f, header=False, index=False)
-        except BaseException:  # a second Ctrl-C or a full disk mid-row: rewrite at next write
-            self.columns = None
-            raise
-        self.written, self.tail = len(items), joined.iloc[-1:]
 
 
 def grad_norm_frame(snapshots: list[tuple], gate_snapshots: list[tuple] = ()) -> pd.DataFrame:

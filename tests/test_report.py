@@ -20,7 +20,7 @@ import yaml
 
 from seqbench.compare import aggregate, find_runs, load_runs
 from seqbench.report.cli import main
-from tests.conftest import ROOT, SMALL, seqbench_cli
+from tests.conftest import ROOT, SMALL, run_small, seqbench_cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -270,3 +270,20 @@ def test_bad_input_exits_2_with_one_message(case, message, sweeps, tmp_path, cap
     assert err.startswith("seqbench-report: error: ") and message in err
     assert "Traceback" not in err and err.count("\n") == 1
     assert out.read_text() == "an earlier report"
+
+
+def test_a_generated_sample_is_kept_in_metrics_and_shown(tmp_path: Path) -> None:
+    """chargen's sample after the last validation lands in metrics.json (with its step), and
+    the report prints it; a task without texts writes no "texts" key."""
+    chargen = ["hardware=cpu", "task=chargen", "task.corpus=hamlet", "task.seq_len=16",
+               "task.sample_len=25", "train.steps=5", "train.eval_every=2", "train.batch_size=4",
+               "model.hidden_size=8", "log.tensorboard=false", "diagnostics.every=0"]  # fmt: skip
+    metrics = run_small(tmp_path / "run", base=chargen)
+    sample = metrics["texts"]["sample"]
+    assert sample["step"] == 5  # the final validation (5 is not a multiple of eval_every)
+    assert sample["text"].startswith("The ") and len(sample["text"]) == 4 + 25
+    out = tmp_path / "report.md"
+    assert main([str(tmp_path / "run"), "-o", str(out)]) == 0
+    page = out.read_text()
+    assert "### Samples" in page and f"```text\n{sample['text']}\n```" in page
+    assert "texts" not in run_small(tmp_path / "adding")

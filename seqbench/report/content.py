@@ -74,6 +74,7 @@ def sweep_blocks(sweep: Sweep, index: int) -> list:
     if gates is not None:
         blocks += [Text(_gate_note(sweep)), gates]
     blocks += figure_blocks(sweep, f"s{index}")
+    blocks += _text_blocks(sweep)
     unfinished = sweep.runs[sweep.runs["status"] != "completed"]
     if len(unfinished):
         blocks += [
@@ -86,6 +87,25 @@ def sweep_blocks(sweep: Sweep, index: int) -> list:
         ]
     blocks.append(Details(f"All {len(sweep.runs)} runs and their commands", [runs_table(sweep)]))
     blocks += _config_blocks(sweep)
+    return blocks
+
+
+def _text_blocks(sweep: Sweep) -> list:
+    """The task's last text of each configuration's first completed seed (chargen: a sample
+    generated after the last validation), from metrics.json's "texts"."""
+    blocks: list = []
+    for values, group in sweep.groups(completed_only=True):
+        first = group.sort_values("seed").iloc[0]
+        for name, text in (sweep.metrics[first["run_dir"]].get("texts") or {}).items():
+            blocks += [
+                Text(
+                    f"{label(sweep, values)}, seed {first['seed']}, {name} at step "
+                    f"{text['step']:,}:"
+                ),
+                Code(text["text"], "text"),
+            ]
+    if blocks:
+        blocks.insert(0, Heading("Samples", 3))
     return blocks
 
 
@@ -146,6 +166,13 @@ def _headline(sweep: Sweep) -> str:
         f"Best final validation {metric}: {names[best]}, "
         f"{fmt(row['final_metric_mean'], row['final_metric_std'])}"
     ]
+    tests = done["test_metric_mean"].astype(float)
+    if tests.notna().any():
+        top = tests.idxmin() if mode == "min" else tests.idxmax()
+        text.append(
+            f"best test {metric} (best validation weights): {names[top]}, "
+            f"{fmt(table.loc[top, 'test_metric_mean'], table.loc[top, 'test_metric_std'])}"
+        )
     baseline = row["baseline_mean"]
     if np.isfinite(baseline):
         text[0] += f" (baseline {baseline:.4g})"
@@ -180,7 +207,10 @@ def _table_note(sweep: Sweep) -> str:
         "Means ± standard deviation over the completed seeds (diverged and failed runs are "
         "counted, not averaged), computed by `seqbench.compare` as `seqbench-compare` does; "
         "`solved` counts the seeds that reached the task's threshold, `solved at step` is the "
-        "first validation step that did. In the gradient table, log10 ‖dL/dh₁‖/‖dL/dh_T‖ is how "
+        "first validation step that did; `final` and `best` are on the validation split, "
+        "`test` (tasks that have one) on the held-out test split, scored once at the end with "
+        "the weights of the best validation step. In the gradient table, log10 "
+        "‖dL/dh₁‖/‖dL/dh_T‖ is how "
         "many orders of magnitude the gradient loses from the last timestep back to the first "
         "(0: none); growth per step back is the fitted factor per timestep (below 1: vanishing, "
         "above 1: exploding); the memory horizon counts the timesteps back from T while "

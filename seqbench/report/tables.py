@@ -56,12 +56,14 @@ def results_table(sweep: Sweep) -> Table:
     """One row per configuration: seeds, final and best metric, baseline, solved, cost."""
     metric = sweep.runs["metric"].dropna().iloc[0] if sweep.runs["metric"].notna().any() else "?"
     keys = _keys(sweep)
+    test = bool(sweep.table["test_metric_mean"].notna().any())  # a task with a test split
     columns = [
         *keys,
         "seeds done",
         "diverged / failed",
         f"final {metric}",
         f"best {metric}",
+        *([f"test {metric}"] if test else []),
         "baseline",
         "solved",
         "solved at step",
@@ -78,6 +80,7 @@ def results_table(sweep: Sweep) -> Table:
                 Cell(f"{int(row['diverged'])} / {int(row['failed'])}"),
                 _stat(row, "final_metric"),
                 _stat(row, "best_metric"),
+                *([_stat(row, "test_metric")] if test else []),
                 _stat(row, "baseline"),
                 _count(row, "solved", "completed"),
                 _stat(row, "solved_step", integer=True),
