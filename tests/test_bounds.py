@@ -209,3 +209,11 @@ def test_numeric_rules_accept_exactly_the_allowed_values(data) -> None:
         with pytest.raises(ConfigError) as err:
             check_config(cfg)
         assert named_keys(str(err.value)) == {key}, str(err.value)
+
+
+def test_lists_in_messages_read_as_english() -> None:
+    """The lists that refusals name ('only for adding, copy and stocks')."""
+    from seqbench.checks import _and
+
+    assert [_and(names) for names in (["a"], ["a", "b"], ["a", "b", "c"], ["a", "b", "c", "d"])] \
+        == ["a", "a and b", "a, b and c", "a, b, c and d"]  # fmt: skip

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from seqbench.compare import aggregate, find_runs, load_runs, to_display
+from seqbench.compare import NUMERIC, aggregate, find_runs, load_runs, to_display, write_tables
 from seqbench.compare import main as compare_main
 from seqbench.diagnostics import summarize
 from seqbench.results import RunRecorder
@@ -237,3 +237,31 @@ def test_compare_command_over_two_sweeps(sweep: Path, tmp_path: Path, capsys) ->
     assert compare_main([str(sweep), "--by", "nope"]) == 2
     assert compare_main([str(tmp_path / "nothing")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_display_columns_and_number_formats(sweep: Path) -> None:
+    """to_display: the keys, then the counts as k/n, then one 'mean ± std' column per number
+    (counts and raw _mean/_std columns never shown); integers with thousands separators, the
+    test column only when a run has a test split."""
+    table = aggregate(load_runs(find_runs([sweep])))
+    display = to_display(table)
+    numbers = [c for c in NUMERIC if c != "test_metric"]  # no run here has a test split
+    keys = ["model", "task", "task.seq_len", "metric"]
+    counts = ["seeds", "diverged/failed", "solved", "exploding"]
+    assert list(display.columns) == [*keys, *counts, *numbers]
+    table.loc[table["model"] == "gru", ["solved_step_mean", "solved_step_std"]] = [1234.4, 56.7]
+    table["test_metric_mean"], table["test_metric_std"] = [0.5, math.nan], [0.01, math.nan]
+    display = to_display(table).set_index("model")
+    assert display.loc["gru", "solved_step"] == "1,234 ± 57"
+    assert display["test_metric"].to_dict() == {"gru": "0.5 ± 0.01", "rnn": "n/a"}
+    assert display.loc["gru", "exploding"] == "0/2"
+
+
+def test_comparison_files_have_no_index_column(sweep: Path, tmp_path: Path) -> None:
+    table = aggregate(load_runs(find_runs([sweep])))
+    write_tables(table, tmp_path, ("csv", "md", "latex"))
+    assert pd.read_csv(tmp_path / "comparison.csv").columns[0] == "model"
+    lines = (tmp_path / "comparison.md").read_text().split("\n")
+    assert lines[0].split("|")[1].strip() == "model" and lines[-1] == ""
+    assert lines[2].split("|")[1].strip() in ("gru", "rnn")  # a row starts with its model
+    assert "\nrnn &" in (tmp_path / "comparison.tex").read_text()

@@ -351,3 +351,17 @@ def test_the_exploding_preset_diverges_unclipped_and_trains_clipped(tmp_path) ->
     assert clipped["status"] == "completed" and clipped["clip_fraction"] > 0.5
     init = clipped["grad_norms"]["init"]["layers"][0]
     assert init["exploding"] and init["growth_rate"] > 1.1 and init["memory_horizon"] == 50
+
+
+def test_a_gain_that_cannot_be_applied_is_refused_by_the_cell() -> None:
+    """set_recurrent_gain called as a library (the config's check is not in the way): a gain
+    of 0 or below, and a zero block no gain can scale, raise a ValueError that says so."""
+    cell = get_cell("lstm")
+    rnn = nn.LSTM(3, 4)
+    for gain in (0.0, -1.0):
+        with pytest.raises(ValueError, match=f"recurrent gain must be > 0, got {gain}"):
+            cell.set_recurrent_gain(rnn, gain)
+    with torch.no_grad():
+        rnn.weight_hh_l0[4:8].zero_()  # the forget block
+    with pytest.raises(ValueError, match="weight_hh_l0 has a zero block"):
+        cell.set_recurrent_gain(rnn, 1.5)

@@ -256,3 +256,56 @@ def test_test_split_is_scored_with_the_best_validation_weights(tmp_path: Path) -
     assert metrics["test"] == evaluate(job.model, job.task, "test")
     job.model.load_state_dict(final["model"])
     assert evaluate(job.model, job.task, "test")["rmse"] != metrics["test"]["rmse"]
+
+
+def test_a_sweep_job_resumes_only_an_interrupted_run_with_a_checkpoint(tmp_path: Path) -> None:
+    """prepare_sweep_job: an interrupted run with its checkpoint is continued (nothing removed);
+    any other earlier run in the job's directory loses its metrics.json and event files (its
+    stale results), and the job starts afresh."""
+    from seqbench.resume import prepare_sweep_job
+
+    def earlier(name: str, status: str | None, checkpoint: bool) -> Path:
+        run_dir = tmp_path / name
+        (run_dir / "tb").mkdir(parents=True)
+        (run_dir / "tb" / "events.out").write_text("x")
+        if status is not None:
+            (run_dir / "metrics.json").write_text(json.dumps({"status": status}))
+        if checkpoint:
+            (run_dir / CHECKPOINT).write_bytes(b"ckpt")
+        return run_dir
+
+    kept = earlier("interrupted", "interrupted", checkpoint=True)
+    assert prepare_sweep_job(kept) == kept
+    assert (kept / "metrics.json").exists() and (kept / "tb" / "events.out").exists()
+    others = [
+        ("no_checkpoint", "interrupted", False),
+        ("completed", "completed", True),
+        ("failed", "failed", True),
+        ("diverged", "diverged", True),
+        ("none", None, True),
+    ]
+    for name, status, checkpoint in others:
+        run_dir = earlier(name, status, checkpoint)
+        assert prepare_sweep_job(run_dir) is None, name
+        assert not (run_dir / "metrics.json").exists() and not (run_dir / "tb").exists(), name
+        assert (run_dir / CHECKPOINT).exists() == checkpoint  # only the results go
+    assert prepare_sweep_job(tmp_path / "new") is None  # a directory not made yet
+
+
+def test_a_failed_sweep_job_writes_a_metrics_json_the_tables_count(tmp_path: Path) -> None:
+    """write_failed: the job's facts and its error in metrics.json (the directory made if need
+    be), read back by the comparison as one failed run of that configuration."""
+    from seqbench.compare import aggregate, load_runs
+    from seqbench.resume import write_failed
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["model=gru", "task=copy", "seed=3"])
+    run_dir = tmp_path / "job" / "0"
+    overrides = ["model=gru", "task=copy", "seed=3"]
+    write_failed(run_dir, cfg, overrides, ValueError("hidden size 0"))
+    assert json.loads((run_dir / "metrics.json").read_text()) == {
+        "status": "failed", "model": "gru", "task": "copy", "seed": 3, "steps": 0,
+        "overrides": overrides, "error": "ValueError: hidden size 0"}  # fmt: skip
+    row = aggregate(load_runs([run_dir])).iloc[0]
+    assert (row["model"], row["task"], row["runs"], row["failed"], row["completed"]) == (
+        "gru", "copy", 1, 1, 0)  # fmt: skip
