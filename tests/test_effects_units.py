@@ -12,7 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from seqbench.compare import NUMERIC, aggregate, find_runs, load_runs, to_display, write_tables
+from seqbench.compare import (
+    NUMERIC,
+    aggregate,
+    find_runs,
+    load_runs,
+    terminal_table,
+    to_display,
+    write_tables,
+)
 from seqbench.compare import main as compare_main
 from seqbench.diagnostics import summarize
 from seqbench.results import RunRecorder
@@ -265,3 +273,13 @@ def test_comparison_files_have_no_index_column(sweep: Path, tmp_path: Path) -> N
     assert lines[0].split("|")[1].strip() == "model" and lines[-1] == ""
     assert lines[2].split("|")[1].strip() in ("gru", "rnn")  # a row starts with its model
     assert "\nrnn &" in (tmp_path / "comparison.tex").read_text()
+
+
+def test_terminal_table_shows_the_differing_keys_and_never_a_count(sweep: Path) -> None:
+    """The configuration columns are the keys whose values differ between rows (two values
+    are enough); the counts, even when they differ, are folded into seeds and solved."""
+    table = aggregate(load_runs(find_runs([sweep])))
+    table["interrupted"], table["exploding"] = [1, 0], [0, 2]  # differing counts too
+    headers = [str(column.header) for column in terminal_table(table, width=200).columns]
+    assert headers == ["model", "seq_len", "seeds", "solved", "final mse", "baseline",
+                       "vanish@init", "vanish@end"]  # fmt: skip
