@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from seqbench.compare import (
     aggregate,
     find_runs,
     load_runs,
+    parse_overrides,
     terminal_table,
     to_display,
     write_tables,
@@ -283,3 +285,28 @@ def test_terminal_table_shows_the_differing_keys_and_never_a_count(sweep: Path) 
     headers = [str(column.header) for column in terminal_table(table, width=200).columns]
     assert headers == ["model", "seq_len", "seeds", "solved", "final mse", "baseline",
                        "vanish@init", "vanish@end"]  # fmt: skip
+
+
+def test_overrides_parse_into_keys_and_values() -> None:
+    assert parse_overrides(["model=gru", "+x=1", "~y=", "a.b=c=d", "task.seq_len=50"]) == {
+        "model": "gru", "x": "1", "y": "", "a.b": "c=d", "task.seq_len": "50"}  # fmt: skip
+
+
+def test_a_run_without_overrides_yaml_is_read_from_its_metrics_json(tmp_path: Path) -> None:
+    """A run directory holding only metrics.json (copied out, or written by a failed job): its
+    overrides come from metrics.json, Hydra's own keys are not columns, a missing status is
+    'failed', and the seed is the run's."""
+    run = tmp_path / "run"
+    fake_run(run, [], model="lstm", task="copy", seed=7, final_metric=0.5, best_metric=0.4)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["overrides"] = ["model=lstm", "task.seq_len=30", "hydra.run.dir=x", "seed=7"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    shutil.rmtree(run / ".hydra")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "metrics.json").write_text(json.dumps({"model": "gru", "seed": 2}))
+    runs = load_runs(find_runs([tmp_path])).set_index("model")
+    assert runs.loc["lstm", "task.seq_len"] == 30 and runs.loc["lstm", "seed"] == 7
+    assert not any(c.startswith("hydra") for c in runs.columns)
+    assert runs.loc["lstm", "status"] == "completed" and runs.loc["gru", "status"] == "failed"
+    assert runs.loc["gru", "seed"] == 2
