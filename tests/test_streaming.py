@@ -6,6 +6,7 @@ back to its checkpoint (rows written after it, a half-written last line included
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -250,3 +251,37 @@ def test_rows_can_be_read_while_the_run_is_alive(tmp_path: Path) -> None:
     assert (live_grads["step"] == 10).sum() == 20 and live_grads["gate_forget"].notna().all()
     for name, text in seen.items():  # appended to, never rewritten, after the first rows
         assert (run_dir / name).read_text().startswith(text), name
+
+
+def test_a_recorder_restored_from_its_state_writes_the_same_results(tmp_path: Path) -> None:
+    """RunRecorder.state_dict -> load_state_dict (what a resume does): metrics.json (texts,
+    memory gate and gate summaries included) and the three CSVs come out the same, and the
+    restored recorder rewrites its files whole before appending (a killed run's tail goes)."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "a").mkdir()
+    first = RunRecorder(tmp_path / "a", {"overrides": ["model=lstm"]}, "mse", "min", 10.0)
+    first.start_files()
+    for step in (0, 2):
+        first.on_grad_norms(step, rng.random((2, 4)), np.array([3, 3, 2, 1]),
+                            np.log10(rng.random((2, 4))))  # fmt: skip
+        first.on_gates(step, {"forget": rng.random((2, 4, 3)), "input": rng.random((2, 4, 3))},
+                       "forget")  # fmt: skip
+        first.on_step(step + 1, 1.0 / (step + 1), 2.0, step == 2)
+        first.on_eval(step + 1, {"mse": 0.5 / (step + 1)})
+        first.on_text(step + 1, {"sample": f"text at {step + 1}"})
+    first.write("completed")
+    (tmp_path / "b").mkdir()
+    for name in CSVS:  # what a killed run left after its checkpoint
+        (tmp_path / "b" / name).write_text("a half-written li")
+    second = RunRecorder(tmp_path / "b", {"overrides": ["model=lstm"]}, "mse", "min", 10.0)
+    second.load_state_dict(first.state_dict())
+    second.start_files()
+    assert second.memory_gate == "forget" and second.texts["sample"]["step"] == 3
+    second.write("completed")
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    for m in (a, b):
+        m.pop("wall_time_s"), m.pop("steps_per_s")
+    assert a == b and a["texts"] == {"sample": {"step": 3, "text": "text at 3"}}
+    assert a["gates"]["memory_gate"] == "forget"
+    for name in CSVS:
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text(), name
