@@ -17,6 +17,7 @@ from seqbench.compare import (
     NUMERIC,
     aggregate,
     find_runs,
+    group_keys,
     load_runs,
     parse_overrides,
     terminal_table,
@@ -310,3 +311,68 @@ def test_a_run_without_overrides_yaml_is_read_from_its_metrics_json(tmp_path: Pa
     assert not any(c.startswith("hydra") for c in runs.columns)
     assert runs.loc["lstm", "status"] == "completed" and runs.loc["gru", "status"] == "failed"
     assert runs.loc["gru", "seed"] == 2
+
+
+def test_every_column_of_a_run_row_is_its_metrics_json_value(tmp_path: Path) -> None:
+    """load_runs: each number and flag of a run's row, checked against the metrics.json it
+    comes from (distinct values everywhere, so a column read from the wrong key shows)."""
+    snap = {
+        "init": {"layers": [{"vanishing_ratio": -1.5, "decay_rate": 0.11, "growth_rate": 0.91,
+                             "memory_horizon": 12, "exploding": False}]},
+        "end": {"layers": [{"vanishing_ratio": -0.5, "decay_rate": 0.07, "growth_rate": 1.02,
+                            "memory_horizon": 40, "exploding": True}]},
+        "max_norm": 7.5,
+    }  # fmt: skip
+    metrics = {"model": "gru", "task": "sentiment", "seed": 4, "status": "completed",
+               "metric": "accuracy", "mode": "max", "final_metric": 0.71, "best_metric": 0.74,
+               "test": {"accuracy": 0.69, "macro_f1": 0.5}, "baseline": 0.58, "solved_step": 300,
+               "wall_time_s": 12.5, "steps_per_s": 80.0, "num_parameters": 1234,
+               "error": "none really", "grad_norms": snap,
+               "overrides": ["model=gru", "task=sentiment", "seed=4"]}  # fmt: skip
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    row = load_runs([tmp_path / "run"]).iloc[0].to_dict()
+    expected = {
+        "model": "gru", "task": "sentiment", "seed": 4, "status": "completed",
+        "metric": "accuracy", "mode": "max", "final_metric": 0.71, "best_metric": 0.74,
+        "test_metric": 0.69, "baseline": 0.58, "solved": True, "solved_step": 300,
+        "init_vanishing_ratio": -1.5, "init_decay_rate": 0.11, "init_growth_rate": 0.91,
+        "init_memory_horizon": 12, "end_vanishing_ratio": -0.5, "end_decay_rate": 0.07,
+        "end_growth_rate": 1.02, "end_memory_horizon": 40, "exploding": True,
+        "max_grad_norm": 7.5, "wall_time_s": 12.5, "steps_per_s": 80.0, "num_parameters": 1234,
+        "error": "none really", "run_dir": str(tmp_path / "run"),
+    }  # fmt: skip
+    assert row == expected
+    snap["end"]["layers"][0]["exploding"] = False
+    snap["init"]["layers"][0]["exploding"] = True  # flagged at init only: still exploding
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    assert load_runs([tmp_path / "run"]).iloc[0]["exploding"]
+
+
+def test_group_keys_are_the_model_the_task_and_what_else_varies() -> None:
+    """Two tasks, seeds, statuses, metrics, errors: none of those is a configuration key."""
+    runs = pd.DataFrame({
+        "model": ["rnn", "gru", "rnn", "gru"], "task": ["adding", "adding", "copy", "copy"],
+        "seed": [0, 1, 2, 3], "status": ["completed", "failed", "diverged", "completed"],
+        "metric": ["mse", "mse", "cross_entropy", "cross_entropy"],
+        "mode": ["min", "min", "max", "min"], "solved": [True, False, True, False],
+        "exploding": [True, False, False, True], "error": [None, "x", None, "y"],
+        "run_dir": ["a", "b", "c", "d"], "final_metric": [0.1, 0.2, 0.3, 0.4],
+        "lr": [0.1, 0.1, 0.2, 0.2], "hardware": ["cpu", "cuda", "cpu", "cpu"],
+    })  # fmt: skip
+    assert group_keys(runs) == ["model", "task", "lr"]
+
+
+def test_a_run_lacking_a_key_is_its_own_configuration(tmp_path: Path) -> None:
+    """Two sweeps where only one set task.seq_len: the other's run is a row with an empty
+    value, not dropped; rows come sorted by their keys."""
+    fake_run(tmp_path / "a", ["model=rnn", "task.seq_len=50"], model="rnn", task="adding",
+             seed=0, final_metric=0.2, best_metric=0.1)  # fmt: skip
+    fake_run(tmp_path / "b", ["model=rnn"], model="rnn", task="adding", seed=0,
+             final_metric=0.3, best_metric=0.2)  # fmt: skip
+    fake_run(tmp_path / "c", ["model=gru"], model="gru", task="adding", seed=0,
+             final_metric=0.4, best_metric=0.3)  # fmt: skip
+    table = aggregate(load_runs(find_runs([tmp_path])))
+    assert len(table) == 3 and table["runs"].sum() == 3
+    assert list(table["model"]) == ["gru", "rnn", "rnn"]
+    assert sorted(table["final_metric_mean"]) == [0.2, 0.3, 0.4]
