@@ -56,7 +56,7 @@ MUTANTS ?=
 
 mutate: install ## Mutation testing of the core modules (mutmut; not in CI; MUTANTS='seqbench.train.*' for one)
 	rm -rf $(MUTATE_DIR) && mkdir -p $(MUTATE_DIR)
-	cp -r seqbench conf hydra_plugins tests pyproject.toml $(MUTATE_DIR)/
+	cp -r seqbench conf hydra_plugins tests docs README.md pyproject.toml $(MUTATE_DIR)/
 	cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut run $(MUTANTS)
 	cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
 	@echo "Survivors: cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut results; one: mutmut show NAME"
