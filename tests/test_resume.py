@@ -309,3 +309,52 @@ def test_a_failed_sweep_job_writes_a_metrics_json_the_tables_count(tmp_path: Pat
     row = aggregate(load_runs([run_dir])).iloc[0]
     assert (row["model"], row["task"], row["runs"], row["failed"], row["completed"]) == (
         "gru", "copy", 1, 1, 0)  # fmt: skip
+
+
+@pytest.fixture
+def hydra_overrides():
+    """Make HydraConfig hold a command line, as in a real `seqbench ... resume=DIR` process;
+    returns (cfg, saved) for it: this command's config and a checkpoint's (train.steps=10,
+    log.progress=rich). HydraConfig is emptied afterwards."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    saved = OmegaConf.to_container(
+        compose_config(["model=gru", "train.steps=10", "log.progress=rich"]), resolve=True
+    )
+
+    def command(*overrides: str):
+        full = compose_config(["model=gru", *overrides], hydra=True)
+        HydraConfig.instance().set_config(full)
+        cfg = compose_config(["model=gru", *overrides])
+        return cfg, json.loads(json.dumps(saved))  # a fresh copy each time
+
+    yield command
+    HydraConfig.instance().cfg = None
+
+
+def test_resume_applies_log_keys_and_refuses_other_changes(hydra_overrides) -> None:
+    """resumed_config from a real command line: the checkpoint's config, plus the command's
+    log.* keys (even one the checkpoint lacks); any other explicit override that differs is
+    refused, whatever its prefix (+, ++, ~), unless resume_force=true, which applies it;
+    Hydra's own keys and resume/resume_force never count."""
+    from seqbench.resume import resumed_config
+
+    cfg, saved = hydra_overrides("resume=/r", "log.progress=plain", "hydra.run.dir=/x")
+    merged = resumed_config(cfg, saved)
+    assert merged.log.progress == "plain" and merged.train.steps == 10  # not the default
+    del saved["log"]["progress"], saved["resume"]  # an older checkpoint's config lacks them
+    merged = resumed_config(cfg, saved)
+    assert merged.log.progress == "plain" and merged.resume == "/r"
+    for override in ("train.steps=20", "++train.steps=20"):
+        cfg, saved = hydra_overrides("resume=/r", override)
+        with pytest.raises(ConfigError, match=r"train\.steps \(checkpoint: 10, now: 20\)"):
+            resumed_config(cfg, saved)
+    cfg, saved = hydra_overrides("resume=/r", "train.steps=20", "resume_force=true")
+    assert resumed_config(cfg, saved).train.steps == 20
+    cfg, saved = hydra_overrides("resume=/r", "model.hidden_size=16", "train.steps=10")
+    with pytest.raises(ConfigError) as refused:
+        resumed_config(cfg, saved)
+    assert "model.hidden_size" in str(refused.value) and "train.steps" not in str(refused.value)
