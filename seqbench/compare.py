@@ -50,9 +50,7 @@ def find_runs(paths: Iterable[Path]) -> list[Path]:
     """Run directories (holding metrics.json) at or below each path, sorted, without repeats."""
     found: set[Path] = set()
     for path in map(Path, paths):
-        if (path / "metrics.json").is_file():
-            found.add(path.resolve())
-        found.update(p.parent.resolve() for p in path.rglob("metrics.json"))
+        found.update(p.parent.resolve() for p in path.rglob("metrics.json"))  # path's own too
     return sorted(found)
 
 
@@ -145,8 +143,7 @@ def group_keys(runs: pd.DataFrame) -> list[str]:
     """model and task, then every override key whose value differs between runs (not seed).
     A run that lacks a key another run sets differs from it (map(str): pandas 3's astype(str)
     keeps the missing value missing, and nunique would not count it)."""
-    core = {"model", "task", "seed", "status", "metric", "mode", "solved", "exploding", "error",
-            "run_dir"}  # fmt: skip
+    core = {"model", "task", "status", "metric", "mode", "solved", "exploding", "error", "run_dir"}
     varying = [
         c for c in runs.columns
         if c not in core and c not in NUMERIC and c not in IGNORED_KEYS
@@ -300,7 +297,7 @@ def terminal_table(table: pd.DataFrame, title: str = "comparison", width: int = 
     differ = [k for k in keys if table[k].map(str).nunique() > 1] or keys
     metric = next((m for m in table.get("metric", []) if isinstance(m, str)), "metric")
     numbers = [c for c in TERMINAL if f"{c}_mean" in table.columns]
-    numbers = numbers or [c for c in NUMERIC if f"{c}_mean" in table.columns]  # --metrics
+    numbers = numbers or [c for c in NUMERIC if c in display]  # --metrics (test: if scored)
     columns = {"seeds": "seeds", "solved": "solved"}
     columns.update({c: TERMINAL.get(c, SHORT.get(c, c)).format(metric=metric) for c in numbers})
     short = {k: k.rsplit(".", 1)[-1] for k in differ}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -228,7 +229,7 @@ def test_compare_command_over_two_sweeps(sweep: Path, tmp_path: Path, capsys) ->
     day2 = tmp_path / "day2"
     fake_run(day2 / "0", ["model=gru", "task.seq_len=100", "seed=2"], model="gru", seed=2,
              task="adding", final_metric=0.03, best_metric=0.02)  # fmt: skip
-    out = tmp_path / "tables"
+    out = tmp_path / "tables" / "day1-2"  # made, parents included
     paths = [str(sweep), str(day2)]
     assert compare_main([*paths, "--out", str(out), "--format", "csv", "md", "latex"]) == 0
     table = pd.read_csv(out / "comparison.csv")
@@ -241,13 +242,21 @@ def test_compare_command_over_two_sweeps(sweep: Path, tmp_path: Path, capsys) ->
     printed = capsys.readouterr().out
     assert f"wrote {out / 'comparison.csv'}" in printed and "6 runs" in printed
 
-    assert compare_main([str(sweep), "--out", str(out), "--metrics", "best_metric"]) == 0
+    metrics = ["--metrics", "best_metric", "test_metric"]  # no test split here: no test column
+    assert compare_main([str(sweep), "--out", str(out), *metrics]) == 0
     kept = pd.read_csv(out / "comparison.csv")
     assert [c for c in kept.columns if c.endswith(("_mean", "_std"))] == [
-        "best_metric_mean", "best_metric_std"]  # fmt: skip
+        "best_metric_mean", "best_metric_std", "test_metric_mean", "test_metric_std"]  # fmt: skip
+    assert re.search(r"│\s+best\s+│", capsys.readouterr().out)  # the terminal table too
+    assert compare_main([str(day2 / "0"), "--out", str(out)]) == 0  # a run directory itself
+    assert pd.read_csv(out / "comparison.csv")["runs"].tolist() == [1]
     assert compare_main([str(sweep), "--by", "nope"]) == 2
     assert compare_main([str(tmp_path / "nothing")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare_main(["--help"])
+    assert capsys.readouterr().out.startswith(
+        "usage: seqbench-compare [-h]")  # fmt: skip
 
 
 def test_display_columns_and_number_formats(sweep: Path) -> None:
