@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from seqbench.compare import aggregate, group_keys, terminal_table
+from seqbench.compare import aggregate, group_keys, print_table, terminal_table
 from seqbench.loggers.console import summary_table
 from tests.conftest import SMALL, run_small
 
@@ -155,3 +156,90 @@ def test_run_summary_fits_uncut(sentiment_metrics: dict) -> None:
     assert "grad end" in text and "L1" in text and "test accuracy" in text
     for line in text.splitlines()[:3]:
         assert len(line) <= WIDTH
+
+
+def rule_width(table: pd.DataFrame, width: int) -> int:
+    """How wide the comparison is drawn at `width` columns (its top rule)."""
+    text = render(terminal_table(table, width=width), width=width)
+    return len(next(line for line in text.splitlines() if line.startswith("┌")))
+
+
+def path_rows(length: int) -> list[dict]:
+    """Two cells, each with its data path (1 + `length` characters)."""
+    rng = np.random.default_rng(5)
+    return [run_row(rng, m, s, **{"task.corpus.path": m[0] + "p" * length})
+            for m in ("rnn", "lstm") for s in range(2)]  # fmt: skip
+
+
+def test_one_configuration_column_exactly_when_a_column_per_key_does_not_fit(capsys) -> None:
+    """The switch happens at the width rich itself needs for a column per key (measured here by
+    rendering without a limit): at that width a column per key, one column less and the keys go
+    into "configuration"; 100 columns by default, and for print_table off a terminal."""
+    length = next(n for n in range(1, 200) if rule_width(table_of(path_rows(n)), 1000) == 101)
+    table = table_of(path_rows(length))  # exactly one column too wide for 100
+    headers = [plain(c.header) for c in terminal_table(table, width=101).columns]
+    assert headers[:2] == ["model", "path"]  # the last part of the key
+    narrow = terminal_table(table)
+    assert plain(narrow.columns[0].header) == "configuration"
+    cells = [plain(cell) for cell in narrow.columns[0].cells]
+    assert cells == [f"lstm, path=l{'p' * length}", f"rnn, path=r{'p' * length}"]
+    print_table(table)  # not a terminal here: 100 columns
+    printed = capsys.readouterr().out
+    assert "configuration" in printed and max(map(len, printed.splitlines())) <= 100
+
+
+def test_the_tables_frame_title_and_caption() -> None:
+    rng = np.random.default_rng(6)
+    table = table_of([run_row(rng, m, s) for m in ("rnn", "gru") for s in range(2)])
+    lines = [line.rstrip() for line in render(terminal_table(table)).splitlines()]
+    assert lines[0] == "comparison"  # the default title, at the left
+    assert lines[1].startswith("┌─") and "┬" in lines[1] and lines[3].startswith("├─")
+    assert lines[4].startswith("│ gru ") and lines[-2].startswith("└─")
+    assert lines[-1] == "more columns (best, solved step, decay, horizon, timing): " \
+        "comparison.csv/.md"  # fmt: skip
+    same_last_part = table_of([run_row(rng, "gru", s, **{"task.lr": s, "optimizer.lr": -s})
+                               for s in range(2)])  # fmt: skip
+    headers = [plain(c.header) for c in terminal_table(same_last_part, width=200).columns]
+    assert headers[:2] == ["optimizer.lr", "task.lr"]  # full keys: "lr" twice would say nothing
+
+
+def test_headers_without_a_metric_name_or_the_usual_columns() -> None:
+    """seqbench-compare --metrics best_metric solved_step ... (no test split: no test column)."""
+    rng = np.random.default_rng(7)
+    table = table_of([run_row(rng, m, 0) for m in ("rnn", "gru")])
+    headers = [plain(c.header) for c in terminal_table(table.drop(columns="metric")).columns]
+    assert "final metric" in headers
+    usual = [
+        c for c in table.columns if c.startswith(("final_", "baseline", "init_van", "end_van"))
+    ]
+    headers = [plain(c.header) for c in terminal_table(table.drop(columns=usual)).columns]
+    assert headers[3:6] == ["best", "solved at step", "decay@init"]  # --metrics: other names
+
+
+def test_aggregate_at_its_edges() -> None:
+    """One run: no std; a -inf among the runs: mean -inf, no std; no completed run: no mean; an
+    older metrics.json without "exploding": none counted; all without a numerical warning. An
+    unknown key is named with the keys there are."""
+    rng = np.random.default_rng(8)
+    rows = [
+        run_row(rng, "gru", 0),
+        run_row(rng, "rnn", 0),
+        run_row(rng, "rnn", 1),
+        run_row(rng, "lstm", 0, status="failed"),
+        run_row(rng, "lstm", 1, status="failed"),
+    ]
+    runs = runs_frame(rows).drop(columns="exploding")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = aggregate(runs, ["model"]).set_index("model")
+    assert table.loc["gru", "final_metric_mean"] == rows[0]["final_metric"]
+    assert math.isnan(table.loc["gru", "final_metric_std"])
+    assert table.loc["rnn", "end_vanishing_ratio_mean"] == -math.inf
+    assert math.isnan(table.loc["rnn", "end_vanishing_ratio_std"])
+    assert table.loc["rnn", "final_metric_std"] == pytest.approx(
+        np.std([rows[1]["final_metric"], rows[2]["final_metric"]], ddof=1)
+    )
+    assert math.isnan(table.loc["lstm", "final_metric_mean"])
+    assert table["exploding"].tolist() == [0, 0, 0]
+    with pytest.raises(KeyError, match=r"no run has the key 'lr'; known keys: \['baseline', "):
+        aggregate(runs, ["model", "lr"])
