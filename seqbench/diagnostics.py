@@ -57,7 +57,7 @@ def gate_means(trace: GradNormRecorder | list[list[Tensor]], names: tuple[str, .
 def real_positions(lengths: Tensor | None, batch_size: int, steps: int) -> np.ndarray:
     """(T,) how many sequences of the batch have a real (not padded) position at each step."""
     if lengths is None:
-        return np.full(steps, batch_size, dtype=np.int64)
+        return np.full(steps, batch_size)
     t = torch.arange(steps, device=lengths.device)
     return (lengths[None, :] > t[:, None]).sum(dim=1).cpu().numpy()
 
@@ -110,15 +110,15 @@ def summarize(
     exact where the norm itself underflows float64.
     """
     if positions is None:
-        positions = np.ones(len(norms), dtype=np.int64)
+        positions = np.ones(len(norms), dtype=int)
     real_steps = int(np.nonzero(positions > 0)[0].max()) + 1 if (positions > 0).any() else 1
     norms = norms[:real_steps]
     if log10 is None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            logs = np.where(norms > 0, np.log10(np.where(norms > 0, norms, 1.0)), -math.inf)
-        logs = np.where(np.isfinite(norms), logs, math.inf)
+        with np.errstate(divide="ignore"):  # log10(0) = -inf: a norm that underflowed
+            logs = np.log10(norms)
+        logs = np.where(np.isfinite(norms), logs, math.inf)  # overflowed or NaN
     else:
-        logs = np.asarray(log10[:real_steps], dtype=np.float64)
+        logs = np.asarray(log10[:real_steps])
     first, last = float(logs[0]), float(logs[-1])
     if first == -math.inf:
         ratio = -math.inf

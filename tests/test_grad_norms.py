@@ -4,6 +4,7 @@ nn.RNNCell / nn.LSTMCell / nn.GRUCell stack holding the same weights."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -198,3 +199,40 @@ def test_log_magnitude_beyond_float64(small_run, tmp_path) -> None:
     assert math.isfinite(ratio) and ratio < -300
     expected = init["log10_norm"].iloc[0] - init["log10_norm"].iloc[-1]
     assert ratio == pytest.approx(expected)
+
+
+def test_summary_edges() -> None:
+    """Each branch of summarize at its edge, with warnings as errors (a zero norm is expected,
+    not a numerical accident)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not summarize(np.array([10.0, 1.0])).exploding  # exactly 10x: not above it
+        assert summarize(np.array([10.5, 1.0])).exploding  # the default factor is 10
+        assert not summarize(np.array([10.5, 1.0]), explode_factor=11.0).exploding
+        s = summarize(np.array([0.0, 0.0]))  # nothing reached: not an explosion either way
+        assert (s.vanishing_ratio, s.nonzero, s.memory_horizon) == (-math.inf, 0, 0)
+        assert summarize(np.array([1.0, 0.0])).vanishing_ratio == math.inf
+        assert summarize(np.array([1.0, math.inf])).vanishing_ratio == -math.inf
+        s = summarize(np.array([math.nan, 1.0]))
+        assert s.max_norm == math.inf and s.exploding
+        s = summarize(np.array([2.0, 1.0, 3.0]), positions=np.zeros(3))  # no real position
+        assert (s.timesteps, s.positions, s.max_norm) == (1, 0, 2.0)
+
+
+def test_growth_rate_at_the_float64_edge() -> None:
+    from seqbench.diagnostics import growth_rate
+
+    assert growth_rate(None) is None
+    assert growth_rate(-308.0) == 10.0**308
+    assert growth_rate(-308.5) == math.inf  # beyond float64: inf, not OverflowError
+    assert growth_rate(1.0) == pytest.approx(0.1)
+
+
+def test_norms_and_gates_of_an_unrolled_trace() -> None:
+    """A state that got no gradient counts as 0; a list trace carries no gate means."""
+    from seqbench.diagnostics import gate_means
+
+    h = [torch.ones(2, 3, requires_grad=True) for _ in range(3)]
+    (h[0].sum() * 2 + h[2].sum()).backward()  # h[1] takes no part in the loss
+    np.testing.assert_allclose(grad_norms([h]), [[math.sqrt(24.0), 0.0, math.sqrt(6.0)]])
+    assert gate_means([h], ("i", "f", "g", "o")) == {}
