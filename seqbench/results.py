@@ -198,10 +198,10 @@ class RunRecorder(Callback):
         if self.snapshots:  # the one before, should it be pending
             self.files["grad_norms"].extend(self.snapshots)
         self.snapshots.append((step, norms, positions, log10))
-        self.max_grad_norm = max(self.max_grad_norm, float(np.max(norms, initial=0.0)))
+        self.max_grad_norm = max(self.max_grad_norm, float(norms.max()))
 
     def on_gates(self, step: int, gates: dict[str, np.ndarray], memory_gate: str | None) -> None:
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: padding only
             per_t = {name: np.nanmean(g, axis=2) for name, g in gates.items()}  # (L, T)
             per_unit = {name: np.nanmean(g, axis=1) for name, g in gates.items()}  # (L, H)
@@ -310,10 +310,10 @@ def grad_norm_frame(snapshots: list[tuple], gate_snapshots: list[tuple] = ()) ->
                     "step": step,
                     "layer": np.repeat(np.arange(layers), steps),
                     "t": np.tile(np.arange(1, steps + 1), layers),
-                    "norm": norms.reshape(-1),
+                    "norm": norms.ravel(),
                     "positions": np.tile(positions, layers),
-                    **({} if log10 is None else {"log10_norm": log10.reshape(-1)}),
-                    **{f"gate_{name}": means.reshape(-1) for name, means in per_t.items()},
+                    **({} if log10 is None else {"log10_norm": log10.ravel()}),
+                    **{f"gate_{name}": means.ravel() for name, means in per_t.items()},
                 }
             )
         )
@@ -335,7 +335,7 @@ def gate_unit_frame(gate_snapshots: list[tuple]) -> pd.DataFrame:
                     "step": step,
                     "layer": np.repeat(np.arange(layers), units),
                     "unit": np.tile(np.arange(units), layers),
-                    **{name: means.reshape(-1) for name, means in per_unit.items()},
+                    **{name: means.ravel() for name, means in per_unit.items()},
                 }
             )
         )
