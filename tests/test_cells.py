@@ -137,3 +137,29 @@ def test_a_cell_without_a_native_kernel_runs_the_engine_in_torch(monkeypatch) ->
     out = recurrent("gru_torch", x, list(mod._flat_weights), num_layers=2, hidden_size=4)
     torch.testing.assert_close(out, mod(x)[0])
     assert "gru_torch" not in {c.name for c in native.native_cells()}
+
+
+def test_identity_init_and_the_refusals_of_a_cell() -> None:
+    """IRNN: identity recurrent blocks, input weights drawn around 0 with IDENTITY_INPUT_STD,
+    zero biases; an unknown init and a forget bias on a cell without a forget gate are refused
+    with the options named."""
+    from seqbench.cells.base import IDENTITY_INPUT_STD
+
+    rnn = torch.nn.RNN(400, 100)
+    get_cell("rnn").initialise(rnn, "identity", forget_bias=1.0)
+    assert torch.equal(rnn.weight_hh_l0, torch.eye(100)) and not rnn.bias_ih_l0.any()
+    w = rnn.weight_ih_l0.double()  # 40,000 draws: the mean within 5 standard errors of 0
+    assert abs(w.mean().item()) < 5 * IDENTITY_INPUT_STD / 200
+    assert w.std().item() == pytest.approx(IDENTITY_INPUT_STD, rel=0.02)
+    with pytest.raises(ValueError, match=r"unknown init 'zeros'; choose one of \['default', "):
+        get_cell("rnn").initialise(rnn, "zeros", forget_bias=1.0)
+    with pytest.raises(ValueError, match=r"^cell 'gru' has no forget gate$"):
+        get_cell("gru").set_forget_bias(torch.nn.GRU(2, 3), 1.0)
+
+
+def test_a_gated_cell_unrolls_without_collecting_gates() -> None:
+    lstm = torch.nn.LSTM(2, 3, batch_first=True)
+    weights = (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+    x = torch.randn(4, 5, 2)
+    hs = get_cell("lstm").unroll(x, weights)  # gates=None: nothing collected
+    torch.testing.assert_close(torch.stack(hs, dim=1), lstm(x)[0])
