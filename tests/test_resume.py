@@ -296,14 +296,18 @@ def test_a_failed_sweep_job_writes_a_metrics_json_the_tables_count(tmp_path: Pat
     """write_failed: the job's facts and its error in metrics.json (the directory made if need
     be), read back by the comparison as one failed run of that configuration."""
     from seqbench.compare import aggregate, load_runs
-    from seqbench.resume import write_failed
+    from seqbench.resume import completed_before, write_failed
     from tests.conftest import compose_config
 
     cfg = compose_config(["model=gru", "task=copy", "seed=3"])
     run_dir = tmp_path / "job" / "0"
     overrides = ["model=gru", "task=copy", "seed=3"]
-    write_failed(run_dir, cfg, overrides, ValueError("hidden size 0"))
-    assert json.loads((run_dir / "metrics.json").read_text()) == {
+    write_failed(run_dir, cfg, overrides, ValueError("an earlier try"))
+    write_failed(run_dir, cfg, overrides, ValueError("hidden size 0"))  # into the same directory
+    text = (run_dir / "metrics.json").read_text()
+    assert text.startswith('{\n  "status": "failed"')  # indented by 2, like a run's
+    assert completed_before(run_dir, overrides) is None  # failed: a sweep runs the job again
+    assert json.loads(text) == {
         "status": "failed", "model": "gru", "task": "copy", "seed": 3, "steps": 0,
         "overrides": overrides, "error": "ValueError: hidden size 0"}  # fmt: skip
     row = aggregate(load_runs([run_dir])).iloc[0]
