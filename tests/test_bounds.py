@@ -71,6 +71,8 @@ EDGES = [
      "the BPTT engine is unidirectional: use model.engine=auto or fused with it"),
     ("task.name", (), ["adding"], ["mnist"],
      "one of ['adding', 'chargen', 'copy', 'sentiment', 'stocks']"),
+    ("task.name", ("model.bidirectional=true",), [], ["mnist"],  # no task: no other refusal
+     "one of ['adding', 'chargen', 'copy', 'sentiment', 'stocks']"),
     ("task.seq_len", (), [2], [1], "an integer >= 2"),
     ("task.val_size", (), [1], [0], "a positive integer"),
     ("task.num_symbols", ("task=copy",), [1], [0], "a positive integer"),
@@ -245,6 +247,15 @@ def test_numeric_rules_accept_exactly_the_allowed_values(data) -> None:
         with pytest.raises(ConfigError) as err:
             check_config(cfg)
         assert named_keys(str(err.value)) == {key}, str(err.value)
+
+
+def test_several_refusals_make_one_message() -> None:
+    cfg = with_value((), "train.steps", 0)
+    OmegaConf.update(cfg, "optimizer.lr", 0.0)
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    assert str(err.value) == "optimizer.lr=0.0 is not allowed (a learning rate > 0); " \
+        "train.steps=0 is not allowed (a positive integer)."  # fmt: skip
 
 
 def test_lists_in_messages_read_as_english() -> None:
