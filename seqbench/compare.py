@@ -238,7 +238,7 @@ def to_display(table: pd.DataFrame, short: bool = False) -> pd.DataFrame:
     return out
 
 
-def _fmt(mean: float, std: float, integer: bool = False) -> str:
+def _fmt(mean: float, std: float, *, integer: bool) -> str:
     if math.isnan(mean):
         return "n/a"
     text = f"{mean:,.0f}" if integer else f"{mean:.4g}"

@@ -255,8 +255,9 @@ def test_compare_command_over_two_sweeps(sweep: Path, tmp_path: Path, capsys) ->
     assert "no metrics.json" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         compare_main(["--help"])
-    assert capsys.readouterr().out.startswith(
-        "usage: seqbench-compare [-h]")  # fmt: skip
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: seqbench-compare [-h]")
+    assert "\n\nAggregate finished seqbench runs (mean ± std over seeds) into a table.\n" in usage
 
 
 def test_display_columns_and_number_formats(sweep: Path) -> None:

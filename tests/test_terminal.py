@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from seqbench.compare import aggregate, group_keys, print_table, terminal_table
+from seqbench.compare import aggregate, group_keys, print_table, terminal_table, to_display
 from seqbench.loggers.console import summary_table
 from tests.conftest import SMALL, run_small
 
@@ -243,3 +243,12 @@ def test_aggregate_at_its_edges() -> None:
     assert table["exploding"].tolist() == [0, 0, 0]
     with pytest.raises(KeyError, match=r"no run has the key 'lr'; known keys: \['baseline', "):
         aggregate(runs, ["model", "lr"])
+
+
+def test_step_counts_read_as_integers_with_thousands_separators() -> None:
+    rng = np.random.default_rng(9)
+    rows = [run_row(rng, "gru", s) for s in range(2)]
+    rows[0]["solved_step"], rows[1]["solved_step"] = 1000.0, 2047.0
+    display = to_display(aggregate(runs_frame(rows), ["model"]))
+    assert display["solved_step"].tolist() == ["1,524 ± 740"]  # std with ddof=1: 740.3
+    assert display["num_parameters"].tolist() == ["50,497"]  # the same in every run: no ± 0

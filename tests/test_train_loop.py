@@ -125,3 +125,16 @@ def test_early_stopping_counts_validations_without_a_real_improvement() -> None:
     strict.on_eval(1, {"acc": 0.5})
     strict.on_eval(2, {"acc": 0.6})  # +0.1 is not more than min_delta
     assert strict.stopped_at == 2
+
+
+def test_a_gradient_exactly_at_the_threshold_is_not_clipped() -> None:
+    from seqbench.train import clip_gradients
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    weight.grad = torch.tensor([0.6, 0.8])  # norm 1 (exactly, in float32)
+    assert clip_gradients([weight], Clip("norm", 1.0)) == (pytest.approx(1.0), False)
+    assert clip_gradients([weight], Clip("norm", 0.5))[1]
+    weight.grad = torch.tensor([0.5, -0.5])
+    assert not clip_gradients([weight], Clip("value", 0.5))[1]
+    assert clip_gradients([weight], Clip("value", 0.25))[1]
+    assert weight.grad.tolist() == [0.25, -0.25]
