@@ -362,3 +362,6 @@ def test_resume_applies_log_keys_and_refuses_other_changes(hydra_overrides) -> N
     with pytest.raises(ConfigError) as refused:
         resumed_config(cfg, saved)
     assert "model.hidden_size" in str(refused.value) and "train.steps" not in str(refused.value)
+    cfg, saved = hydra_overrides("resume=/r", "task=chargen", "task.prompt='a=b'")  # an = inside
+    with pytest.raises(ConfigError, match=r"task\.prompt \(checkpoint: None, now: a=b\)"):
+        resumed_config(cfg, saved)
