@@ -139,15 +139,19 @@ def _num(value) -> float:
     return math.nan if value is None else float(value)
 
 
+def varies(values: pd.Series) -> bool:
+    """Do these values of one key differ? A missing value differs from any set one (map(str):
+    pandas 3's astype(str) keeps the missing value missing, and nunique would not count it)."""
+    return values.map(str).nunique() > 1
+
+
 def group_keys(runs: pd.DataFrame) -> list[str]:
-    """model and task, then every override key whose value differs between runs (not seed).
-    A run that lacks a key another run sets differs from it (map(str): pandas 3's astype(str)
-    keeps the missing value missing, and nunique would not count it)."""
+    """model and task, then every override key whose value differs between runs (not seed)."""
     core = {"model", "task", "status", "metric", "mode", "solved", "exploding", "error", "run_dir"}
     varying = [
         c for c in runs.columns
         if c not in core and c not in NUMERIC and c not in IGNORED_KEYS
-        and runs[c].map(str).nunique() > 1
+        and varies(runs[c])
     ]  # fmt: skip
     return ["model", "task", *sorted(varying)]
 
@@ -294,7 +298,7 @@ def terminal_table(table: pd.DataFrame, title: str = "comparison", width: int = 
     counts = ("runs", "completed", "diverged", "failed", "interrupted", "solved", "exploding")
     keys = [c for c in table.columns
             if not c.endswith(("_mean", "_std")) and c not in counts and c != "metric"]  # fmt: skip
-    differ = [k for k in keys if table[k].map(str).nunique() > 1] or keys
+    differ = [k for k in keys if varies(table[k])] or keys
     metric = next((m for m in table.get("metric", []) if isinstance(m, str)), "metric")
     numbers = [c for c in TERMINAL if f"{c}_mean" in table.columns]
     numbers = numbers or [c for c in NUMERIC if c in display]  # --metrics (test: if scored)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from seqbench.compare import varies
 from seqbench.report.collect import Sweep, run_command
 from seqbench.report.render import Cell, Table
 
@@ -30,7 +31,7 @@ def label(sweep: Sweep, values: tuple) -> str:
     always), e.g. 'lstm' or 'gru, task.seq_len=100'."""
     parts = []
     for key, value in zip(sweep.by, values, strict=True):
-        if key != "model" and sweep.runs[key].map(str).nunique() < 2:
+        if key != "model" and not varies(sweep.runs[key]):
             continue
         parts.append(str(value) if key in ("model", "task") else f"{key}={value}")
     return ", ".join(parts)
@@ -49,7 +50,7 @@ def _count(row: pd.Series, col: str, of: str) -> Cell:
 
 def _keys(sweep: Sweep) -> list[str]:
     """The configuration keys shown as columns: the model, and those that vary."""
-    return [k for k in sweep.by if k == "model" or sweep.runs[k].map(str).nunique() > 1]
+    return [k for k in sweep.by if k == "model" or varies(sweep.runs[k])]
 
 
 def results_table(sweep: Sweep) -> Table:
