@@ -427,7 +427,7 @@ def test_header_constants_are_the_ones_python_uses():
     """Python reads the constants and the backward parameter block from the C++ header."""
     assert NEG == -(2**29)
     assert {torch.float32: 60, torch.float64: 200} == CUT
-    assert BWD_SLOTS[:2] == ("B_", "H_") and len(set(BWD_SLOTS)) == len(BWD_SLOTS) == 18
+    assert BWD_SLOTS[:2] == ("B_", "H_") and len(set(BWD_SLOTS)) == len(BWD_SLOTS) == 19
     assert "SEQBENCH_THREADING_MIN_WORK" in HEADER.read_text()
     with pytest.raises(ValueError, match="slots"):
         bwd_params(B_=1, H_=2)

@@ -33,7 +33,9 @@ class LayerGrads:
     """One layer's backward results; ``d_in`` (T, B, n_in) holds normalised rows
     (true ``d_in[t, b] = row * 2**d_in_exp[t, b]``)."""
 
-    __slots__ = ("d_in", "d_in_exp", "db_hh", "db_ih", "dw_hh", "dw_ih", "log10", "norms")
+    __slots__ = (
+        "d_in", "d_in_exp", "db_hh", "db_ih", "dw_hh", "dw_ih", "log10", "norms", "row_log10",
+    )  # fmt: skip
 
 
 def ldexp_tensor(x: Tensor, e: int, dtype: torch.dtype) -> Tensor:
@@ -58,11 +60,13 @@ def bwd_params(**slots: int) -> ctypes.Array:
 
 def layer_backward_native(
     nat: Native, cell: Cell, up, up_ts, up_rs, up_exp, inp, h_all, saved, w_ih, w_hh, lens_cpu,
-    need_wgrad, need_din, want_norms,
+    need_wgrad, need_din, want_norms, per_row=False,
 ):  # fmt: skip
     """up (B,T,H) or (T,B,H) upstream gradient with strides up_ts, up_rs; up_exp: int32 (T, B)
     exponents of its rows (overwritten with this layer's, returned as ``d_in_exp``) or None
-    (exponent 0)."""
+    (exponent 0). ``per_row`` (with ``want_norms``): also each sequence's log10 ||dL/dh_t||,
+    float64 (T, B), in ``row_log10``; ``inp`` is read only for the weight gradients (its shape
+    otherwise)."""
     k = cell.engine
     T, B, n_in = inp.shape
     H = w_hh.shape[1]
@@ -79,13 +83,14 @@ def layer_backward_native(
     ms = torch.empty(T, dtype=torch.int32)
     cs = torch.empty(T, G, dtype=dt)  # per-step column sums of dG (bias gradients)
     sqrow = torch.empty(H, dtype=torch.float64)
+    sqb = torch.zeros(T, B, dtype=torch.float64) if want_norms and per_row else None
     ms_c = (ctypes.c_int * T).from_address(ms.data_ptr())
     act, aux1, aux2 = k.native_saved(saved, h_all)
     P = bwd_params(
         B_=B, H_=H, UP=up.data_ptr(), UP_TS=up_ts, UP_RS=up_rs, UP_EXP=eb.data_ptr(),
         REC=rec.data_ptr(), CC=ptr(cc), ST=st.data_ptr(), ACT=ptr(act), AUX1=ptr(aux1),
         AUX2=ptr(aux2), DG=dGs.data_ptr(), SQ=sq.data_ptr(), MS=ms.data_ptr(), CS=cs.data_ptr(),
-        LEN=ptr(lens_cpu), SQROW=sqrow.data_ptr() if want_norms else 0,
+        LEN=ptr(lens_cpu), SQROW=sqrow.data_ptr() if want_norms else 0, SQB=ptr(sqb),
     )  # fmt: skip
     fn = nat.fns[(f"{cell.name}_bwd", dt)]
     dg_in, dg_h, w_in = k.split_dgates(dGs, w_ih, H)
@@ -93,7 +98,7 @@ def layer_backward_native(
     acc_ih = torch.zeros(dg_in.shape[1], n_in, dtype=dt, device=dev)
     d_in = cache.empty((T, B, n_in), dt, dev) if need_din else None
     dg_h_t, dg_in_t = dg_h.t(), dg_in.t()
-    hs, xs = h_all.unbind(0), inp.unbind(0)
+    hs, xs = h_all.unbind(0), inp.unbind(0) if need_wgrad else None
     d_ins = d_in.unbind(0) if d_in is not None else None
     R = None
     for t in range(T - 1, -1, -1):
@@ -132,6 +137,7 @@ def layer_backward_native(
     out.norms = sq.sqrt() * torch.exp2(ms64)
     out.log10 = 0.5 * torch.log10(sq) + ms64 * math.log10(2.0)
     out.d_in, out.d_in_exp = d_in, eb
+    out.row_log10 = None if sqb is None else 0.5 * torch.log10(sqb) + eb.double() * math.log10(2.0)
     out.dw_hh = out.dw_ih = out.db_hh = out.db_ih = None
     if need_wgrad:
         R = 0 if R is None else R

@@ -31,9 +31,10 @@ class BackwardState:
 
 def layer_backward_torch(
     cell: Cell, up_bt, up_exp, inp, h_all, saved, w_ih, w_hh, valid, need_wgrad, need_din,
-    want_norms,
+    want_norms, per_row=False,
 ):  # fmt: skip
-    """up_bt(t) -> (B,H) upstream at step t; up_exp: (T, B) float64 exponents or None.
+    """up_bt(t) -> (B,H) upstream at step t; up_exp: (T, B) float64 exponents or None;
+    ``per_row`` (with ``want_norms``): also each sequence's log10 ||dL/dh_t|| in ``row_log10``.
 
     The exponents are per sequence, as on the native path (``csrc/seqbench.h``): ``E[t, b]``
     is the step's ``M_t`` for sequences within ``2**CUT`` of the largest, else the sequence's
@@ -55,6 +56,7 @@ def layer_backward_torch(
     s_step = zero64.clone()  # the step's exponent M of the step after t
     s = torch.zeros(B, dtype=torch.float64, device=dev)  # each sequence's exponent after t
     sq = torch.zeros(T, dtype=torch.float64, device=dev)
+    sqb = torch.zeros(T, B, dtype=torch.float64, device=dev) if want_norms and per_row else None
     ms = torch.zeros(T, dtype=torch.float64, device=dev)
     es = torch.zeros(T, B, dtype=torch.float64, device=dev)
     nzs = torch.zeros(T, dtype=torch.bool, device=dev)
@@ -84,6 +86,8 @@ def layer_backward_torch(
         dh = (u.double() * a + rec.double() * b).to(dt)
         if want_norms:
             sq[t] = (dh.double().square() * torch.exp2(2.0 * (e - m))[:, None]).sum()
+            if sqb is not None:  # each sequence in its own scale 2**e
+                sqb[t] = dh.double().square().sum(1)
         ms[t] = m
         es[t] = e
         nzs[t] = nz
@@ -92,6 +96,9 @@ def layer_backward_torch(
     out = LayerGrads()
     out.norms = (sq.sqrt() * torch.exp2(ms)).cpu()
     out.log10 = (0.5 * torch.log10(sq) + ms * math.log10(2.0)).cpu()
+    out.row_log10 = None
+    if sqb is not None:
+        out.row_log10 = (0.5 * torch.log10(sqb) + es * math.log10(2.0)).cpu()
     dg_in, dg_h, w_in = k.split_dgates(dG, w_ih, H)
     out.d_in = dg_in @ w_in if need_din else None  # normalised rows; true = row * 2**es
     out.d_in_exp = es

@@ -121,23 +121,64 @@ class _Recurrent(torch.autograd.Function):
         lens_cpu, valid = ctx.lens
         need_x = ctx.needs_input_grad[7]
         need_w = any(ctx.needs_input_grad[8:])
-        dt = grad_out.dtype
-        grads: list[torch.Tensor | None] = [None] * (4 * L)
-        norms, logs = [], []
-        # upstream for the top layer: grad_out (B, T, H), exponent 0
         if grad_out.stride(-1) != 1:
             grad_out = grad_out.contiguous()
-        up, up_exp = grad_out, None
+        stack = _Stack(cell, nat, weights, inputs, h_alls, saved_all, masks, lens_cpu, valid)
+        per_row = recorder is not None and recorder.per_row
+        out = stack.backward(grad_out, need_w, need_x, recorder is not None, per_row)
+        if recorder is not None:
+            norms_all = torch.stack(out.norms[::-1]).to("cpu", torch.float64)
+            # below float64's smallest normal number the product sqrt(sum) * 2**e would be an
+            # imprecise subnormal: report 0 there (log10_norms stays exact)
+            norms_all.masked_fill_(norms_all < torch.finfo(torch.float64).tiny, 0.0)
+            logs = torch.stack(out.logs[::-1]).to("cpu", torch.float64)
+            rows = torch.stack(out.row_logs[::-1]) if per_row else None
+            recorder._record(norms_all, logs, rows)
+            if recorder.probe is not None:
+                recorder._record_probe(stack.probe(grad_out, *recorder.probe))
+        grads = out.grads
+        for k in range(4 * L):
+            if not ctx.needs_input_grad[8 + k]:
+                grads[k] = None
+        return (None, None, None, None, None, None, None, out.x_grad, *grads)
+
+
+class _StackGrads:
+    """What one backward through the stack gives: per layer (top first) the norms, their log10
+    and each sequence's log10 norms (``per_row``), the weight gradients and dL/dx."""
+
+    def __init__(self, layers: int) -> None:
+        self.grads: list[torch.Tensor | None] = [None] * (4 * layers)
+        self.norms: list[torch.Tensor] = []
+        self.logs: list[torch.Tensor] = []
+        self.row_logs: list[torch.Tensor] = []
+        self.x_grad: torch.Tensor | None = None
+
+
+class _Stack:
+    """The saved forward of a stack, and the backward passes through it: the training one, and
+    the lag probe's (:meth:`probe`), which reuses it for chosen (sequence, source) pairs."""
+
+    def __init__(self, cell, nat, weights, inputs, h_alls, saved_all, masks, lens_cpu, valid):
+        self.cell, self.nat, self.weights, self.inputs = cell, nat, weights, inputs
+        self.h_alls, self.saved_all, self.masks = h_alls, saved_all, masks
+        self.lens_cpu, self.valid = lens_cpu, valid
+
+    def backward(self, grad_out, need_w, need_x, want_norms, per_row) -> _StackGrads:
+        """BPTT from ``grad_out`` (B, T, H), the gradient at the top layer's outputs."""
+        cell, nat, L = self.cell, self.nat, len(self.h_alls)
+        dt = grad_out.dtype
+        out = _StackGrads(L)
+        up, up_exp = grad_out, None  # upstream for the top layer: exponent 0
         up_ts, up_rs = grad_out.stride(1), grad_out.stride(0)
-        x_grad = None
-        want_norms = recorder is not None
         for layer in range(L - 1, -1, -1):
-            w_ih, w_hh = weights[4 * layer], weights[4 * layer + 1]
+            w_ih, w_hh = self.weights[4 * layer], self.weights[4 * layer + 1]
             need_din = layer > 0 or need_x
+            args = (self.inputs[layer], self.h_alls[layer], self.saved_all[layer], w_ih, w_hh)
             if nat is not None:
                 g = layer_backward_native(
-                    nat, cell, up, up_ts, up_rs, up_exp, inputs[layer], h_alls[layer],
-                    saved_all[layer], w_ih, w_hh, lens_cpu, need_w, need_din, want_norms,
+                    nat, cell, up, up_ts, up_rs, up_exp, *args, self.lens_cpu, need_w, need_din,
+                    want_norms, per_row,
                 )  # fmt: skip
             else:
                 if up_exp is None:
@@ -146,17 +187,20 @@ class _Recurrent(torch.autograd.Function):
                 else:
                     up_bt = up.__getitem__
                 g = layer_backward_torch(
-                    cell, up_bt, up_exp, inputs[layer], h_alls[layer], saved_all[layer], w_ih,
-                    w_hh, valid, need_w, need_din, want_norms,
+                    cell, up_bt, up_exp, *args, self.valid, need_w, need_din, want_norms,
+                    per_row,
                 )  # fmt: skip
-            norms.append(g.norms)
-            logs.append(g.log10)
+            out.norms.append(g.norms)
+            out.logs.append(g.log10)
+            if per_row:
+                out.row_logs.append(g.row_log10.to("cpu", torch.float64))
             if need_w:
-                grads[4 * layer : 4 * layer + 4] = [g.dw_ih, g.dw_hh, g.db_ih, g.db_hh]
+                out.grads[4 * layer : 4 * layer + 4] = [g.dw_ih, g.dw_hh, g.db_ih, g.db_hh]
             if layer > 0:
                 up = g.d_in
-                if ctx.has_masks:
-                    up = torch.mul(up, masks[layer - 1], out=cache.empty(up.shape, dt, up.device))
+                if self.masks:
+                    mask = self.masks[layer - 1]
+                    up = torch.mul(up, mask, out=cache.empty(up.shape, dt, up.device))
                 up_exp = g.d_in_exp
                 if nat is not None:
                     up_ts, up_rs = up.stride(0), up.stride(1)
@@ -171,17 +215,35 @@ class _Recurrent(torch.autograd.Function):
                     )  # fmt: skip
                 else:
                     dx = (dx.double() * torch.exp2(g.d_in_exp)[:, :, None]).to(dt)
-                x_grad = dx.transpose(0, 1)
-        if recorder is not None:
-            norms_all = torch.stack(norms[::-1]).to("cpu", torch.float64)
-            # below float64's smallest normal number the product sqrt(sum) * 2**e would be an
-            # imprecise subnormal: report 0 there (log10_norms stays exact)
-            norms_all.masked_fill_(norms_all < torch.finfo(torch.float64).tiny, 0.0)
-            recorder._record(norms_all, torch.stack(logs[::-1]).to("cpu", torch.float64))
-        for k in range(4 * L):
-            if not ctx.needs_input_grad[8 + k]:
-                grads[k] = None
-        return (None, None, None, None, None, None, None, x_grad, *grads)
+                out.x_grad = dx.transpose(0, 1)
+        return out
+
+    def probe(self, grad_out, rows, positions) -> torch.Tensor:
+        """(L, T, P) float64 log10 ||dl_p/dh_t|| for each pair p: the gradient that sequence
+        ``rows[p]``'s output at step ``positions[p]`` alone sends back (``grad_out`` there, zero
+        elsewhere), through a copy of that sequence's saved forward. Pairs are rows of one
+        backward, which computes no weight gradient and no dL/dx."""
+        dev = grad_out.device
+        rows_d, pos_d = rows.to(dev), positions.to(dev)
+        pairs = torch.arange(len(rows_d), device=dev)
+        up = torch.zeros(len(rows_d), *grad_out.shape[1:], dtype=grad_out.dtype, device=dev)
+        up[pairs, pos_d] = grad_out[rows_d, pos_d]  # (P, T, H)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:  # (steps, B, ...) -> (steps, P, ...)
+            return t.index_select(1, rows_d)
+
+        steps = self.h_alls[0].shape[0] - 1
+        copy = _Stack(
+            self.cell, self.nat, self.weights,
+            [x[:, :1].expand(steps, len(rows_d), x.shape[2]) for x in self.inputs],  # shape only
+            [pick(h) for h in self.h_alls],
+            [tuple(pick(t) for t in saved) for saved in self.saved_all],
+            [pick(m) for m in self.masks],
+            None if self.lens_cpu is None else self.lens_cpu[rows.cpu()].contiguous(),
+            None if self.valid is None else pick(self.valid),
+        )  # fmt: skip
+        out = copy.backward(up, need_w=False, need_x=False, want_norms=True, per_row=True)
+        return torch.stack(out.row_logs[::-1])
 
 
 def recurrent(

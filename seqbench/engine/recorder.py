@@ -38,6 +38,18 @@ class GradNormRecorder:
         no real sequence); empty for a cell without gates. Real positions: those of
         ``lengths`` when the engine gets it, else of ``valid`` ((T, B, 1) 0/1) when the caller
         sets it (a causal model run without lengths), else all.
+    ``row_log10``
+        only if the caller sets ``per_row = True`` before the backward: float64 CPU
+        ``(num_layers, T, B)``, each sequence's own ``log10 ||dL/dh_t^{(l)}||`` (its row of the
+        same derivative, exact at any size). With one loss term per sequence this is the
+        gradient of that term alone (rows of a batch are independent): the lag profile of
+        :mod:`seqbench.lags` aligns it at each sequence's readout.
+    ``probe_log10``
+        only if the caller sets ``probe = (rows, positions)`` (two int64 tensors of P entries)
+        before the backward: float64 CPU ``(num_layers, T, P)``, ``log10 ||d l_p/dh_t^{(l)}||``
+        of sequence ``rows[p]`` where ``l_p`` is the part of the loss read at its output
+        ``positions[p]`` alone. The engine gets them from one more backward through its saved
+        forward (after the training one, without weight gradients), with the P pairs as rows.
     """
 
     def __init__(self, track_log10: bool = False, track_gates: bool = False) -> None:
@@ -47,12 +59,18 @@ class GradNormRecorder:
         self.log10_norms: torch.Tensor | None = None
         self.gate_means: list[Tensor] = []
         self.valid: Tensor | None = None  # (T, B, 1) real positions, when the caller knows them
+        self.per_row = False  # requests, set by the caller before the backward
+        self.probe: tuple[Tensor, Tensor] | None = None
+        self.row_log10: Tensor | None = None
+        self.probe_log10: Tensor | None = None
         self.num_records = 0
 
     def reset(self) -> None:
         self.norms = None
         self.log10_norms = None
         self.gate_means = []
+        self.row_log10 = None
+        self.probe_log10 = None
         self.num_records = 0
 
     def _record_forward(self, layer: int, cell, saved: tuple[Tensor, ...], valid) -> None:
@@ -70,10 +88,16 @@ class GradNormRecorder:
         means = batch_means(acts, self.valid if valid is None else valid)  # (k, T, H)
         self.gate_means.append(means[list(blocks)])  # the gates of cell.gate_names
 
-    def _record(self, norms: torch.Tensor, log10_norms: torch.Tensor) -> None:
+    def _record(
+        self, norms: torch.Tensor, log10_norms: torch.Tensor, row_log10: Tensor | None = None
+    ) -> None:
         self.norms = norms
         self.log10_norms = log10_norms if self.track_log10 else None
+        self.row_log10 = row_log10
         self.num_records += 1
+
+    def _record_probe(self, probe_log10: Tensor) -> None:
+        self.probe_log10 = probe_log10.to("cpu", torch.float64)
 
     def __repr__(self) -> str:
         shape = None if self.norms is None else tuple(self.norms.shape)

@@ -18,7 +18,7 @@
 #endif
 
 // ---- shared with Python (parsed: one `#define NAME integer` per line) ----
-#define SEQBENCH_ABI 2                      // seqbench_abi_version() of a matching library
+#define SEQBENCH_ABI 3                      // seqbench_abi_version() of a matching library
 #define SEQBENCH_NEG -536870912             // -(2**29): "no signal" exponent sentinel
 #define SEQBENCH_CUT_F32 60                 // within a sequence, a contribution 2**CUT below
 #define SEQBENCH_CUT_F64 200                //   its dominant one is dropped (float32 / float64)
@@ -43,9 +43,11 @@ namespace {
 // recurrent carry (B,H); CC: the LSTM cell carry or 0; ST: int32 (1+B): the step's exponent,
 // then each sequence's; ACT, AUX1, AUX2: the cell's saved forward buffers; DG: dG out
 // (B, W*H); SQ, MS: per-step sum of squares and exponent M_t out; CS: per-step column sums of
-// dG (T, W*H) out; LEN: int64 lengths or 0; SQROW: H doubles of scratch, 0 = no norms.
+// dG (T, W*H) out; LEN: int64 lengths or 0; SQROW: H doubles of scratch, 0 = no norms;
+// SQB: double (T,B) out, each sequence's sum of squares of dL/dh_t in its own scale
+// 2**e[t,b] (0 at padding), or 0 = none (only read when SQROW is set: the lag profile).
 enum Bwd { B_ = 0, H_, UP, UP_TS, UP_RS, UP_EXP, REC, CC, ST, ACT, AUX1, AUX2, DG, SQ, MS, CS,
-           LEN, SQROW, BWD_SLOTS };
+           LEN, SQROW, SQB, BWD_SLOTS };
 
 constexpr int NEG = SEQBENCH_NEG;
 
@@ -304,7 +306,7 @@ inline void run_rows(i64 B, i64 G, i64 H, T* cs, double* sqrow, F rows) {
 // The scales are per sequence (bwd_scale); a sequence below the step's exponent (its own
 // exponent e[t,b] != M) still gets its dG, but stays out of the bias sums (CS) and enters the
 // norm's sum of squares rescaled by 2**(2*(e[t,b]-M)).
-template <typename T, typename C, bool N, typename Cell>
+template <typename T, typename C, bool N, bool Q, typename Cell>
 void bwd_rows(const i64* P, i64 t, const Scale& sc) {
   constexpr i64 W = Cell::W;
   const i64 B = P[B_], H = P[H_];
@@ -315,9 +317,14 @@ void bwd_rows(const i64* P, i64 t, const Scale& sc) {
   const i64 urs = P[UP_RS];
   T* rec = (T*)P[REC];
   T* dG = (T*)P[DG];
+  double* sqb = Q ? (double*)P[SQB] + t * B : nullptr;
   const i64* len = (const i64*)P[LEN];
   const Cell cell(P, t);
   auto rows = [&](i64 b0, i64 b1, T* RS cs, double* RS sqrow) {
+    // Q: each row's squares, summed after the row (a sum inside the loop would stop GCC from
+    // vectorising it without -ffast-math)
+    std::vector<double> rowsq(Q ? H : 0);
+    double* RS rq = rowsq.data();
     for (i64 b = b0; b < b1; ++b) {
       T* RS d = dG + b * W * H;
       T* RS rb = rec + b * H;
@@ -326,6 +333,7 @@ void bwd_rows(const i64* P, i64 t, const Scale& sc) {
         IVDEP
         for (i64 j = 0; j < W * H; ++j) d[j] = 0;
         cell.template skip<C>(b, bb, rb);
+        if (Q) sqb[b] = 0.0;
         continue;
       }
       const T* RS ub = up + b * urs;
@@ -339,6 +347,7 @@ void bwd_rows(const i64* P, i64 t, const Scale& sc) {
           for (i64 k = 0; k < W; ++k) d[k * H + j] = g[k];
           for (i64 k = 0; k < W; ++k) cs[k * H + j] += g[k];
           if (N) sqrow[j] += (double)dh * (double)dh;
+          if (Q) rq[j] = (double)dh * (double)dh;
         }
       } else {
         const double w2 = pow2(2 * (eb[b] - sc.m));
@@ -349,7 +358,13 @@ void bwd_rows(const i64* P, i64 t, const Scale& sc) {
           Cell::template unit<C>(row, j, dh, bb, rb, g);
           for (i64 k = 0; k < W; ++k) d[k * H + j] = g[k];
           if (N) sqrow[j] += w2 * ((double)dh * (double)dh);
+          if (Q) rq[j] = (double)dh * (double)dh;
         }
+      }
+      if (Q) {
+        double s = 0.0;
+        for (i64 j = 0; j < H; ++j) s += rq[j];
+        sqb[b] = s;
       }
     }
   };
@@ -357,18 +372,22 @@ void bwd_rows(const i64* P, i64 t, const Scale& sc) {
 }
 
 // One backward step of Cell: choose the scales, run the rows (N: accumulate the sum of squares
-// for the norms, P[SQROW] != 0), record. Returns 0 when no signal is left at or after step t,
+// for the norms, P[SQROW] != 0; Q: also each sequence's own, P[SQB] != 0), record. Returns 0
+// when no signal is left at or after step t,
 // 2 when some sequence keeps its own exponent (its dG rows must stay out of the weight
 // gradients: the caller zeroes them after the recurrent and input products), else 1.
 template <typename T, template <typename> class Cell>
 int bwd_step(const i64* P, i64 t) {
   const Scale sc = bwd_scale<T>(P, t, P[B_], P[H_], Cell<T>::CELL_STATE);
-  if (P[SQROW]) {
-    if (sc.narrow) bwd_rows<T, T, true, Cell<T>>(P, t, sc);
-    else bwd_rows<T, double, true, Cell<T>>(P, t, sc);
+  if (P[SQROW] && P[SQB]) {
+    if (sc.narrow) bwd_rows<T, T, true, true, Cell<T>>(P, t, sc);
+    else bwd_rows<T, double, true, true, Cell<T>>(P, t, sc);
+  } else if (P[SQROW]) {
+    if (sc.narrow) bwd_rows<T, T, true, false, Cell<T>>(P, t, sc);
+    else bwd_rows<T, double, true, false, Cell<T>>(P, t, sc);
   } else {
-    if (sc.narrow) bwd_rows<T, T, false, Cell<T>>(P, t, sc);
-    else bwd_rows<T, double, false, Cell<T>>(P, t, sc);
+    if (sc.narrow) bwd_rows<T, T, false, false, Cell<T>>(P, t, sc);
+    else bwd_rows<T, double, false, false, Cell<T>>(P, t, sc);
   }
   return bwd_finish<T>(P, t, P[H_], sc);
 }
