@@ -3,7 +3,7 @@ checkpoints and results implement `Callback` without importing the loop (or torc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -16,6 +16,7 @@ class Callback:
     def on_grad_norms(
         self, step: int, norms: np.ndarray, positions: np.ndarray, log10: np.ndarray | None
     ) -> None: ...
+    def on_lag_norms(self, step: int, profile: Any) -> None: ...  # a seqbench.lags.LagProfile
     def on_gates(
         self, step: int, gates: dict[str, np.ndarray], memory_gate: str | None
     ) -> None: ...

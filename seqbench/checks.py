@@ -99,6 +99,7 @@ def check_config(cfg: Any) -> None:
         need(False, "diagnostics.every", "auto (max(1, train.steps // 50): about 50 snapshots "
              "per run), 0 (at init and at the end only) or a positive number of steps")  # fmt: skip
     need(cfg.diagnostics.explode_factor > 0, "diagnostics.explode_factor", "a value > 0")
+    need(cfg.diagnostics.lag_sources >= 1, "diagnostics.lag_sources", "a positive integer")
     need(cfg.log.progress in MODES, "log.progress", f"one of {list(MODES)}")
     sched = cfg.scheduler
     if sched.name == "plateau":

@@ -85,10 +85,13 @@ def load_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
 
 
 def _run_numbers(m: dict) -> dict:
+    # the vanishing/exploding verdicts come from the lag profile (runs older than it: n/a; their
+    # per-timestep summaries measured the loss's shape on padded and many-loss tasks)
     grads = m.get("grad_norms") or {}
+    lags = m.get("lag_norms") or {}
 
     def layer0(when: str, key: str) -> float:
-        snap = grads.get(when)
+        snap = lags.get(when)
         value = snap["layers"][0].get(key) if snap else None  # older runs lack newer keys
         return math.nan if value is None else float(value)
 
@@ -115,7 +118,7 @@ def _run_numbers(m: dict) -> dict:
         "end_memory_horizon": layer0("end", "memory_horizon"),
         "exploding": any(
             bool(snap and snap["layers"][0].get("exploding"))
-            for snap in (grads.get("init"), grads.get("end"))
+            for snap in (lags.get("init"), lags.get("end"))
         ),
         "max_grad_norm": _num(grads.get("max_norm")),
         "wall_time_s": _num(m.get("wall_time_s")),
@@ -161,7 +164,7 @@ def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
 
     Columns: the group keys, metric, runs, completed, diverged, failed, interrupted, solved
     (how many runs reached the task's threshold), exploding (how many runs, diverged ones
-    included, had layer 0's gradient flagged exploding at init or at the end), then
+    included, had layer 0's gradient by lag flagged exploding at init or at the end), then
     <number>_mean and <number>_std.
     A -inf vanishing ratio (gradient underflow) stays -inf in the mean; std is NaN for one run.
     """
@@ -284,7 +287,7 @@ TERMINAL = {
 def terminal_table(table: pd.DataFrame, title: str = "comparison", width: int = 100) -> Table:
     """The sweep's table for a terminal `width` columns wide: the keys that differ between rows
     (all group keys when there is one row), seeds completed/run, solved/completed, final
-    metric, baseline and layer 0's vanishing ratio at init and at the end, nothing cut.
+    metric, baseline and layer 0's vanishing ratio by lag at init and at the end, nothing cut.
 
     One column per key when they fit beside the numbers, else one "configuration" column of
     `key=value` pairs. Every cell folds onto more lines rather than losing characters to an

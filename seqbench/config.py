@@ -135,8 +135,11 @@ class DiagnosticsConfig:
     # exact dL/dh_t norms at step 0, every `every` steps and at the end; 0 = at init and end
     # only; auto = max(1, train.steps // 50): about 50 points per curve for a run of any length
     every: Any = "auto"
-    explode_factor: float = 10.0  # flag exploding when max_t ||dL/dh_t|| > factor * ||dL/dh_T||
+    explode_factor: float = 10.0  # exploding: the largest norm by lag > factor * the one at lag 0
     log_magnitude: bool = False  # engine: also log10 ||dL/dh_t||, exact below float64's range
+    # lag profile (seqbench/lags.py): at most this many (sequence, source) pairs per snapshot
+    # on tasks with several loss terms per sequence (copy, chargen), latest sources first
+    lag_sources: int = 64
 
 
 @dataclass

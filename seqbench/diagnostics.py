@@ -1,4 +1,6 @@
-"""Per-timestep gradient norms ||dL/dh_t|| and their summaries.
+"""Gradient norms through time and their verdicts: per timestep, ||dL/dh_t|| (where the
+training signal lands), and by lag from where each loss term reads (:mod:`seqbench.lags`: the
+memory of the cell, and the source of the vanishing/exploding verdicts).
 
 A snapshot is an array ``norms[layer, t]`` (float64): the Frobenius norm over (batch, hidden) of
 the total derivative of the batch training loss with respect to layer ``layer``'s hidden state at
@@ -18,9 +20,27 @@ import torch
 from torch import Tensor
 
 from seqbench.engine import GradNormRecorder
+from seqbench.lags import LagProfile, lag_norms
+
+__all__ = [
+    "HORIZON_FRACTION",
+    "LAG_PAIRS_FRACTION",
+    "GradSummary",
+    "LagProfile",
+    "LagSummary",
+    "gate_means",
+    "grad_log10_norms",
+    "grad_norms",
+    "lag_norms",
+    "real_positions",
+    "summarize",
+    "summarize_lags",
+]
 
 #: The memory horizon counts the timesteps back from T while ||dL/dh_t|| >= this x ||dL/dh_T||.
 HORIZON_FRACTION = 1e-3
+#: The lag verdicts use the lags that more than this fraction of the pairs reach.
+LAG_PAIRS_FRACTION = 0.5
 
 
 def grad_norms(trace: GradNormRecorder | list[list[Tensor]]) -> np.ndarray:
@@ -157,3 +177,61 @@ def memory_horizon(logs: np.ndarray, fraction: float = HORIZON_FRACTION) -> int:
         return len(logs)
     below = np.nonzero(logs < last + math.log10(fraction))[0]
     return len(logs) - 1 - int(below.max()) if len(below) else len(logs)
+
+
+@dataclass
+class LagSummary:
+    """The verdicts of one layer's lag profile (:mod:`seqbench.lags`), over lags 0..max_lag:
+    the lags that more than half of the (sequence, source) pairs reach (``LAG_PAIRS_FRACTION``;
+    on padded data, the lags within the median length), so that no verdict rests on a few long
+    sequences.
+
+    vanishing_ratio: log10 of the norm at max_lag over the norm at lag 0 (negative: the gradient
+        of a loss term vanishes going back; -inf where it underflowed even log10's range).
+    decay_rate: least-squares slope of log10 norm per lag, towards lag 0 (positive: it shrinks
+        going back), over the lags with a non-zero norm; None with fewer than 2.
+    growth_rate: 10**-decay_rate, the factor per step back (below 1 vanishes, above 1 explodes).
+    max_norm: the largest norm over those lags.
+    exploding: max_norm > explode_factor x the norm at lag 0, or a non-finite norm.
+    memory_horizon: how many lags, lag 0 included, the norm stays at or above HORIZON_FRACTION
+        (1e-3) of its value at lag 0: max_lag + 1 if it never falls below.
+    nonzero: lags with a non-zero norm. max_lag: the largest lag counted. pairs: the pairs at
+        lag 0 (all of them).
+    """
+
+    vanishing_ratio: float
+    decay_rate: float | None
+    growth_rate: float | None
+    max_norm: float
+    exploding: bool
+    memory_horizon: int
+    nonzero: int
+    max_lag: int
+    pairs: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def counted_lags(pairs: np.ndarray, fraction: float = LAG_PAIRS_FRACTION) -> int:
+    """How many lags (from 0) the verdicts use: those more than `fraction` of the pairs reach
+    (at least lag 0)."""
+    pairs = np.asarray(pairs)
+    reached = np.nonzero(pairs > fraction * pairs[0])[0]
+    return int(reached.max()) + 1 if len(reached) else 1
+
+
+def summarize_lags(
+    log10: np.ndarray, pairs: np.ndarray, explode_factor: float = 10.0
+) -> LagSummary:
+    """The verdicts of one layer's lag profile: `log10` (K,) exact log10 norms by lag, `pairs`
+    (K,) pairs per lag (see `LagSummary`)."""
+    lags = counted_lags(pairs)
+    logs = np.asarray(log10[:lags], dtype=np.float64)[::-1]  # oldest first: summarize's order
+    with np.errstate(over="ignore"):  # beyond float64: inf, an exploding norm
+        norms = np.power(10.0, logs)
+    s = summarize(norms, explode_factor, log10=logs)
+    return LagSummary(
+        s.vanishing_ratio, s.decay_rate, s.growth_rate, s.max_norm, s.exploding,
+        s.memory_horizon, s.nonzero, lags - 1, int(pairs[0]),
+    )  # fmt: skip

@@ -110,6 +110,7 @@ def run(
             snapshots=[(s, n) for s, n, *_ in recorder.snapshots], clipped=recorder.clipped_steps,
             lr=recorder.lr, gate_history=recorder.memory_gate_history(),
             flush_every=cfg.checkpoint.every,
+            lag_snapshots=[(s, logs) for s, logs, _ in recorder.lag_snapshots],
         )  # fmt: skip
         callbacks.append(tensorboard)
     callbacks.append(PeriodicCheckpoint(job.run_dir, cfg.checkpoint.every, job.state))
@@ -134,7 +135,8 @@ def run(
                 job.model, task, job.optimizer, steps=cfg.train.steps,
                 batch_size=cfg.train.batch_size, eval_every=cfg.train.eval_every,
                 clip=Clip(**cfg.train.clip), diagnostics_every=diagnostics_every(cfg),
-                callbacks=callbacks, start_step=start_step, stop=stop, done=early,
+                lag_sources=cfg.diagnostics.lag_sources, callbacks=callbacks,
+                start_step=start_step, stop=stop, done=early,
             )  # fmt: skip
         extra["stopped_early"] = early.stopped_at is not None
         extra["stopped_at_step"] = early.stopped_at
@@ -209,11 +211,14 @@ def build_job(cfg: Any, run_dir: Path, device: torch.device) -> Job:
 
 def final_snapshot(job: Job, callbacks: list[Callback]) -> None:
     """After the last step: a gradient-norm snapshot at the final weights, then checkpoint.pt."""
-    *snapshot, gates = measure_grad_norms(job.model, job.task, job.cfg.train.batch_size)
+    cfg, step = job.cfg, job.recorder.steps_done
+    snap = measure_grad_norms(job.model, job.task, cfg.train.batch_size,
+                              cfg.diagnostics.lag_sources)  # fmt: skip
     for callback in callbacks:
-        callback.on_grad_norms(job.recorder.steps_done, *snapshot)
-        if gates:
-            callback.on_gates(job.recorder.steps_done, gates, job.model.spec.memory_gate)
+        callback.on_grad_norms(step, snap.norms, snap.positions, snap.log10)
+        callback.on_lag_norms(step, snap.lags)
+        if snap.gates:
+            callback.on_gates(step, snap.gates, job.model.spec.memory_gate)
     save_checkpoint(job.run_dir, job.state())
 
 

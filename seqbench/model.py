@@ -32,12 +32,14 @@ ENGINES = ("auto", "engine", "fused")
 
 class UnrolledStates(list):
     """The unrolled path's trace: per layer (and direction) the states h_1..h_T with their grads
-    retained, and ``gate_means``: per entry the (n_gates, T, H) means of the cell's gates over
-    the batch's real positions (float64, CPU; empty for a cell without gates)."""
+    retained, ``gate_means``: per entry the (n_gates, T, H) means of the cell's gates over
+    the batch's real positions (float64, CPU; empty for a cell without gates), and
+    ``directions``: 2 for a bidirectional model (entries forward, backward per layer), else 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, directions: int = 1) -> None:
         super().__init__()
         self.gate_means: list[Tensor] = []
+        self.directions = directions
 
 
 # What forward() returns beside the outputs: the engine's recorder, the unrolled hidden states
@@ -259,7 +261,7 @@ class SequenceModel(nn.Module):
         self, x: Tensor, unroll: bool, lengths: Tensor | None, record_states: bool
     ) -> tuple[Tensor, Trace]:
         steps, hidden = x.shape[1], self.rnn.hidden_size
-        states = UnrolledStates()
+        states = UnrolledStates(directions=2)
         if not unroll:
             if lengths is None:
                 seq, _ = self.rnn(x)  # (B, T, 2H)

@@ -31,40 +31,74 @@ def _label(keys: Sequence[str], values: Sequence) -> str:
     )
 
 
-def grad_norm_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
-    """log10 ||dL/dh_t|| of layer 0 vs t, at init and at the end: the mean over seeds of the
-    log10 norms (a geometric mean), with a band from the lowest to the highest seed. Timesteps
-    whose norm underflowed to 0 in some seed are left out of that seed's curve, so where only
-    some seeds underflow the mean is over the others (the band's floor shows the underflow)."""
+def _profile_figure(
+    runs: pd.DataFrame, by: Sequence[str], csv: str, across: str, xlabel: str, ylabel: str,
+    title: str,
+) -> Figure:  # fmt: skip
+    """Layer 0's log10 norms from each run's `csv` (columns step, layer, `across`, norm and,
+    where present, log10_norm), at init and at the end: the mean over seeds of the log10 norms (a
+    geometric mean), with a band from the lowest to the highest seed. A value that underflowed
+    to 0 in some seed is left out of that seed's curve, so where only some seeds underflow the
+    mean is over the others (the band's floor shows the underflow)."""
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2, sharey=True)
     groups = list(runs[runs["status"] == "completed"].groupby(list(by), sort=True))
     styles = _styles([v if isinstance(v, tuple) else (v,) for v, _ in groups])
     for values, group in groups:
         values = values if isinstance(values, tuple) else (values,)
-        curves = {"init": [], "end": []}
+        curves: dict[str, list] = {"init": [], "end": []}
         for run_dir in group["run_dir"]:
-            grads = pd.read_csv(Path(run_dir) / "grad_norms.csv")
-            grads = grads[grads["layer"] == 0]
-            for when, step in (("init", grads["step"].min()), ("end", grads["step"].max())):
-                norms = grads[grads["step"] == step].sort_values("t")["norm"].to_numpy()
+            if not (Path(run_dir) / csv).is_file():  # a run older than that file
+                continue
+            norms = pd.read_csv(Path(run_dir) / csv)
+            norms = norms[norms["layer"] == 0]
+            for when, step in (("init", norms["step"].min()), ("end", norms["step"].max())):
+                snap = norms[norms["step"] == step].sort_values(across)
                 with np.errstate(divide="ignore"):
-                    curves[when].append(np.where(norms > 0, np.log10(norms), np.nan))
+                    logs = snap["log10_norm"] if "log10_norm" in snap else np.log10(snap["norm"])
+                logs = logs.to_numpy(dtype=float)
+                curves[when].append(pd.Series(np.where(np.isfinite(logs), logs, np.nan),
+                                              index=snap[across].to_numpy()))  # fmt: skip
         for ax, when in zip(axes, ("init", "end"), strict=True):
-            stack = np.stack(curves[when])  # (seeds, T)
-            t = np.arange(1, stack.shape[1] + 1)
-            with warnings.catch_warnings():  # a t where every seed underflowed stays NaN
+            if not curves[when]:
+                continue
+            stack = pd.concat(curves[when], axis=1).sort_index()  # (x, seeds): lengths differ
+            with warnings.catch_warnings():  # an x where every seed underflowed stays NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(stack, axis=0)
-                low, high = np.nanmin(stack, 0), np.nanmax(stack, 0)
-            ax.plot(t, mean, label=_label(by, values), **styles[values])
-            ax.fill_between(t, low, high, color=styles[values]["color"], alpha=0.15)
+                mean = np.nanmean(stack.to_numpy(), axis=1)
+                low, high = np.nanmin(stack.to_numpy(), 1), np.nanmax(stack.to_numpy(), 1)
+            x = stack.index.to_numpy()
+            ax.plot(x, mean, label=_label(by, values), **styles[values])
+            ax.fill_between(x, low, high, color=styles[values]["color"], alpha=0.15)
     for ax, when in zip(axes, ("at initialisation", "at the end of training"), strict=True):
-        ax.set(xlabel="timestep t", title=f"gradient norm {when}")
-    axes[0].set_ylabel("log10 ||dL/dh_t|| (layer 0)")
-    axes[1].legend(fontsize="small")
+        ax.set(xlabel=xlabel, title=f"{title} {when}")
+    axes[0].set_ylabel(ylabel)
+    if groups:
+        axes[1].legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def grad_norm_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
+    """log10 ||dL/dh_t|| of layer 0 vs t, at init and at the end (where the training signal
+    lands), mean over seeds with a min-max band (see `_profile_figure`)."""
+    return _profile_figure(runs, by, "grad_norms.csv", "t", "timestep t",
+                           "log10 ||dL/dh_t|| (layer 0)", "gradient norm")  # fmt: skip
+
+
+def lag_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
+    """The lag profile of layer 0 (`seqbench.lags`: log10 of the RMS gradient norm of a loss
+    term k steps back from where it reads) at init and at the end, mean over seeds with a
+    min-max band; lags beyond a seed's batch are left out of its curve."""
+    return _profile_figure(
+        runs,
+        by,
+        "lag_norms.csv",
+        "lag",
+        "lag k (steps back from the loss)",
+        "log10 RMS ||d l_s/dh_(s-k)|| (layer 0)",
+        "gradient by lag",
+    )
 
 
 def learning_curve_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
@@ -114,8 +148,9 @@ def learning_curve_figure(runs: pd.DataFrame, by: Sequence[str]) -> Figure:
 
 
 def gate_and_gradient_figure(run_dir: Path, layer: int = 0) -> Figure:
-    """One run of a gated cell over training, side by side: log10 ||dL/dh_t|| over (training
-    step x timestep), and each unit's memory gate (metrics.json's gates.memory_gate: LSTM
+    """One run of a gated cell over training, side by side: the log10 gradient norm by lag over
+    (training step x lag; log10 ||dL/dh_t|| over timesteps for a run without lag_norms.csv), and
+    each unit's memory gate (metrics.json's gates.memory_gate: LSTM
     forget, GRU update; gates.csv: its mean over the batch and the timesteps) over (training
     step x unit, units sorted by their last value), for the snapshots that have gates."""
     run_dir = Path(run_dir)
@@ -123,23 +158,27 @@ def gate_and_gradient_figure(run_dir: Path, layer: int = 0) -> Figure:
     units = pd.read_csv(run_dir / "gates.csv")
     units = units[units["layer"] == layer].pivot(index="step", columns="unit", values=gate)
     units = units[units.iloc[-1].sort_values().index]  # the units that hold on the right
-    grads = pd.read_csv(run_dir / "grad_norms.csv")
+    by_lag = (run_dir / "lag_norms.csv").is_file()
+    grads = pd.read_csv(run_dir / ("lag_norms.csv" if by_lag else "grad_norms.csv"))
     grads = grads[(grads["layer"] == layer) & grads["step"].isin(units.index)]
+    across = "lag" if by_lag else "t"
     with np.errstate(divide="ignore"):
-        logs = np.log10(grads.pivot(index="step", columns="t", values="norm"))
+        values = grads["log10_norm"] if by_lag else np.log10(grads["norm"])
+    logs = grads.assign(value=values).pivot(index="step", columns=across, values="value")
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2, sharey=True)
-    maps = [
-        (logs.where(np.isfinite(logs)), f"log10 ||dL/dh_t||, layer {layer}", "timestep t",
-         "viridis", None),
+    title = "log10 gradient norm by lag" if by_lag else "log10 ||dL/dh_t||"
+    maps = [  # (table, title, x label, first x value, colour map, limits)
+        (logs.where(np.isfinite(logs)), f"{title}, layer {layer}",
+         "lag k" if by_lag else "timestep t", 0 if by_lag else 1, "viridis", None),
         (units, f"{gate} gate per unit (mean over batch and t)", "unit (sorted by last value)",
-         "magma", (0.0, 1.0)),
+         1, "magma", (0.0, 1.0)),
     ]  # fmt: skip
-    for ax, (table, title, xlabel, cmap, limits) in zip(axes, maps, strict=True):
+    for ax, (table, title, xlabel, first, cmap, limits) in zip(axes, maps, strict=True):
         steps = table.index.to_numpy()
         image = ax.imshow(
             table.to_numpy(), aspect="auto", origin="lower", cmap=cmap, interpolation="nearest",
-            extent=(0.5, table.shape[1] + 0.5, -0.5, len(steps) - 0.5),
+            extent=(first - 0.5, table.shape[1] + first - 0.5, -0.5, len(steps) - 0.5),
             **({} if limits is None else {"vmin": limits[0], "vmax": limits[1]}),
         )  # fmt: skip
         ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int)

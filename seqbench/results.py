@@ -1,12 +1,13 @@
-"""The run directory's result files: metrics.json, history.csv, grad_norms.csv and (gated
-cells) gates.csv.
+"""The run directory's result files: metrics.json, history.csv, grad_norms.csv, lag_norms.csv
+and (gated cells) gates.csv.
 
 The CSVs grow as the run goes (`tail -F`, or a plotting script reading a live run): a validation
-appends its row to history.csv, a snapshot its rows to grad_norms.csv and gates.csv, flushed at
-once, so a crash or kill -9 loses at most what came after the last write. Their content at the
-end is byte for byte the whole-file `to_csv` of everything recorded. metrics.json is written
-whole, at the end (or at an interrupt), to a temporary name in the same directory and then
-renamed over the old one, so a crash leaves either no file, the previous one or the new one.
+appends its row to history.csv, a snapshot its rows to grad_norms.csv, lag_norms.csv and
+gates.csv, flushed at once, so a crash or kill -9 loses at most what came after the last write.
+Their content at the end is byte for byte the whole-file `to_csv` of everything recorded.
+metrics.json is written whole, at the end (or at an interrupt), to a temporary name in the same
+directory and then renamed over the old one, so a crash leaves either no file, the previous one
+or the new one.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from seqbench.callbacks import Callback
-from seqbench.diagnostics import summarize
+from seqbench.diagnostics import summarize, summarize_lags
 from seqbench.files import GrowingCSV, atomic_write
+from seqbench.frames import gate_unit_frame, grad_norm_frame, history_frame, lag_norm_frame
+from seqbench.lags import LagProfile
+
+__all__ = ["STATUSES", "RunRecorder", "better", "gate_unit_frame", "grad_norm_frame",
+           "history_frame", "lag_norm_frame"]  # fmt: skip
 
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 #: A unit's gate counts as saturated open above this mean activation (metrics.json "gates").
@@ -66,6 +71,8 @@ class RunRecorder(Callback):
         self.losses_since_eval: list[float] = []
         self.history: list[dict] = []
         self.snapshots: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []
+        # (step, log10 norms (E, K), pairs (E, K)) of each snapshot's lag profile
+        self.lag_snapshots: list[tuple[int, np.ndarray, np.ndarray]] = []
         # (step, {gate: (L, T) mean over units}, {gate: (L, H) mean over timesteps}), memory gate
         self.gate_snapshots: list[tuple[int, dict, dict]] = []
         self.memory_gate: str | None = None
@@ -82,6 +89,7 @@ class RunRecorder(Callback):
                 lambda snapshots: grad_norm_frame(snapshots, self.gate_snapshots),
             ),
             "gates": GrowingCSV(self.run_dir / "gates.csv", gate_unit_frame),
+            "lag_norms": GrowingCSV(self.run_dir / "lag_norms.csv", lag_norm_frame),
         }
 
     def elapsed(self) -> float:
@@ -102,6 +110,10 @@ class RunRecorder(Callback):
                     None if log10 is None else torch.from_numpy(log10),
                 )
                 for step, norms, positions, log10 in self.snapshots
+            ],
+            "lag_snapshots": [
+                (step, torch.from_numpy(log10), torch.from_numpy(pairs))
+                for step, log10, pairs in self.lag_snapshots
             ],
             "gate_snapshots": [
                 (
@@ -128,6 +140,10 @@ class RunRecorder(Callback):
         self.snapshots = [
             (s, n.numpy(), p.numpy(), None if g is None else g.numpy())
             for s, n, p, g in state["snapshots"]
+        ]
+        self.lag_snapshots = [
+            (step, log10.numpy(), pairs.numpy())
+            for step, log10, pairs in state.get("lag_snapshots", [])  # older checkpoints: none
         ]
         self.gate_snapshots = [
             (step, {k: v.numpy() for k, v in per_t.items()},
@@ -157,7 +173,8 @@ class RunRecorder(Callback):
                 self.files[name].columns = None
 
     def recorded(self) -> dict[str, list]:
-        return {"history": self.history, "grad_norms": self.snapshots, "gates": self.gate_snapshots}
+        return {"history": self.history, "grad_norms": self.snapshots,
+                "gates": self.gate_snapshots, "lag_norms": self.lag_snapshots}  # fmt: skip
 
     def append_files(self, final: bool = False) -> None:
         """Append what was recorded since the last write (`final`: history.csv and grad_norms.csv
@@ -199,6 +216,10 @@ class RunRecorder(Callback):
             self.files["grad_norms"].extend(self.snapshots)
         self.snapshots.append((step, norms, positions, log10))
         self.max_grad_norm = max(self.max_grad_norm, float(norms.max()))
+
+    def on_lag_norms(self, step: int, profile: LagProfile) -> None:
+        self.lag_snapshots.append((step, profile.log10, profile.pairs))
+        self.files["lag_norms"].extend(self.lag_snapshots)
 
     def on_gates(self, step: int, gates: dict[str, np.ndarray], memory_gate: str | None) -> None:
         with warnings.catch_warnings():
@@ -257,6 +278,17 @@ class RunRecorder(Callback):
         ]
         return {"step": step, "timesteps": norms.shape[1], "layers": layers}
 
+    def lag_summary(self, index: int) -> dict | None:
+        """The lag verdicts of snapshot `index`, per layer (`diagnostics.summarize_lags`)."""
+        if not self.lag_snapshots:
+            return None
+        step, log10, pairs = self.lag_snapshots[index]
+        layers = [
+            summarize_lags(log10[i], pairs[i], self.explode_factor).as_dict()
+            for i in range(len(log10))
+        ]
+        return {"step": step, "lags": log10.shape[1], "layers": layers}
+
     def metrics(self, status: str, **extra: Any) -> dict:
         """The content of metrics.json."""
         assert status in STATUSES, status
@@ -281,6 +313,8 @@ class RunRecorder(Callback):
                 "end": self.grad_summary(-1),
                 "max_norm": self.max_grad_norm if self.snapshots else None,
             },
+            # the vanishing/exploding verdicts: by lag from where each loss term reads
+            "lag_norms": {"init": self.lag_summary(0), "end": self.lag_summary(-1)},
             **self.gate_metrics(),
             **({"texts": self.texts} if self.texts else {}),  # e.g. the last generated sample
             **extra,
@@ -292,62 +326,6 @@ class RunRecorder(Callback):
         atomic_write(self.run_dir / "metrics.json", lambda f: json.dump(metrics, f, indent=2))
         self.append_files(final=True)
         return metrics
-
-
-def grad_norm_frame(snapshots: list[tuple], gate_snapshots: list[tuple] = ()) -> pd.DataFrame:
-    """Long format: one row per (step, layer, t) with t = 1..T, the norm ||dL/dh_t||, how many
-    sequences of the batch are real (not padding) at t, log10_norm when tracked, and beside them
-    gate_<name>: each gate's mean activation over the batch's real positions and the units
-    (gated cells; empty where a snapshot has no gates, e.g. the final one)."""
-    gates_at = {step: per_t for step, per_t, _ in gate_snapshots}
-    frames = []
-    for step, norms, positions, log10 in snapshots:
-        layers, steps = norms.shape
-        per_t = gates_at.get(step, {})
-        frames.append(
-            pd.DataFrame(
-                {
-                    "step": step,
-                    "layer": np.repeat(np.arange(layers), steps),
-                    "t": np.tile(np.arange(1, steps + 1), layers),
-                    "norm": norms.ravel(),
-                    "positions": np.tile(positions, layers),
-                    **({} if log10 is None else {"log10_norm": log10.ravel()}),
-                    **{f"gate_{name}": means.ravel() for name, means in per_t.items()},
-                }
-            )
-        )
-    if not frames:
-        return pd.DataFrame(columns=["step", "layer", "t", "norm", "positions"])
-    return pd.concat(frames, ignore_index=True)
-
-
-def gate_unit_frame(gate_snapshots: list[tuple]) -> pd.DataFrame:
-    """Long format for gates.csv: one row per (step, layer, unit) with each gate's mean
-    activation over the batch's real positions and the timesteps (where a few units learn to
-    hold their forget gate near 1 while the mean over units hardly moves)."""
-    frames = []
-    for step, _, per_unit in gate_snapshots:
-        layers, units = next(iter(per_unit.values())).shape
-        frames.append(
-            pd.DataFrame(
-                {
-                    "step": step,
-                    "layer": np.repeat(np.arange(layers), units),
-                    "unit": np.tile(np.arange(units), layers),
-                    **{name: means.ravel() for name, means in per_unit.items()},
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
-
-
-def history_frame(history: list[dict]) -> pd.DataFrame:
-    """history.csv: one row per validation, the columns in order of first appearance."""
-    columns = ["step", "wall_time", "train_loss"]
-    for row in history:
-        columns += [k for k in row if k not in columns]
-    return pd.DataFrame(history, columns=columns)
 
 
 def better(value: float, best: float, mode: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from seqbench.callbacks import Callback, Diverged, Interrupted
 from seqbench.diagnostics import gate_means, grad_log10_norms, grad_norms, real_positions
+from seqbench.lags import DEFAULT_PAIRS, LagProbe, LagProfile
 from seqbench.model import SequenceModel
 from seqbench.tasks import Task
 
@@ -58,6 +60,7 @@ def train(
     eval_every: int,
     clip: Clip,
     diagnostics_every: int,
+    lag_sources: int = DEFAULT_PAIRS,
     callbacks: Sequence[Callback] = (),
     start_step: int = 0,
     stop: Callable[[], str | None] = lambda: None,
@@ -66,7 +69,8 @@ def train(
     """Train from `start_step` to `steps` optimizer updates.
 
     Step s computes the gradient at the parameters after s updates. Gradient norms per timestep
-    are taken at s = 0 and every `diagnostics_every` steps from the same backward pass that trains.
+    and by lag (`seqbench.lags`, at most `lag_sources` pairs per probe) are taken at s = 0 and
+    every `diagnostics_every` steps from the same backward pass that trains.
     Raises `Diverged` on a NaN/Inf loss or gradient, and `Interrupted` between two steps once
     `stop()` returns a reason. Returns early when `done()` (early stopping) after a validation.
     """
@@ -78,6 +82,8 @@ def train(
         model.train()
         output, states = model(batch.x, record_states=diagnose, lengths=batch.lengths)
         loss = task.loss(output, batch)
+        if diagnose:  # before the backward: it asks the engine for what the profile needs
+            lags = LagProbe(states, task.sources(batch), lag_sources, output, loss, batch.lengths)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm, clipped = clip_gradients(model.parameters(), clip)
@@ -90,6 +96,7 @@ def train(
             norms = grad_norms(states)  # (L, T)
             positions = real_positions(batch.lengths, len(batch.x), norms.shape[1])
             _emit(callbacks, "on_grad_norms", step, norms, positions, grad_log10_norms(states))
+            _emit(callbacks, "on_lag_norms", step, lags.profile())
             if gates := gate_means(states, model.spec.gate_names):  # {name: (L, T, H)}
                 _emit(callbacks, "on_gates", step, gates, model.spec.memory_gate)
         optimizer.step()
@@ -123,21 +130,34 @@ def evaluate(model: SequenceModel, task: Task, split: str = "val") -> dict[str, 
     return task.evaluate(model, split)
 
 
+class Snapshot(NamedTuple):
+    """One diagnostic snapshot: per-timestep norms (L, T), real positions per step (T,), log10
+    norms when the engine tracks them, the gate means ({gate: (L, T, H)}; {} for a cell without
+    gates) and the lag profile."""
+
+    norms: np.ndarray
+    positions: np.ndarray
+    log10: np.ndarray | None
+    gates: dict[str, np.ndarray]
+    lags: LagProfile
+
+
 def measure_grad_norms(
-    model: SequenceModel, task: Task, batch_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-    """Per-timestep gradient norms (L, T) at the current parameters, without updating them, the
-    real positions per step (T,), log10 norms when the engine tracks them, and the gate means
-    ({gate: (L, T, H)}; {} for a cell without gates)."""
+    model: SequenceModel, task: Task, batch_size: int, lag_sources: int = DEFAULT_PAIRS
+) -> Snapshot:
+    """A diagnostic snapshot at the current parameters, without updating them."""
     batch = task.sample(batch_size)
     model.train()
     output, states = model(batch.x, record_states=True, lengths=batch.lengths)
+    loss = task.loss(output, batch)
+    lags = LagProbe(states, task.sources(batch), lag_sources, output, loss, batch.lengths)
     model.zero_grad(set_to_none=True)
-    task.loss(output, batch).backward()
+    loss.backward()
     model.zero_grad(set_to_none=True)
     norms = grad_norms(states)
     positions = real_positions(batch.lengths, len(batch.x), norms.shape[1])
-    return norms, positions, grad_log10_norms(states), gate_means(states, model.spec.gate_names)
+    return Snapshot(norms, positions, grad_log10_norms(states),
+                    gate_means(states, model.spec.gate_names), lags.profile())  # fmt: skip
 
 
 def _emit(callbacks: Sequence[Callback], hook: str, *args) -> None:

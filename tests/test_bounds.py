@@ -117,6 +117,7 @@ EDGES = [
      "auto (max(1, train.steps // 50): about 50 snapshots per run), 0 (at init and at the end "
      "only) or a positive number of steps"),
     ("diagnostics.explode_factor", (), [TINY], [0.0], "a value > 0"),
+    ("diagnostics.lag_sources", (), [1], [0], "a positive integer"),
     ("log.progress", (), ["auto", "rich", "plain", "none"], ["fancy"],
      "one of ['auto', 'rich', 'plain', 'none']"),
     ("scheduler.factor", ("scheduler=plateau",), [TINY, below(1.0)], [0.0, 1.0],
@@ -232,6 +233,7 @@ RULES = [
     ("train.clip.threshold", (), lambda v: v > 0, st.floats(-1, 1)),
     ("inference.repeats", (), lambda v: v >= 1, st.integers(-3, 3)),
     ("checkpoint.every", (), lambda v: v >= 0, st.integers(-3, 3)),
+    ("diagnostics.lag_sources", (), lambda v: v >= 1, st.integers(-3, 3)),
 ]  # fmt: skip
 
 

@@ -1,8 +1,11 @@
 """Every TensorBoard tag and every result-file column the README promises, read back from the
 files (TensorBoard through its own event reader) and checked against where its value comes from:
-TensorBoard against history.csv and grad_norms.csv, metrics.json against history.csv,
-grad_norms.csv and checkpoint.pt, the comparison table against each run's own files. Summaries
-of the gradient norms are recomputed here, independently, from grad_norms.csv."""
+TensorBoard against history.csv, grad_norms.csv and lag_norms.csv, metrics.json against
+history.csv, grad_norms.csv, lag_norms.csv and checkpoint.pt, the comparison table against each
+run's own files. Summaries of the gradient norms are recomputed here, independently, from
+grad_norms.csv and lag_norms.csv; on the adding problem (one loss term per sequence, at the last
+step) the lag profile is the per-timestep norm read backwards, over the square root of the
+batch size (RMS over the sequences instead of the norm over all of them)."""
 
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ def make_run(tmp: Path) -> dict:
         "metrics": metrics,
         "history": pd.read_csv(run_dir / "history.csv"),
         "grads": pd.read_csv(run_dir / "grad_norms.csv"),
+        "lags": pd.read_csv(run_dir / "lag_norms.csv"),
         "events": read_events(run_dir),
     }
 
@@ -85,6 +89,13 @@ def f32(value: float) -> float:
 def layer_norms(grads: pd.DataFrame, step: int, layer: int) -> np.ndarray:
     rows = grads[(grads["step"] == step) & (grads["layer"] == layer)].sort_values("t")
     assert rows["t"].tolist() == list(range(1, len(rows) + 1))
+    return rows["norm"].to_numpy()
+
+
+def lag_norms_of(lags: pd.DataFrame, step: int, layer: int) -> np.ndarray:
+    rows = lags[(lags["step"] == step) & (lags["layer"] == layer)].sort_values("lag")
+    assert rows["lag"].tolist() == list(range(len(rows)))
+    assert (rows["pairs"] == 8).all()  # every sequence of the batch reaches every lag
     return rows["norm"].to_numpy()
 
 
@@ -137,7 +148,18 @@ def check_tensorboard_scalars(one_run: dict) -> None:
     gates = {f"gates/{gate}_mean/layer{layer}" for gate in ("input", "forget", "output")
              for layer in (0, 1)}  # fmt: skip
     gates |= {f"gates/forget_above_0.95/layer{layer}" for layer in (0, 1)}
-    assert scalars == expected_tags | per_layer | hparams | gates
+    lag_names = ("vanishing_ratio", "growth_rate", "memory_horizon", "exploding")
+    by_lag = {f"lag/{name}/layer{layer}" for layer in (0, 1) for name in lag_names}
+    assert scalars == expected_tags | per_layer | hparams | gates | by_lag
+    # by lag: the README's verdicts over the lags more than half the pairs reach (all, here)
+    for layer in (0, 1):
+        for step in (0, 2, 4, 6, 8):
+            expected = summary(lag_norms_of(one_run["lags"], step, layer)[::-1])
+            for name in ("vanishing_ratio", "growth_rate", "memory_horizon"):
+                tb = series(events, f"lag/{name}/layer{layer}")
+                assert tb[step] == pytest.approx(expected[name], rel=1e-5), (name, step)
+            exploding = series(events, f"lag/exploding/layer{layer}")[step]
+            assert exploding == float(expected["exploding"])
     # gate means: the mean over t of grad_norms.csv's gate columns, at every diagnostic step
     for gate in ("input", "forget", "output"):
         for layer in (0, 1):
@@ -173,7 +195,7 @@ def check_tensorboard_scalars(one_run: dict) -> None:
             assert nonzero == expected["nonzero"] == 8
         assert sorted(series(events, f"grad/max_norm/layer{layer}")) == [0, 2, 4, 6, 8]
 
-    end = metrics["grad_norms"]["end"]["layers"][0]["vanishing_ratio"]
+    end = metrics["lag_norms"]["end"]["layers"][0]["vanishing_ratio"]
     for name, value in [("best_metric", metrics["best_metric"]),
                         ("final_metric", metrics["final_metric"]),
                         ("end_vanishing_ratio", end), ("diverged", 0.0)]:  # fmt: skip
@@ -184,9 +206,9 @@ def check_tensorboard_pictures_and_hparams(one_run: dict) -> None:
     events = one_run["events"]
     images = events.Tags()["images"]
     gate_maps = {"gate_heatmap/layer0", "gate_heatmap/layer1"}  # the forget gate's
-    assert (
-        set(images) == {"grad_heatmap/layer0", "grad_heatmap/layer1", "grad_norm_vs_t"} | gate_maps
-    )
+    grad_maps = {"grad_heatmap/layer0", "grad_heatmap/layer1", "grad_norm_vs_t"}
+    lag_maps = {"lag_heatmap/layer0", "lag_heatmap/layer1", "lag_profile"}
+    assert set(images) == grad_maps | lag_maps | gate_maps
     for tag in images:  # after each validation (3, 6, 8) and at the end (8): once per step
         assert [i.step for i in events.Images(tag)] == [3, 6, 8]
         assert all(i.encoded_image_string.startswith(b"\x89PNG") for i in events.Images(tag))
@@ -229,6 +251,22 @@ def check_metrics_json(one_run: dict) -> None:
             for key, value in expected.items():
                 assert recorded[key] == pytest.approx(value, rel=1e-9), (when, layer, key)
             assert recorded["positions"] == 8 * 8  # T steps x batch of 8, nothing padded
+    lags = one_run["lags"]
+    assert sorted(lags["step"].unique()) == [0, 2, 4, 6, 8]
+    assert np.allclose(lags["log10_norm"], np.log10(lags["norm"]), rtol=0, atol=1e-12)
+    for when, step in (("init", 0), ("end", 8)):
+        snapshot = m["lag_norms"][when]
+        assert (snapshot["step"], snapshot["lags"]) == (step, 8)
+        for layer, recorded in enumerate(snapshot["layers"]):
+            by_lag = lag_norms_of(lags, step, layer)
+            # one loss term per sequence, at T: lag k is t = T - k, RMS = Frobenius / sqrt(B)
+            per_t = layer_norms(grads, step, layer)[::-1] / math.sqrt(8)
+            np.testing.assert_allclose(by_lag, per_t, rtol=1e-9)
+            expected = summary(by_lag[::-1])
+            assert (recorded["max_lag"], recorded["pairs"]) == (7, 8)
+            for key in ("vanishing_ratio", "decay_rate", "growth_rate", "memory_horizon",
+                        "exploding", "nonzero"):  # fmt: skip
+                assert recorded[key] == pytest.approx(expected[key], rel=1e-9), (when, key)
 
 
 def test_comparison_table_matches_the_runs_files(tmp_path: Path) -> None:
@@ -247,9 +285,15 @@ def test_comparison_table_matches_the_runs_files(tmp_path: Path) -> None:
         m = json.loads((run_dir / "metrics.json").read_text())
         history = pd.read_csv(run_dir / "history.csv")
         grads = pd.read_csv(run_dir / "grad_norms.csv")
+        lags = pd.read_csv(run_dir / "lag_norms.csv").query("layer == 0")
         ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-        first, last = grads["step"].min(), grads["step"].max()
-        init, end = summary(layer_norms(grads, first, 0)), summary(layer_norms(grads, last, 0))
+        first, last = lags["step"].min(), lags["step"].max()
+
+        def by_lag(step: int) -> dict:  # the verdicts: by lag (every lag: all 8 pairs reach it)
+            rows = lags[lags["step"] == step].sort_values("lag")
+            return summary(rows["norm"].to_numpy()[::-1])
+
+        init, end = by_lag(first), by_lag(last)
         return {
             "final_metric": history["val_mse"].iloc[-1],
             "best_metric": history["val_mse"].min(),
@@ -259,6 +303,10 @@ def test_comparison_table_matches_the_runs_files(tmp_path: Path) -> None:
             "init_decay_rate": init["decay_rate"],
             "end_vanishing_ratio": end["vanishing_ratio"],
             "end_decay_rate": end["decay_rate"],
+            "init_growth_rate": init["growth_rate"],
+            "end_growth_rate": end["growth_rate"],
+            "init_memory_horizon": init["memory_horizon"],
+            "end_memory_horizon": end["memory_horizon"],
             "max_grad_norm": grads["norm"].max(),
             "wall_time_s": m["wall_time_s"],
             "steps_per_s": m["steps_per_s"],

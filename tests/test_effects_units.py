@@ -158,10 +158,12 @@ def fake_run(path: Path, overrides: list[str], **metrics) -> None:
     (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     layers = [{"vanishing_ratio": metrics.pop("init_ratio", -2.0), "decay_rate": 0.5}]
     end = [{"vanishing_ratio": metrics.pop("end_ratio", -1.0), "decay_rate": 0.25}]
-    grads = {"init": {"layers": layers}, "end": {"layers": end}, "max_norm": 3.0}
+    lags = {"init": {"layers": layers}, "end": {"layers": end}}
+    per_t = [{"vanishing_ratio": 9.0, "decay_rate": 9.0}]  # not the verdicts: never read
+    grads = {"init": {"layers": per_t}, "end": {"layers": per_t}, "max_norm": 3.0}
     base = {"status": "completed", "metric": "mse", "mode": "min", "baseline": 1 / 6,
             "solved_step": None, "wall_time_s": 10.0, "steps_per_s": 50.0,
-            "num_parameters": 1000, "grad_norms": grads}  # fmt: skip
+            "num_parameters": 1000, "grad_norms": grads, "lag_norms": lags}  # fmt: skip
     (path / "metrics.json").write_text(json.dumps({**base, **metrics}))
 
 
@@ -331,13 +333,24 @@ def test_every_column_of_a_run_row_is_its_metrics_json_value(tmp_path: Path) -> 
                              "memory_horizon": 12, "exploding": False}]},
         "end": {"layers": [{"vanishing_ratio": -0.5, "decay_rate": 0.07, "growth_rate": 1.02,
                             "memory_horizon": 40, "exploding": True}]},
-        "max_norm": 7.5,
     }  # fmt: skip
+    per_t = {
+        "layers": [
+            {
+                "vanishing_ratio": 3.5,
+                "decay_rate": 3.11,
+                "growth_rate": 3.91,
+                "memory_horizon": 33,
+                "exploding": False,
+            }
+        ]
+    }  # where the signal lands
+    grads = {"init": per_t, "end": per_t, "max_norm": 7.5}
     metrics = {"model": "gru", "task": "sentiment", "seed": 4, "status": "completed",
                "metric": "accuracy", "mode": "max", "final_metric": 0.71, "best_metric": 0.74,
                "test": {"accuracy": 0.69, "macro_f1": 0.5}, "baseline": 0.58, "solved_step": 300,
                "wall_time_s": 12.5, "steps_per_s": 80.0, "num_parameters": 1234,
-               "error": "none really", "grad_norms": snap,
+               "error": "none really", "grad_norms": grads, "lag_norms": snap,
                "overrides": ["model=gru", "task=sentiment", "seed=4"]}  # fmt: skip
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))

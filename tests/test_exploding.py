@@ -319,14 +319,16 @@ def test_comparison_table_counts_exploding_runs_and_shows_growth_and_horizon(tmp
             "growth_rate": growth,
             "memory_horizon": horizon,
         }
-        snap = {"step": 0, "timesteps": 50, "layers": [layer]}
+        snap = {"step": 0, "lags": 50, "layers": [{**layer, "max_lag": 49, "pairs": 8}]}
+        per_t = {"step": 0, "timesteps": 50, "layers": [{**layer, "exploding": not exploding}]}
         metrics = {
             "status": status,
             "model": name,
             "task": "t",
             "seed": 0,
             "metric": "mse",
-            "grad_norms": {"init": snap, "end": snap, "max_norm": 1.0},
+            "grad_norms": {"init": per_t, "end": per_t, "max_norm": 1.0},
+            "lag_norms": {"init": snap, "end": snap},
         }
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))

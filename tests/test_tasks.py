@@ -117,11 +117,28 @@ def test_schema_fields_are_the_constructor_arguments(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_every_task_implements_the_protocol(name: str) -> None:
     task = TASKS[name]
-    for method in ("check", "sample", "loss", "evaluate", "solved", "report"):
+    for method in ("check", "sample", "loss", "sources", "evaluate", "solved", "report"):
         assert callable(getattr(task, method)), method
     refusal = task.bidirectional_refusal
     assert refusal is None or (isinstance(refusal, str) and refusal)
     assert task.mode in ("min", "max")
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_sources_are_where_the_loss_reads(name: str) -> None:
+    """Every task's sources (where its lag profile starts) are output positions its loss has a
+    gradient at, at least one per sequence: a source the loss never reads would measure a
+    gradient of nothing."""
+    cfg = compose_config([f"task={name}"])
+    task = task_class(name)(device=CPU, seed=0, **{
+        k: v for k, v in dict(cfg.task).items() if k != "name"})  # fmt: skip
+    batch = task.sample(6)
+    output = torch.randn(*batch.x.shape[:2], task.output_size, requires_grad=True)
+    (grad,) = torch.autograd.grad(task.loss(output, batch), output)
+    sources = task.sources(batch)
+    assert sources.dtype == torch.bool and sources.shape == batch.x.shape[:2]
+    assert sources.any(1).all()
+    assert (grad.abs().sum(-1)[sources] > 0).all()
 
 
 def test_tasks_without_text_report_nothing() -> None:

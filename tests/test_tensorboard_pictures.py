@@ -120,12 +120,13 @@ def test_descriptions_and_summary_text(tmp_path: Path) -> None:
     runs = provider.list_scalars(ctx, experiment_id="", plugin_name="scalars")
     assert list(runs) == [folder.name]
     described = {tag: meta.description for tag, meta in runs[folder.name].items()}
-    diagnostics = [t for t in described if t.startswith(("grad/", "gates/"))]
+    diagnostics = [t for t in described if t.startswith(("grad/", "gates/", "lag/"))]
     assert len(diagnostics) >= 10 and "gates/update_above_0.95/layer0" in diagnostics
     for tag in diagnostics:
         text = described[tag]
         assert text.endswith(".") and text.count(". ") == 0 and len(text) > 30, tag
     assert "layer 0" in described["grad/vanishing_ratio/layer0"]
+    assert "layer 0" in described["lag/vanishing_ratio/layer0"]
     images = provider.list_blob_sequences(ctx, experiment_id="", plugin_name="images")
     assert all(meta.description for meta in images[folder.name].values())
     summary = read_events(run_dir).Tensors("summary/text_summary")
@@ -134,7 +135,8 @@ def test_descriptions_and_summary_text(tmp_path: Path) -> None:
     assert "| status | completed |" in text
     assert f"{metrics['baseline']:.4g}" in text and "clipped steps" in text
     for when in ("init (step 0)", "end (step 4)"):
-        assert f"vanishing ratio, {when}, layer 0" in text
+        assert f"gradient by lag, {when}, layer 0 | vanishing ratio " in text
+    assert text.count(" lags, growth ") == 2 and "per step back, horizon " in text
 
 
 @pytest.mark.parametrize(("steps", "every"), [(1, 1), (49, 1), (100, 2), (3000, 60), (3049, 60)])

@@ -32,6 +32,9 @@ class Padded:
         last = output[torch.arange(2), batch.lengths - 1, 0]  # (B,)
         return last.square().mean()
 
+    def sources(self, batch: Batch) -> torch.Tensor:
+        return torch.arange(4)[None, :] == (batch.lengths[:, None] - 1)
+
     def evaluate(self, model, split: str = "val") -> dict[str, float]:
         return {"loss": 0.0}
 
@@ -83,7 +86,7 @@ def test_one_step_is_one_sgd_step_over_the_real_positions() -> None:
 def test_measuring_norms_updates_nothing_and_sees_the_real_positions() -> None:
     net, reference = model(), model()
     before = copy.deepcopy(net.state_dict())
-    norms, positions, _, gates = measure_grad_norms(net, Padded(), 2)
+    norms, positions, _, gates, lags = measure_grad_norms(net, Padded(), 2)
     assert all(p.grad is None for p in net.parameters())  # no gradient left behind
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
     batch = Padded().sample(2)
@@ -91,6 +94,8 @@ def test_measuring_norms_updates_nothing_and_sees_the_real_positions() -> None:
     Padded().loss(output, batch).backward()
     np.testing.assert_allclose(norms, grad_norms(states), rtol=1e-12)
     assert positions.tolist() == [2, 2, 1, 1] and set(gates) == {"input", "forget", "output"}
+    # each sequence's lags from its own last step (4 and 2): lags 0, 1 by both, 2, 3 by one
+    assert lags.pairs.tolist() == [[2, 2, 1, 1]] * 2  # forward, and backward from its final state
 
 
 def test_a_non_finite_loss_or_gradient_stops_training_at_its_step() -> None:

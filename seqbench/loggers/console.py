@@ -160,18 +160,18 @@ def summary_table(metrics: dict, run_dir: str) -> Table:
         f"{_fmt(metrics['baseline'])} ({metrics['baseline_name']}; {mode} is better)",
     )
     table.add_row("clipped steps", f"{100 * metrics['clip_fraction']:.1f}%")
-    for when in ("init", "end"):
-        snap = metrics["grad_norms"][when]
+    for when in ("init", "end"):  # the gradient of a loss term by lag (seqbench.lags)
+        snap = (metrics.get("lag_norms") or {}).get(when)
         if snap is None:
             continue
         for layer, s in enumerate(snap["layers"]):
             growth = s.get("growth_rate")
             growth = "n/a" if growth is None else f"x{growth:.3g}/step back"
             table.add_row(
-                f"grad {when} (step {snap['step']}) L{layer}",
-                f"log10 ||dL/dh_1||/||dL/dh_T|| = {s['vanishing_ratio']:.2f}, growth {growth}, "
-                f"horizon {s.get('memory_horizon', 'n/a')}/{s['timesteps']} steps, "
-                f"max {s['max_norm']:.3g}{', EXPLODING' if s['exploding'] else ''}",
+                f"grad by lag {when} (step {snap['step']}) L{layer}",
+                f"log10 lag {s['max_lag']}/lag 0 = {s['vanishing_ratio']:.2f}, growth {growth}, "
+                f"horizon {s['memory_horizon']}/{s['max_lag'] + 1} lags"
+                f"{', EXPLODING' if s['exploding'] else ''}",
             )
     for name, value in (metrics.get("test") or {}).items():
         table.add_row(f"test {name} (best weights)", _fmt(value))

@@ -65,9 +65,12 @@ def heatmap_image(
     cmap: str,
     vmin: float | None = None,
     vmax: float | None = None,
+    xlabel: str = "timestep t",
+    first: int = 1,
 ) -> np.ndarray:
-    """values (S, T) as a labelled (H, W, 3) picture: timestep t across, training step up, a
-    colour bar with its range on the right. The cells sit at (TOP, LEFT)."""
+    """values (S, T) as a labelled (H, W, 3) picture: timestep t (or what `xlabel` names,
+    numbered from `first`) across, training step up, a colour bar with its range on the right.
+    The cells sit at (TOP, LEFT)."""
     low, high = value_range(values)
     vmin, vmax = low if vmin is None else vmin, high if vmax is None else vmax
     cells = heatmap_cells(values, cmap, vmin, vmax)
@@ -86,8 +89,8 @@ def heatmap_image(
         draw.text((LEFT - 6, y), f"{steps[i]:,}", fill=INK, font=small, anchor="rm")
     for t in sorted({1, (timesteps + 1) // 2, timesteps}):
         x = LEFT + (t - 0.5) * rx
-        draw.text((x, TOP + height + 4), str(t), fill=INK, font=small, anchor="mt")
-    draw.text((LEFT + width / 2, TOP + height + 24), "timestep t", fill=INK, font=small,
+        draw.text((x, TOP + height + 4), str(t - 1 + first), fill=INK, font=small, anchor="mt")
+    draw.text((LEFT + width / 2, TOP + height + 24), xlabel, fill=INK, font=small,
               anchor="mt")  # fmt: skip
     draw.text((LEFT - 6, TOP + height + 24), "step (up)", fill=INK, font=small, anchor="rt")
     for y, value in ((TOP, vmax), (TOP + height, vmin)):
@@ -96,10 +99,11 @@ def heatmap_image(
 
 
 def line_chart(
-    lines: list[tuple[str, np.ndarray, bool]], title: str, xlabel: str, ylabel: str
-) -> np.ndarray:
-    """Lines (label, positive values over t = 1..T, dashed) on a log10 y axis, as (H, W, 3).
-    Values <= 0 (underflow) leave gaps."""
+    lines: list[tuple[str, np.ndarray, bool]], title: str, xlabel: str, ylabel: str,
+    first: int = 1,
+) -> np.ndarray:  # fmt: skip
+    """Lines (label, positive values over t = first..first+T-1, dashed) on a log10 y axis, as
+    (H, W, 3). Values <= 0 (underflow) leave gaps."""
     width, height, left, right, top, bottom = 600, 360, 70, 180, 50, 48
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw, small = ImageDraw.Draw(image), font(15)
@@ -122,7 +126,7 @@ def line_chart(
         draw.text((x0 - 6, y), f"1e{decade}", fill=INK, font=small, anchor="rm")
     for t in sorted({1, (length + 1) // 2, length}):
         x = xy(t, low)[0]
-        draw.text((x, y0 + 4), str(t), fill=INK, font=small, anchor="mt")
+        draw.text((x, y0 + 4), str(t - 1 + first), fill=INK, font=small, anchor="mt")
     draw.rectangle([x0, y1, x1, y0], outline=INK)
     draw.text(((x0 + x1) / 2, y0 + 24), xlabel, fill=INK, font=small, anchor="mt")
     draw.text((x0, y1 - 2), ylabel, fill=INK, font=small, anchor="lb")

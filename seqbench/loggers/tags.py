@@ -14,9 +14,28 @@ DESCRIPTIONS = {
     r"val/(?P<metric>.+)": "Validation {metric} on the fixed validation set, at each validation.",
     r"grad/total_norm": "Norm of the whole gradient of each step, before clipping.",
     r"grad/clip_fraction": "Fraction of the steps so far whose gradient was clipped.",
+    r"lag/vanishing_ratio/layer(?P<layer>\d+)": (
+        "The vanishing verdict of layer {layer}: log10 of the gradient norm of a loss term k "
+        "steps back over its norm where the loss reads (lag 0), at the largest lag that more "
+        "than half of the (sequence, source) pairs reach (negative: it vanishes)."
+    ),
+    r"lag/growth_rate/layer(?P<layer>\d+)": (
+        "Factor by which the gradient of a loss term changes per step back from where the loss "
+        "reads, in layer {layer} (least-squares over the lags; below 1 vanishes, above 1 "
+        "explodes)."
+    ),
+    r"lag/memory_horizon/layer(?P<layer>\d+)": (
+        "Lags (lag 0 included) over which the gradient of a loss term in layer {layer} stays at "
+        "least 1e-3 of its value where the loss reads: how far back the cell's memory reaches."
+    ),
+    r"lag/exploding/layer(?P<layer>\d+)": (
+        "1 when the gradient of a loss term in layer {layer} grows going back: its largest norm "
+        "by lag is above diagnostics.explode_factor times its norm at lag 0, else 0."
+    ),
     r"grad/vanishing_ratio/layer(?P<layer>\d+)": (
-        "log10(||dL/dh_1|| / ||dL/dh_T||) in layer {layer}: how many orders of magnitude the "
-        "gradient loses from the last timestep back to the first (negative: it vanishes)."
+        "log10(||dL/dh_1|| / ||dL/dh_T||) in layer {layer}, per timestep: where the training "
+        "signal lands along the sequence (on padded or many-loss tasks this is the loss's shape, "
+        "not the cell's memory: lag/vanishing_ratio is the verdict)."
     ),
     r"grad/decay_rate/layer(?P<layer>\d+)": (
         "Least-squares slope of log10 ||dL/dh_t|| against t in layer {layer}: decades gained per "
@@ -55,8 +74,16 @@ DESCRIPTIONS = {
     ),
     r"grad_norm_vs_t": "||dL/dh_t|| against the timestep t, at initialisation (dashed) and at "
     "the latest snapshot (solid), per layer, on a log scale.",
+    r"lag_heatmap/layer(?P<layer>\d+)": (
+        "log10 of the gradient norm by lag in layer {layer} (RMS over the (sequence, source) "
+        "pairs of ||d l_s/dh_(s-k)||): lag k across from 0, where the loss reads, one row per "
+        "diagnostic snapshot (step 0 at the bottom); white = beyond the batch's longest reach."
+    ),
+    r"lag_profile": "The gradient norm of a loss term by lag k (steps back from where the loss "
+    "reads), at initialisation (dashed) and at the latest snapshot (solid), per layer, on a "
+    "log scale.",
     r"hparams/(?P<name>.+)": "The run's final {name}, for the HParams dashboard.",
-    r"summary": "The run's verdict: status, metric against the baseline, gradient summary.",
+    r"summary": "The run's verdict: status, metric against the baseline, the gradient by lag.",
 }
 _PATTERNS = [(re.compile(pattern + "$"), text) for pattern, text in DESCRIPTIONS.items()]
 

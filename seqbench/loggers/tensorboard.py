@@ -14,7 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from seqbench.callbacks import Callback
 from seqbench.config import flatten
-from seqbench.diagnostics import summarize
+from seqbench.diagnostics import summarize, summarize_lags
 from seqbench.loggers import pictures, tags
 from seqbench.loggers.hparams import experiment_summary, session_summaries
 from seqbench.loggers.runname import EVENTS
@@ -23,11 +23,14 @@ BATCH = 128  # events handed to the writer's thread at once (and at each validat
 
 
 class TensorBoardLogger(Callback):
-    """Scalars: train/loss, val/<metric>, grad/total_norm, grad/clip_fraction and, per layer,
-    grad/vanishing_ratio, grad/decay_rate, grad/growth_rate, grad/memory_horizon, grad/max_norm,
-    grad/nonzero_steps, at every step or snapshot. Images, drawn after each validation (with the
-    snapshot taken at that step) and at the end of the run, never more often: per layer, log10
-    ||dL/dh_t|| over (snapshot x timestep), every snapshot's row; and ||dL/dh_t|| vs t at init
+    """Scalars: train/loss, val/<metric>, grad/total_norm, grad/clip_fraction; per layer, the
+    verdicts of the lag profile (`seqbench.lags`) lag/vanishing_ratio, lag/growth_rate,
+    lag/memory_horizon, lag/exploding, and those of the per-timestep norms (where the training
+    signal lands) grad/vanishing_ratio, grad/decay_rate, grad/growth_rate, grad/memory_horizon,
+    grad/max_norm, grad/nonzero_steps, at every step or snapshot. Images, drawn after each
+    validation (with the snapshot taken at that step) and at the end of the run, never more
+    often: per layer, log10 of the lag profile over (snapshot x lag) and log10 ||dL/dh_t|| over
+    (snapshot x timestep), every snapshot's row; the lag profile and ||dL/dh_t|| vs t at init
     and at the latest snapshot. Gated cells, per layer: gates/<gate>_mean for every gate,
     gates/<memory gate>_above_0.95 (fraction of units) and the image gate_heatmap/layer<l>
     (the memory gate's mean over snapshot x timestep: LSTM forget, GRU update). Text: `summary`,
@@ -44,6 +47,7 @@ class TensorBoardLogger(Callback):
         gate_history: list[tuple[int, np.ndarray]] = (),
         flush_every: int = 0,
         memory_gate: str | None = None,
+        lag_snapshots: list[tuple[int, np.ndarray]] = (),
     ) -> None:
         # On resume from the checkpoint of step c, the events logged after it (steps > c, from
         # a run that went on) are purged; those of step c itself (its loss, validation) were
@@ -61,6 +65,7 @@ class TensorBoardLogger(Callback):
         self.flush_every = flush_every  # checkpoint.every: events on disk before each checkpoint
         self.explode_factor = explode_factor
         self.snapshots: list[tuple[int, np.ndarray]] = list(snapshots)
+        self.lag_snapshots: list[tuple[int, np.ndarray]] = list(lag_snapshots)  # (step, log10)
         self.steps = resume_step or 0
         self.clipped = clipped
         self.lr = lr  # () -> the current learning rate, logged as train/lr
@@ -137,6 +142,19 @@ class TensorBoardLogger(Callback):
             values[f"grad/nonzero_steps/layer{layer}"] = s.nonzero
         self.scalars(step, values)
 
+    def on_lag_norms(self, step: int, profile) -> None:
+        self.lag_snapshots.append((step, profile.log10))
+        values = {}
+        for layer, (logs, pairs) in enumerate(zip(profile.log10, profile.pairs, strict=True)):
+            s = summarize_lags(logs, pairs, self.explode_factor)
+            if math.isfinite(s.vanishing_ratio):  # -inf (underflow) cannot be plotted
+                values[f"lag/vanishing_ratio/layer{layer}"] = s.vanishing_ratio
+            if s.growth_rate is not None and math.isfinite(s.growth_rate):
+                values[f"lag/growth_rate/layer{layer}"] = s.growth_rate
+            values[f"lag/memory_horizon/layer{layer}"] = s.memory_horizon
+            values[f"lag/exploding/layer{layer}"] = float(s.exploding)
+        self.scalars(step, values)
+
     def on_gates(self, step: int, gates: dict[str, np.ndarray], memory_gate: str | None) -> None:
         values = {f"gates/{name}_mean/layer{layer}": np.nanmean(layer_means)
                   for name, means in gates.items()  # (L, T, H) over the batch's real positions
@@ -176,6 +194,8 @@ class TensorBoardLogger(Callback):
         chart = pictures.line_chart(lines, "gradient norm vs timestep", "timestep t",
                                     "||dL/dh_t||")  # fmt: skip
         self.image("grad_norm_vs_t", chart, step)
+        if self.lag_snapshots:
+            self.draw_lags(step)
         if self.gate_history and self.memory_gate is not None:
             gate_steps = [s for s, _ in self.gate_history]
             means = np.stack([m for _, m in self.gate_history])  # (S, L, T)
@@ -184,6 +204,42 @@ class TensorBoardLogger(Callback):
                 picture = pictures.heatmap_image(means[:, layer], gate_steps, title, "magma",
                                                  vmin=0.0, vmax=1.0)  # fmt: skip
                 self.image(f"gate_heatmap/layer{layer}", picture, step)
+
+    def draw_lags(self, step: int) -> None:
+        """The lag profile's pictures: per layer, log10 norm over (snapshot x lag), and the
+        profile at init and at the latest snapshot."""
+        steps = [s for s, _ in self.lag_snapshots]
+        lags = max(logs.shape[1] for _, logs in self.lag_snapshots)
+        layers = self.lag_snapshots[0][1].shape[0]
+        grid = np.full((len(steps), layers, lags), np.nan)  # profiles differ in length (padding)
+        for i, (_, logs) in enumerate(self.lag_snapshots):
+            grid[i, :, : logs.shape[1]] = logs
+        grid[~np.isfinite(grid)] = np.nan
+        for layer in range(layers):
+            title = f"log10 gradient norm by lag, layer {layer}"
+            picture = pictures.heatmap_image(
+                grid[:, layer],
+                steps,
+                title,
+                "viridis",
+                xlabel="lag k (steps back from the loss)",
+                first=0,
+            )
+            self.image(f"lag_heatmap/layer{layer}", picture, step)
+        picks = [0, len(steps) - 1] if len(steps) > 1 else [0]
+        with np.errstate(over="ignore"):
+            lines = [
+                (
+                    f"step {steps[i]}, layer {layer}",
+                    np.power(10.0, grid[i, layer]),
+                    i == 0 and len(picks) > 1,
+                )
+                for i in picks
+                for layer in range(layers)
+            ]
+        chart = pictures.line_chart(lines, "gradient norm by lag", "lag k",
+                                    "RMS ||d l_s/dh_(s-k)||", first=0)  # fmt: skip
+        self.image("lag_profile", chart, step)
 
     def image(self, tag: str, rgb: np.ndarray, step: int) -> None:
         self.add(tags.image(tag, pictures.png(rgb), *rgb.shape[:2]), step)
@@ -236,8 +292,9 @@ HPARAM_METRICS = tuple(f"hparams/{name}" for name in (
 
 
 def final_numbers(metrics: dict) -> dict[str, float]:
-    """The HParams metrics of a finished run, from its metrics.json content."""
-    end = (metrics.get("grad_norms") or {}).get("end") or {"layers": [{}]}
+    """The HParams metrics of a finished run, from its metrics.json content (the vanishing
+    ratio: by lag, layer 0, at the end)."""
+    end = (metrics.get("lag_norms") or {}).get("end") or {"layers": [{}]}
     return {
         "best_metric": metrics.get("best_metric"),
         "final_metric": metrics.get("final_metric"),
@@ -269,10 +326,14 @@ def summary_markdown(metrics: dict) -> str:
         ("clipped steps", f"{100 * (metrics.get('clip_fraction') or 0):.1f}%"),
     ]
     for when in ("init", "end"):
-        snapshot = (metrics.get("grad_norms") or {}).get(when)
+        snapshot = (metrics.get("lag_norms") or {}).get(when)
         for layer, s in enumerate((snapshot or {}).get("layers", [])):
-            label = f"vanishing ratio, {when} (step {snapshot['step']}), layer {layer}"
-            rows.append((label, f"{s['vanishing_ratio']:.2f} (log10 ‖dL/dh_1‖ / ‖dL/dh_T‖)"))
+            label = f"gradient by lag, {when} (step {snapshot['step']}), layer {layer}"
+            growth = "n/a" if s["growth_rate"] is None else f"{s['growth_rate']:.3g}"
+            text = (f"vanishing ratio {s['vanishing_ratio']:.2f} over {s['max_lag']} lags, "
+                    f"growth {growth} per step back, horizon {s['memory_horizon']} lags"
+                    + (", EXPLODING" if s["exploding"] else ""))  # fmt: skip
+            rows.append((label, text))
     if metrics.get("error"):
         rows.append(("error", str(metrics["error"]).replace("|", "/")))
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)

@@ -31,7 +31,7 @@ def report_blocks(sweeps: list[Sweep], title: str) -> list:
         Text(
             f"{counted(len(sweeps), 'sweep')}, {counted(runs, 'run')}; written {now} by "
             f"`seqbench-report` from the run directories (metrics.json, history.csv, "
-            f"grad_norms.csv, gates.csv, .hydra/) without re-training."
+            f"lag_norms.csv, grad_norms.csv, gates.csv, .hydra/) without re-training."
         ),
     ]
     if len(sweeps) > 1:
@@ -209,12 +209,15 @@ def _table_note(sweep: Sweep) -> str:
         "`solved` counts the seeds that reached the task's threshold, `solved at step` is the "
         "first validation step that did; `final` and `best` are on the validation split, "
         "`test` (tasks that have one) on the held-out test split, scored once at the end with "
-        "the weights of the best validation step. In the gradient table, log10 "
-        "‖dL/dh₁‖/‖dL/dh_T‖ is how "
-        "many orders of magnitude the gradient loses from the last timestep back to the first "
-        "(0: none); growth per step back is the fitted factor per timestep (below 1: vanishing, "
-        "above 1: exploding); the memory horizon counts the timesteps back from T while "
-        "‖dL/dh_t‖ ≥ 1e-3 ‖dL/dh_T‖ (T: it reaches the first input)."
+        "the weights of the best validation step. The gradient table follows each loss term "
+        "back from where it reads (lag 0) through the recurrence (`seqbench.lags`): the "
+        "vanishing ratio is log10 of the gradient at the largest lag counted over the one at "
+        "lag 0 (the lags that more than half of the (sequence, source) pairs reach: `lags "
+        "counted`), how many orders of magnitude it loses (0: none); growth per step back is "
+        "the fitted factor per lag (below 1: vanishing, above 1: exploding); the memory horizon "
+        "counts the lags, lag 0 included, while the gradient stays ≥ 1e-3 of its value at lag "
+        "0; exploding counts the runs whose gradient by lag grew above 10× its value at lag 0. "
+        "`max ‖dL/dh_t‖` is the per-timestep norm's largest value over training."
     )
 
 

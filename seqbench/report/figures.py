@@ -1,5 +1,6 @@
 """The report's own pictures (the sweep-wide ones come from seqbench.plots): the gradient heat
-map of one configuration, the memory horizon per configuration, and a figure as PNG bytes."""
+map by lag of one configuration, the memory horizon per configuration, and a figure as PNG
+bytes."""
 
 from __future__ import annotations
 
@@ -21,28 +22,29 @@ def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-def log_grad_map(run_dirs: Sequence[Path], layer: int = 0) -> pd.DataFrame:
-    """log10 ||dL/dh_t|| of `layer` as a (training step x t) table: the mean over the runs of
-    their log10 norms (a geometric mean), over the snapshot steps all runs share; NaN where every
-    run's norm underflowed to 0."""
+def log_lag_map(run_dirs: Sequence[Path], layer: int = 0) -> pd.DataFrame:
+    """log10 of the gradient norm by lag of `layer` (lag_norms.csv) as a (training step x lag)
+    table: the mean over the runs of their log10 norms (a geometric mean), over the snapshot
+    steps all runs share; NaN where no run reaches the lag or every run's norm is 0."""
     maps = []
     for run_dir in run_dirs:
-        grads = pd.read_csv(Path(run_dir) / "grad_norms.csv")
-        grads = grads[grads["layer"] == layer]
-        norms = grads.pivot(index="step", columns="t", values="norm")
-        with np.errstate(divide="ignore"):
-            maps.append(np.log10(norms.where(norms > 0)))
+        lags = pd.read_csv(Path(run_dir) / "lag_norms.csv")
+        lags = lags[lags["layer"] == layer]
+        maps.append(lags.pivot(index="step", columns="lag", values="log10_norm"))
     steps = sorted(set.intersection(*(set(m.index) for m in maps)))
-    stack = np.stack([m.loc[steps].to_numpy(dtype=float) for m in maps])  # (runs, steps, T)
+    columns = sorted(set().union(*(m.columns for m in maps)))  # batches reach different lags
+    stack = np.stack([m.reindex(index=steps, columns=columns).to_numpy(dtype=float)
+                      for m in maps])  # (runs, steps, lags)  # fmt: skip
+    stack[~np.isfinite(stack)] = np.nan
     with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells: underflow or padding
-        mean = np.nanmean(stack, axis=0) if np.isfinite(stack).any() else stack[0]
-    return pd.DataFrame(mean, index=steps, columns=maps[0].columns)
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells: beyond every batch
+        mean = np.nanmean(stack, axis=0)
+    return pd.DataFrame(mean, index=steps, columns=columns)
 
 
 def heatmap_figure(logs: pd.DataFrame, title: str, limits: tuple[float, float]) -> Figure:
-    """One configuration's log10 ||dL/dh_t|| over (training step x timestep), on a colour scale
-    shared by the sweep's configurations; grey where the norm underflowed to 0."""
+    """One configuration's log10 gradient norm by lag over (training step x lag), on a colour
+    scale shared by the sweep's configurations; grey where no pair reaches the lag."""
     fig = Figure(figsize=(5.2, 3.4))
     ax = fig.subplots()
     steps = logs.index.to_numpy()
@@ -54,24 +56,25 @@ def heatmap_figure(logs: pd.DataFrame, title: str, limits: tuple[float, float]) 
         origin="lower",
         cmap=cmap,
         interpolation="nearest",
-        extent=(0.5, logs.shape[1] + 0.5, -0.5, len(steps) - 0.5),
+        extent=(-0.5, logs.shape[1] - 0.5, -0.5, len(steps) - 0.5),
         vmin=limits[0],
         vmax=limits[1],
     )
     ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
     ax.set_yticks(ticks, [str(steps[i]) for i in ticks])
-    ax.set(xlabel="timestep t", ylabel="training step", title=title)
-    fig.colorbar(image, ax=ax, label="log10 ||dL/dh_t||")
+    ax.set(xlabel="lag k (steps back from the loss)", ylabel="training step", title=title)
+    fig.colorbar(image, ax=ax, label="log10 RMS ||d l_s/dh_(s-k)||")
     fig.tight_layout()
     return fig
 
 
 def horizon_figure(points: pd.DataFrame) -> Figure:
-    """Memory horizon per configuration at init and at the end of training: a bar for the mean
-    over seeds, a dot per seed, and a black tick at T (the longest horizon possible).
+    """Memory horizon by lag per configuration at init and at the end of training: a bar for
+    the mean over seeds, a dot per seed, and a black tick at the lags the verdicts count (the
+    longest horizon possible).
 
     Args:
-        points: one row per completed run: label, timesteps (T), init, end.
+        points: one row per completed run: label, reach (counted lags), init, end.
     """
     labels = list(dict.fromkeys(points["label"]))
     fig = Figure(figsize=(max(5.0, 1.3 * len(labels) + 2), 3.6))
@@ -91,7 +94,7 @@ def horizon_figure(points: pd.DataFrame) -> Figure:
         for i, values in enumerate(groups):
             ax.plot(np.full(len(values), x[i] + offset), values, "o", color=colour, ms=4)
     for i, label in enumerate(labels):
-        length = points[points["label"] == label]["timesteps"].max()
+        length = points[points["label"] == label]["reach"].max()
         ax.plot([x[i] - 0.42, x[i] + 0.42], [length, length], color="black", linewidth=1.5)
     ax.set_xticks(
         x,
@@ -99,7 +102,8 @@ def horizon_figure(points: pd.DataFrame) -> Figure:
         rotation=20 if len(labels) > 4 else 0,
         ha="right" if len(labels) > 4 else "center",
     )
-    ax.set(ylabel="timesteps back from T", title="memory horizon (black: T)", ylim=(0, None))
+    ax.set(ylabel="lags back from the loss", title="memory horizon (black: lags counted)",
+           ylim=(0, None))  # fmt: skip
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig

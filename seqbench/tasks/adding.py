@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqbench.tasks.base import Batch, SyntheticTask, SyntheticTaskConfig
+from seqbench.tasks.base import Batch, SyntheticTask, SyntheticTaskConfig, last_step_sources
 
 
 @dataclass
@@ -70,6 +70,9 @@ class AddingTask(SyntheticTask):
 
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         return F.mse_loss(output[:, -1, 0], batch.y)
+
+    def sources(self, batch: Batch) -> Tensor:
+        return last_step_sources(batch)  # the sum is read at the last step
 
     def metrics(self, output: Tensor, batch: Batch) -> dict[str, float]:
         return {"mse": self.loss(output, batch).item()}

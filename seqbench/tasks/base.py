@@ -73,6 +73,11 @@ class Task(Protocol):
         """Training loss from the model output (B, T, output_size)."""
         ...
 
+    def sources(self, batch: Batch) -> Tensor:
+        """(B, T) bool: the output positions whose loss terms the lag profile follows back
+        (`seqbench.lags`): where the loss reads, or the part of it that needs memory."""
+        ...
+
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         """Metrics (including `metric`) on a fixed split; called under torch.no_grad()."""
         ...
@@ -96,6 +101,13 @@ def check_split_fractions(cfg: Any, need: Need) -> None:
     need(0 < cfg.val_fraction < 1, "task.val_fraction", "a fraction in (0, 1)")
     need(0 < cfg.test_fraction < 1, "task.test_fraction", "a fraction in (0, 1)")
     need(fractions < 1, "task.val_fraction", "val + test fractions must leave training data")
+
+
+def last_step_sources(batch: Batch) -> Tensor:
+    """(B, T) bool, True at the last step only: a loss read once, at the end."""
+    mask = torch.zeros(batch.x.shape[:2], dtype=torch.bool, device=batch.x.device)
+    mask[:, -1] = True
+    return mask
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:

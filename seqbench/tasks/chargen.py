@@ -209,6 +209,9 @@ class CharGenTask:
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         return F.cross_entropy(output.flatten(0, 1), batch.y.flatten())
 
+    def sources(self, batch: Batch) -> Tensor:
+        return torch.ones(batch.y.shape, dtype=torch.bool, device=batch.y.device)  # every step
+
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         ids = self.data[split]
         n = len(ids) - 1  # every character but the first is predicted once

@@ -91,6 +91,13 @@ class CopyTask(SyntheticTask):
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         return F.cross_entropy(output.flatten(0, 1), batch.y.flatten())
 
+    def sources(self, batch: Batch) -> Tensor:
+        # The loss reads every step, but the blanks before the delimiter need no memory: the
+        # lag profile follows the recall positions back to the symbols.
+        mask = torch.zeros(batch.y.shape, dtype=torch.bool, device=batch.y.device)
+        mask[:, -self.memory_len :] = True
+        return mask
+
     def metrics(self, output: Tensor, batch: Batch) -> dict[str, float]:
         recall = output[:, -self.memory_len :].argmax(-1)  # (B, M)
         accuracy = (recall == batch.y[:, -self.memory_len :]).float().mean()

@@ -232,6 +232,12 @@ class SentimentTask:
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         return F.cross_entropy(read_out(output, batch.lengths, self.readout), batch.y)
 
+    def sources(self, batch: Batch) -> Tensor:
+        """Each review's last real token (`readout: last`), or every real token (`mean`)."""
+        steps = torch.arange(batch.x.shape[1], device=batch.x.device)[None, :]
+        last = batch.lengths[:, None] - 1
+        return steps == last if self.readout == "last" else steps <= last
+
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         data = self.data[split]
         logits = []

@@ -46,6 +46,7 @@ from seqbench.tasks.base import (
     TaskConfig,
     check_seq_len,
     check_split_fractions,
+    last_step_sources,
     make_generator,
 )
 from seqbench.tasks.data import package_file, read_csv, split_sizes, user_file
@@ -226,6 +227,9 @@ class StocksTask:
 
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
         return F.mse_loss(output[:, -1, 0], (batch.y - self.target_mean) / self.target_std)
+
+    def sources(self, batch: Batch) -> Tensor:
+        return last_step_sources(batch)  # the next return is read at the last day
 
     def predict(self, model: nn.Module, split: str) -> Tensor:
         """Predicted log returns (N,) for every window of `split`, in log-return units."""
