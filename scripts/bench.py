@@ -15,6 +15,13 @@ no variant always follows the same one) so that ratios hold on a noisy machine; 
   same round-robin, and only one process computes at a time;
 * ``engine_norms`` seqbench.engine.recurrent with a GradNormRecorder (norms on every step);
 * ``engine``    the same without recorder;
+* ``engine_lag_rows`` ``engine_norms`` plus each sequence's own norms (``per_row``): a
+  diagnostic step's lag profile on a task read once per sequence (adding, stocks, sentiment);
+* ``engine_lag_probe`` ``engine_norms`` plus the lag probe of 64 (sequence, source) pairs
+  (``probe``, one more backward through the saved forward without weight gradients): a
+  diagnostic step's lag profile on a task read at many positions (copy, chargen). The table
+  gives each as an overhead on ``engine_norms`` and, for the probe, as a share of a whole run
+  with ``diagnostics.every=auto`` (one diagnostic step in ``train.steps // 50``: 2 %);
 * ``floor``     only the step's matrix products (input projection, T-1 recurrent products
   forward and backward, one product each for the weight gradients), on preallocated buffers.
   The engine skips the weight-gradient products of steps whose backward signal is more than
@@ -55,6 +62,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 INPUT_SIZE = 2
+AUTO_EVERY = 50  # diagnostics.every=auto: one diagnostic step in train.steps // 50
 
 
 def _torch():
@@ -109,10 +117,16 @@ def torch_step(mod, head, x, y):
     return step
 
 
-def engine_step(cell, mod, head, x, y, with_norms: bool):
+def engine_step(cell, mod, head, x, y, with_norms: bool, lag: str | None = None):
     from seqbench.engine import GradNormRecorder, recurrent
 
+    torch = _torch()
     rec = GradNormRecorder() if with_norms else None
+    if lag == "rows":
+        rec.per_row = True
+    elif lag == "probe":  # the default diagnostics.lag_sources pairs, each reaching every lag
+        pairs = min(len(x), 64)
+        rec.probe = (torch.arange(pairs), torch.full((pairs,), x.shape[1] - 1))
     spec = _cell(cell)
 
     def step():
@@ -346,11 +360,14 @@ def run_bench(shapes, repeats: int, cells, budget_s: float) -> list[dict]:
                     "default": torch_step(mod, head, x, y),
                     "engine_norms": engine_step(cell, mod, head, x, y, True),
                     "engine": engine_step(cell, mod, head, x, y, False),
+                    "engine_lag_rows": engine_step(cell, mod, head, x, y, True, "rows"),
+                    "engine_lag_probe": engine_step(cell, mod, head, x, y, True, "probe"),
                     "floor": floor_step(cell, B, T, H),
                 }
                 configs.append(((cell, B, T, H), local))
 
-        slots = ["default", "tuned", "engine_norms", "engine", "floor"]
+        slots = ["default", "tuned", "engine_norms", "engine", "engine_lag_rows",
+                 "engine_lag_probe", "floor"]  # fmt: skip
 
         def one_round(cfg, local, times, r=0):
             # a new (seeded) order every round: the variant that runs right after another
@@ -411,10 +428,14 @@ def summarise(cfg, times) -> dict:
     row["tuned/engine_norms"] = row["tuned_s"] / row["engine_norms_s"]
     row["norms_overhead_%"] = 100 * (row["engine_norms_s"] / row["engine_s"] - 1)
     row["engine_norms/floor"] = row["engine_norms_s"] / row["floor_s"]
+    row["lag_rows_%"] = 100 * (med["engine_lag_rows"] / med["engine_norms"] - 1)
+    row["lag_probe_%"] = 100 * (med["engine_lag_probe"] / med["engine_norms"] - 1)
+    row["lag_probe_%_of_run"] = row["lag_probe_%"] / AUTO_EVERY
     print(
         f"  {cell:4s} B={B} T={T} H={H}: default {row['default_s'] * 1e3:.1f} ms, "
         f"tuned {row['tuned_s'] * 1e3:.1f} ms, engine+norms {row['engine_norms_s'] * 1e3:.1f} ms, "
-        f"engine {row['engine_s'] * 1e3:.1f} ms, floor {row['floor_s'] * 1e3:.1f} ms",
+        f"engine {row['engine_s'] * 1e3:.1f} ms, floor {row['floor_s'] * 1e3:.1f} ms, "
+        f"lag rows +{row['lag_rows_%']:.1f} %, lag probe +{row['lag_probe_%']:.0f} %",
         flush=True,
     )
     return row
