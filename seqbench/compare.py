@@ -1,145 +1,33 @@
-"""Comparison tables over finished runs: one row per configuration, mean ± std over seeds.
+"""Comparison tables over finished runs: one row per configuration, mean ± std over seeds and
+a 95% interval, and who wins (`seqbench.verdicts`).
 
-`load_runs` reads run directories (their metrics.json and .hydra/overrides.yaml) into one row
-per run; `aggregate` groups them by the keys that differ between runs (the seed aside) and
-reduces each group. Both are pure pandas and know nothing of Hydra's runtime. `main` is the
-`seqbench-compare` command.
+`load_runs` (`seqbench.rundirs`) reads run directories into one row per run; `aggregate` groups
+them by the keys that differ between runs (the seed aside) and reduces each group. Both are pure
+pandas (and SciPy for the intervals) and know nothing of Hydra's runtime. Numbers in every table
+follow one rule (`seqbench.numbers`). `main` is the `seqbench-compare` command.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import yaml
+
+from seqbench.numbers import format_cells
+from seqbench.rundirs import IGNORED_KEYS, NUMERIC, find_runs, load_runs, parse_overrides
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-# Per-run numbers aggregated as mean ± std (over the runs that completed).
-NUMERIC = [
-    "final_metric",
-    "best_metric",
-    "test_metric",  # the test split (tasks that have one), scored once with the best weights
-    "baseline",
-    "solved_step",
-    "init_vanishing_ratio",
-    "init_decay_rate",
-    "init_growth_rate",
-    "init_memory_horizon",
-    "end_vanishing_ratio",
-    "end_decay_rate",
-    "end_growth_rate",
-    "end_memory_horizon",
-    "max_grad_norm",
-    "wall_time_s",
-    "steps_per_s",
-    "num_parameters",
-]
-IGNORED_KEYS = {"seed", "hardware", "log.progress", "log.tensorboard"}
-
-
-def find_runs(paths: Iterable[Path]) -> list[Path]:
-    """Run directories (holding metrics.json) at or below each path, sorted, without repeats."""
-    found: set[Path] = set()
-    for path in map(Path, paths):
-        found.update(p.parent.resolve() for p in path.rglob("metrics.json"))  # path's own too
-    return sorted(found)
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, str]:
-    """['model=gru', '+x=1', 'task.seq_len=50'] -> {'model': 'gru', 'x': '1', ...}."""
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        out[key.lstrip("+~")] = value
-    return out
-
-
-def load_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
-    """One row per run: its overrides (as columns named by key) and its metrics."""
-    rows = []
-    for run_dir in map(Path, run_dirs):
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        overrides_file = run_dir / ".hydra" / "overrides.yaml"
-        if overrides_file.is_file():
-            overrides = yaml.safe_load(overrides_file.read_text()) or []
-        else:
-            overrides = metrics.get("overrides", [])
-        row = {
-            k: _value(v)
-            for k, v in parse_overrides(overrides).items()
-            if not k.startswith("hydra.")
-        }
-        row.update(_run_numbers(metrics))
-        row["run_dir"] = str(run_dir)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _run_numbers(m: dict) -> dict:
-    # the vanishing/exploding verdicts come from the lag profile (runs older than it: n/a; their
-    # per-timestep summaries measured the loss's shape on padded and many-loss tasks)
-    grads = m.get("grad_norms") or {}
-    lags = m.get("lag_norms") or {}
-
-    def layer0(when: str, key: str) -> float:
-        snap = lags.get(when)
-        value = snap["layers"][0].get(key) if snap else None  # older runs lack newer keys
-        return math.nan if value is None else float(value)
-
-    return {
-        "model": m.get("model"),
-        "task": m.get("task"),
-        "seed": m.get("seed"),
-        "status": m.get("status", "failed"),
-        "metric": m.get("metric"),
-        "mode": m.get("mode"),
-        "final_metric": _num(m.get("final_metric")),
-        "best_metric": _num(m.get("best_metric")),
-        "test_metric": _num((m.get("test") or {}).get(m.get("metric"))),
-        "baseline": _num(m.get("baseline")),
-        "solved": bool(m.get("solved_step") is not None),
-        "solved_step": _num(m.get("solved_step")),
-        "init_vanishing_ratio": layer0("init", "vanishing_ratio"),
-        "init_decay_rate": layer0("init", "decay_rate"),
-        "end_vanishing_ratio": layer0("end", "vanishing_ratio"),
-        "end_decay_rate": layer0("end", "decay_rate"),
-        "init_growth_rate": layer0("init", "growth_rate"),
-        "init_memory_horizon": layer0("init", "memory_horizon"),
-        "end_growth_rate": layer0("end", "growth_rate"),
-        "end_memory_horizon": layer0("end", "memory_horizon"),
-        "exploding": any(
-            bool(snap and snap["layers"][0].get("exploding"))
-            for snap in (lags.get("init"), lags.get("end"))
-        ),
-        "max_grad_norm": _num(grads.get("max_norm")),
-        "wall_time_s": _num(m.get("wall_time_s")),
-        "steps_per_s": _num(m.get("steps_per_s")),
-        "num_parameters": _num(m.get("num_parameters")),
-        "error": m.get("error"),
-    }
-
-
-def _value(text: str) -> int | float | str:
-    """An override's value as a number when it is one, so that 25 < 100 in the table."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _num(value) -> float:
-    return math.nan if value is None else float(value)
+__all__ = ["IGNORED_KEYS", "NUMERIC", "aggregate", "find_runs", "format_cells", "group_keys",
+           "load_runs", "main", "parse_overrides", "print_table", "terminal_table", "to_display",
+           "varies", "write_tables"]  # fmt: skip
 
 
 def varies(values: pd.Series) -> bool:
@@ -163,15 +51,18 @@ def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
     """One row per configuration: counts, and mean/std over completed runs of each number.
 
     Columns: the group keys, metric, runs, completed, diverged, failed, interrupted, solved
-    (how many runs reached the task's threshold), exploding (how many runs, diverged ones
-    included, had layer 0's gradient by lag flagged exploding at init or at the end), then
-    <number>_mean and <number>_std.
+    (how many runs reached the task's threshold) with solved_low/solved_high (Wilson's 95%
+    interval of the fraction solved), exploding (how many runs, diverged ones included, had layer
+    0's gradient by lag flagged exploding at init or at the end), then <number>_mean,
+    <number>_std and <number>_low/_high (Student t 95% interval of the mean over seeds).
     A -inf vanishing ratio (gradient underflow) stays -inf in the mean; std is NaN for one run.
     """
     by = list(by) if by else group_keys(runs)
     for key in by:
         if key not in runs.columns:
             raise KeyError(f"no run has the key {key!r}; known keys: {sorted(runs.columns)}")
+    from seqbench.stats import mean_interval, proportion_interval
+
     rows = []
     for values, group in runs.groupby(by, dropna=False, sort=True):
         values = values if isinstance(values, tuple) else (values,)
@@ -183,10 +74,12 @@ def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
             row[name] = int((status == name).sum())
         done = group[status == "completed"]
         row["solved"] = int(done["solved"].sum())
+        row["solved_low"], row["solved_high"] = proportion_interval(row["solved"], len(done))
         row["exploding"] = int(group["exploding"].sum()) if "exploding" in group else 0
         for col in NUMERIC:
             if col not in done.columns:
                 row[f"{col}_mean"] = row[f"{col}_std"] = math.nan
+                row[f"{col}_low"] = row[f"{col}_high"] = math.nan
                 continue
             data = done[col].to_numpy(dtype=float)
             data = data[~np.isnan(data)]
@@ -196,6 +89,7 @@ def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
                 if len(data) > 1 and np.isfinite(data).all()
                 else math.nan
             )
+            row[f"{col}_low"], row[f"{col}_high"] = mean_interval(data)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -221,16 +115,26 @@ SHORT = {
 }
 
 
+SUFFIXES = ("_mean", "_std", "_low", "_high")
+COUNTS = ("runs", "completed", "diverged", "failed", "interrupted", "solved", "exploding")
+
+
 def to_display(table: pd.DataFrame, short: bool = False) -> pd.DataFrame:
-    """Human columns: 'mean ± std' strings (std left out where it is 0 or undefined), counts as
-    'k/n'; with `short`, the terminal's headers."""
-    counts = ("runs", "completed", "diverged", "failed", "interrupted", "solved", "exploding")
-    keys = [c for c in table.columns if not c.endswith(("_mean", "_std")) and c not in counts]
+    """Human columns: 'mean ± std [low, high]' strings (`format_cells`: std left out where it
+    is 0 or undefined, the interval where there is one seed), counts as 'k/n' (solved with
+    Wilson's interval of the fraction); with `short`, the terminal's headers."""
+    keys = [c for c in table.columns if not c.endswith(SUFFIXES) and c not in COUNTS]
     out = table[keys].copy()
     out["seeds"] = table["completed"].astype(str) + "/" + table["runs"].astype(str)
     failures = table["diverged"].astype(str) + "/" + table["failed"].astype(str)
     out["div/fail" if short else "diverged/failed"] = failures
-    out["solved"] = table["solved"].astype(str) + "/" + table["completed"].astype(str)
+    out["solved"] = [
+        f"{k}/{n}" if short or "solved_low" not in table or math.isnan(lo)
+        else f"{k}/{n} [{lo:.2f}, {hi:.2f}]"
+        for k, n, lo, hi in zip(table["solved"], table["completed"],
+                                table.get("solved_low", table["solved"] * math.nan),
+                                table.get("solved_high", table["solved"] * math.nan), strict=True)
+    ]  # fmt: skip
     if "exploding" in table.columns:
         out["exploding"] = table["exploding"].astype(str) + "/" + table["runs"].astype(str)
     for col in NUMERIC:
@@ -238,36 +142,51 @@ def to_display(table: pd.DataFrame, short: bool = False) -> pd.DataFrame:
             continue
         if col == "test_metric" and table[f"{col}_mean"].isna().all():
             continue  # a task without a test split: no column of n/a
-        out[SHORT[col] if short and col in SHORT else col] = [
-            _fmt(m, s, integer=col in ("num_parameters", "solved_step"))
-            for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"], strict=True)
-        ]
+        nan = [math.nan] * len(table)
+        out[SHORT[col] if short and col in SHORT else col] = format_cells(
+            table[f"{col}_mean"], table[f"{col}_std"], table.get(f"{col}_low", nan),
+            table.get(f"{col}_high", nan), integer=col in ("num_parameters", "solved_step"),
+        )  # fmt: skip
     return out
 
 
-def _fmt(mean: float, std: float, *, integer: bool) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    text = f"{mean:,.0f}" if integer else f"{mean:.4g}"
-    if math.isnan(std) or std == 0:
-        return text
-    return f"{text} ± {std:,.0f}" if integer else f"{text} ± {std:.2g}"
+#: How the tables' intervals are taken, said under every table that shows them.
+INTERVALS = (
+    "Cells: mean ± std over the completed seeds [95% interval of the mean: Student t over the "
+    "seeds; with 3 seeds it is the mean ± 2.48 std and assumes the seeds spread roughly "
+    "normally, so it cannot resolve differences smaller than that]; solved: k/n [Wilson's 95% "
+    "interval of the fraction]."
+)
 
 
 def write_tables(
-    table: pd.DataFrame, out_dir: Path, formats: Sequence[str] = ("csv", "md")
+    table: pd.DataFrame,
+    out_dir: Path,
+    formats: Sequence[str] = ("csv", "md"),
+    pairs: pd.DataFrame | None = None,
 ) -> list[Path]:
-    """comparison.csv (raw numbers), comparison.md / comparison.tex (display strings)."""
+    """comparison.csv (raw numbers), comparison.md / comparison.tex (display strings); with
+    `pairs` (`seqbench.verdicts.pair_frame`), who wins: comparison_pairs.csv (raw) and, in
+    comparison.md, the verdict lines and the table of pairs."""
     from seqbench.files import atomic_write
+    from seqbench.verdicts import pairs_markdown, verdict_lines
 
     written = []
     display = to_display(table)
+    text = display.to_markdown(index=False) + "\n\n" + INTERVALS + "\n"
+    if pairs is not None and len(pairs):
+        lines = "\n".join(f"- {line}" for line in verdict_lines(pairs, width=10**6))
+        text += f"\n## Who wins\n\n{lines}\n\n{pairs_markdown(pairs)}\n"
     for fmt in formats:
         path = Path(out_dir) / f"comparison.{ {'csv': 'csv', 'md': 'md', 'latex': 'tex'}[fmt] }"
         if fmt == "csv":
             atomic_write(path, lambda f: table.to_csv(f, index=False))
+            if pairs is not None and len(pairs):
+                pairs_path = Path(out_dir) / "comparison_pairs.csv"
+                atomic_write(pairs_path, lambda f: pairs.to_csv(f, index=False))
+                written.append(pairs_path)
         elif fmt == "md":
-            atomic_write(path, lambda f: f.write(display.to_markdown(index=False) + "\n"))
+            atomic_write(path, lambda f: f.write(text))
         else:
             atomic_write(path, lambda f: f.write(display.to_latex(index=False)))
         written.append(path)
@@ -297,10 +216,17 @@ def terminal_table(table: pd.DataFrame, title: str = "comparison", width: int = 
     from rich.table import Table
     from rich.text import Text
 
-    display = to_display(table)
-    counts = ("runs", "completed", "diverged", "failed", "interrupted", "solved", "exploding")
+    # the interval beside the compared number (the final metric), not beside every number
+    shown = table.drop(
+        columns=[
+            c
+            for c in table.columns
+            if c.endswith(("_low", "_high")) and not c.startswith(("final_metric", "test_metric"))
+        ]
+    )
+    display = to_display(shown)
     keys = [c for c in table.columns
-            if not c.endswith(("_mean", "_std")) and c not in counts and c != "metric"]  # fmt: skip
+            if not c.endswith(SUFFIXES) and c not in COUNTS and c != "metric"]  # fmt: skip
     differ = [k for k in keys if varies(table[k])] or keys
     metric = next((m for m in table.get("metric", []) if isinstance(m, str)), "metric")
     numbers = [c for c in TERMINAL if f"{c}_mean" in table.columns]
@@ -313,8 +239,10 @@ def terminal_table(table: pd.DataFrame, title: str = "comparison", width: int = 
     config = {short[k]: [str(v) for v in table[k]] for k in differ}
 
     def natural(header: str, cells: list[str]) -> int:  # its width unwrapped, rule and padding
-        return max(len(header), *map(len, cells)) + 3
+        return max(len(header), *(len(line) for cell in cells for line in cell.split("\n"))) + 3
 
+    # an interval goes on its own line under its mean ± std: the column stays narrow
+    display = display.apply(lambda col: col.map(lambda v: str(v).replace(" [", "\n[")))
     used = 1 + sum(natural(h, [str(v) for v in display[c]]) for c, h in columns.items())
     if used + sum(natural(h, cells) for h, cells in config.items()) > width:
         pairs = [[v if k in ("model", "task") else f"{k}={v}" for v in cells]
@@ -322,7 +250,10 @@ def terminal_table(table: pd.DataFrame, title: str = "comparison", width: int = 
         config = {"configuration": [", ".join(row) for row in zip(*pairs, strict=True)]}
 
     failures = int(table["diverged"].sum() + table["failed"].sum())
-    caption = "more columns (best, solved step, decay, horizon, timing): comparison.csv/.md"
+    caption = (
+        "final: mean ± std [95% t interval over seeds]; more columns (best, solved step, "
+        "decay, horizon, timing): comparison.csv/.md"
+    )
     if failures:
         caption = (f"{int(table['diverged'].sum())} diverged, {int(table['failed'].sum())} "
                    f"failed (errors in their metrics.json); {caption}")  # fmt: skip
@@ -339,14 +270,23 @@ def terminal_table(table: pd.DataFrame, title: str = "comparison", width: int = 
     return rich_table
 
 
-def print_table(table: pd.DataFrame, title: str = "comparison") -> None:
-    """Print `terminal_table` (100 columns when stdout is not a terminal, e.g. a log file)."""
+def print_table(
+    table: pd.DataFrame, title: str = "comparison", pairs: pd.DataFrame | None = None
+) -> None:
+    """Print `terminal_table` (100 columns when stdout is not a terminal, e.g. a log file), then
+    who wins, one line per setting (`seqbench.verdicts.verdict_lines`)."""
     from rich.console import Console
+    from rich.text import Text
+
+    from seqbench.verdicts import verdict_lines
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=100)
     console.print(terminal_table(table, title, width=console.width), soft_wrap=False)
+    if pairs is not None:
+        for line in verdict_lines(pairs, width=console.width):
+            console.print(Text(line), soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -362,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--format", nargs="+", default=["csv", "md"], choices=["csv", "md", "latex"]
     )
     parser.add_argument("--out", type=Path, default=Path("."), help="where to write the tables")
+    parser.add_argument(
+        "--vs", help="the key whose values are compared pair by pair (default: model)"
+    )
     args = parser.parse_args(argv)
     runs = find_runs(args.paths)
     if not runs:
@@ -370,17 +313,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from seqbench.verdicts import pair_frame
+
+    loaded = load_runs(runs)
     try:
-        table = aggregate(load_runs(runs), args.by)
+        table = aggregate(loaded, args.by)
     except KeyError as err:
         print(f"seqbench-compare: error: --by {err.args[0]}", file=sys.stderr)
         return 2
+    by = args.by or group_keys(loaded)
+    if args.vs is not None and args.vs not in by:
+        print(f"seqbench-compare: error: --vs {args.vs!r} is not a key of the table; "
+              f"choose one of {by}", file=sys.stderr)  # fmt: skip
+        return 2
+    pairs = pair_frame(loaded, by, args.vs)
     if args.metrics:
         keep = [c for c in table.columns if not c.endswith(("_mean", "_std"))
                 or c.rsplit("_", 1)[0] in args.metrics]  # fmt: skip
         table = table[keep]
     args.out.mkdir(parents=True, exist_ok=True)
-    for path in write_tables(table, args.out, args.format):
+    for path in write_tables(table, args.out, args.format, pairs):
         print(f"wrote {path}")
-    print_table(table, title=f"{len(runs)} runs")
+    print_table(table, title=f"{len(runs)} runs", pairs=pairs)
     return 0

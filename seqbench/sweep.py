@@ -25,7 +25,8 @@ def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
     from seqbench.loggers.hparams import experiment_summary
     from seqbench.loggers.runname import EVENTS, SUMMARY_RUN
     from seqbench.loggers.tensorboard import HPARAM_METRICS, run_hparams
-    from seqbench.plots import grad_norm_figure, learning_curve_figure
+    from seqbench.plots import grad_norm_figure, lag_figure, learning_curve_figure
+    from seqbench.verdicts import pair_frame, verdict_lines
 
     run_dirs = find_runs([sweep_dir])
     if not run_dirs:
@@ -33,10 +34,12 @@ def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
     runs = load_runs(run_dirs)
     by = group_keys(runs)
     table = aggregate(runs, by)
-    write_tables(table, sweep_dir)
+    pairs = pair_frame(runs, by)
+    write_tables(table, sweep_dir, pairs=pairs)
     figures = {}
     if (runs["status"] == "completed").any():
         figures = {
+            "lag_profile": lag_figure(runs, by),
             "grad_norm_vs_t": grad_norm_figure(runs, by),
             "learning_curves": learning_curve_figure(runs, by),
         }
@@ -52,11 +55,13 @@ def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
         if comparison.exists():
             title = f"{len(run_dirs)} runs in {sweep_dir} (also comparison.csv)\n\n"
             writer.add_text("comparison", title + comparison.read_text(), 0)
+        if len(pairs):  # who wins, one line per setting, as the terminal prints it
+            writer.add_text("verdicts", "\n\n".join(verdict_lines(pairs, width=10**6)), 0)
         for name, fig in figures.items():
             fig.savefig(sweep_dir / f"{name}.png", dpi=110)
             writer.add_figure(f"sweep/{name}", fig, 0)
     if console:
-        print_table(table, title=f"{sweep_dir}: {len(run_dirs)} runs")
+        print_table(table, title=f"{sweep_dir}: {len(run_dirs)} runs", pairs=pairs)
 
 
 # the sweep's progress watcher, by sweep directory: kept outside HydraHooks, which launchers

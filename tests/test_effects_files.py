@@ -334,7 +334,8 @@ def test_comparison_table_matches_the_runs_files(tmp_path: Path) -> None:
                 assert math.isnan(row[f"{column}_std"]), column
     display = to_display(table.reset_index()).set_index("model")
     assert display.loc["lstm", "seeds"] == "2/2" and display.loc["gru", "seeds"] == "1/1"
-    assert display.loc["lstm", "diverged/failed"] == "0/0" and display.loc["gru", "solved"] == "0/1"
+    assert display.loc["lstm", "diverged/failed"] == "0/0"
+    assert display.loc["gru", "solved"] == "0/1 [0.00, 0.79]"  # Wilson's interval
     assert display.loc["gru", "num_parameters"] == f"{values[('gru', 0)]['num_parameters']:,}"
 
 

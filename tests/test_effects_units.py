@@ -215,9 +215,10 @@ def test_display_strings(sweep: Path) -> None:
     assert display.loc["rnn", "seeds"] == "2/3" and display.loc["gru", "seeds"] == "1/2"
     assert display.loc["rnn", "diverged/failed"] == "1/0"
     assert display.loc["gru", "diverged/failed"] == "0/1"
-    assert display.loc["rnn", "solved"] == "1/2"
-    assert display.loc["rnn", "final_metric"] == "0.3 ± 0.14"
-    assert display.loc["gru", "final_metric"] == "0.01"  # one run: no std
+    assert display.loc["rnn", "solved"] == "1/2 [0.09, 0.91]"  # Wilson's interval
+    # 0.2 and 0.4: mean 0.3, std 0.1414 to 2 digits, t(0.975, 1) = 12.706: 0.3 ± 1.2706
+    assert display.loc["rnn", "final_metric"] == "0.30 ± 0.14 [-0.97, 1.57]"
+    assert display.loc["gru", "final_metric"] == "0.01"  # one run: no std, no interval
     assert display.loc["gru", "num_parameters"] == "2,500"
     assert display.loc["rnn", "num_parameters"] == "1,000"  # std 0 is left out
     assert display.loc["rnn", "solved_step"] == "300"
@@ -239,7 +240,7 @@ def test_compare_command_over_two_sweeps(sweep: Path, tmp_path: Path, capsys) ->
     assert table.set_index("model").loc["gru", "runs"] == 3
     pd.testing.assert_frame_equal(table, expected, check_dtype=False)
     markdown = (out / "comparison.md").read_text()
-    assert "| rnn " in markdown and "0.3 ± 0.14" in markdown
+    assert "| rnn " in markdown and "0.30 ± 0.14 [-0.97, 1.57]" in markdown
     assert (out / "comparison.tex").read_text().startswith("\\begin{tabular}")
     printed = capsys.readouterr().out
     assert f"wrote {out / 'comparison.csv'}" in printed and "6 runs" in printed
@@ -263,9 +264,9 @@ def test_compare_command_over_two_sweeps(sweep: Path, tmp_path: Path, capsys) ->
 
 
 def test_display_columns_and_number_formats(sweep: Path) -> None:
-    """to_display: the keys, then the counts as k/n, then one 'mean ± std' column per number
-    (counts and raw _mean/_std columns never shown); integers with thousands separators, the
-    test column only when a run has a test split."""
+    """to_display: the keys, then the counts as k/n, then one 'mean ± std [interval]' column per
+    number (counts and raw _mean/_std/_low/_high columns never shown); integers with thousands
+    separators, the test column only when a run has a test split."""
     table = aggregate(load_runs(find_runs([sweep])))
     display = to_display(table)
     numbers = [c for c in NUMERIC if c != "test_metric"]  # no run here has a test split
@@ -275,8 +276,8 @@ def test_display_columns_and_number_formats(sweep: Path) -> None:
     table.loc[table["model"] == "gru", ["solved_step_mean", "solved_step_std"]] = [1234.4, 56.7]
     table["test_metric_mean"], table["test_metric_std"] = [0.5, math.nan], [0.01, math.nan]
     display = to_display(table).set_index("model")
-    assert display.loc["gru", "solved_step"] == "1,234 ± 57"
-    assert display["test_metric"].to_dict() == {"gru": "0.5 ± 0.01", "rnn": "n/a"}
+    assert display.loc["gru", "solved_step"] == "1,234 ± 57"  # no interval in this table
+    assert display["test_metric"].to_dict() == {"gru": "0.500 ± 0.010", "rnn": "n/a"}
     assert display.loc["gru", "exploding"] == "0/2"
 
 

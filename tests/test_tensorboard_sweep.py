@@ -49,6 +49,11 @@ def test_sweep_runs_named_by_what_varies(tmp_path: Path) -> None:
                 assert meta.description, (name, tag)
     table = read_text(data, "sweep", "comparison/text_summary")
     assert "4 runs in" in table and "| lstm " in table and "| rnn " in table
+    assert "## Who wins" in table  # comparison.md's pairs
+    verdicts = read_text(data, "sweep", "verdicts/text_summary")  # the terminal's lines
+    assert ("lstm" in verdicts and "rnn" in verdicts and "Bonferroni" in verdicts
+            and verdicts.splitlines()[0].startswith(("lstm ", "rnn ")))  # fmt: skip
+    assert "Bonferroni over 1 pair)" in done.stdout.replace("\n", " ")  # printed under the table
 
     sessions = data.list_tensors(ctx, experiment_id="", plugin_name=metadata.PLUGIN_NAME)
     assert sorted(sessions) == [*NAMES, "sweep"]  # each job its session, the sweep the experiment

@@ -194,9 +194,12 @@ def test_the_tables_frame_title_and_caption() -> None:
     lines = [line.rstrip() for line in render(terminal_table(table)).splitlines()]
     assert lines[0] == "comparison"  # the default title, at the left
     assert lines[1].startswith("┌─") and "┬" in lines[1] and lines[3].startswith("├─")
-    assert lines[4].startswith("│ gru ") and lines[-2].startswith("└─")
-    assert lines[-1] == "more columns (best, solved step, decay, horizon, timing): " \
-        "comparison.csv/.md"  # fmt: skip
+    assert lines[4].startswith("│ gru ") and lines[5].startswith("│       │")  # the interval
+    bottom = next(i for i, line in enumerate(lines) if line.startswith("└─"))
+    assert " ".join(lines[bottom + 1 :]) == (
+        "final: mean ± std [95% t interval over seeds]; more columns (best, solved step, "
+        "decay, horizon, timing): comparison.csv/.md"
+    )
     same_last_part = table_of([run_row(rng, "gru", s, **{"task.lr": s, "optimizer.lr": -s})
                                for s in range(2)])  # fmt: skip
     headers = [plain(c.header) for c in terminal_table(same_last_part, width=200).columns]
@@ -250,5 +253,7 @@ def test_step_counts_read_as_integers_with_thousands_separators() -> None:
     rows = [run_row(rng, "gru", s) for s in range(2)]
     rows[0]["solved_step"], rows[1]["solved_step"] = 1000.0, 2047.0
     display = to_display(aggregate(runs_frame(rows), ["model"]))
-    assert display["solved_step"].tolist() == ["1,524 ± 740"]  # std with ddof=1: 740.3
+    # mean 1,523.5, std (ddof=1) 740.3: 2 digits of the spread, the mean to the same place;
+    # t(0.975, 1) = 12.706 over 2 seeds: 1,523.5 ± 6,651
+    assert display["solved_step"].tolist() == ["1,520 ± 740 [-5,130, 8,180]"]
     assert display["num_parameters"].tolist() == ["50,497"]  # the same in every run: no ± 0

@@ -16,6 +16,7 @@ from seqbench.report.tables import (
     gate_table,
     gradient_table,
     label,
+    pairs_table,
     results_table,
     runs_table,
 )
@@ -69,6 +70,7 @@ def sweep_blocks(sweep: Sweep, index: int) -> list:
         where = f" (typed in `{sweep.cwd}`)" if sweep.cwd else ""
         blocks += [Text(f"The sweep's command{where}:"), Code(sweep.command, "bash")]
     blocks += [Heading("Results", 3), Text(_headline(sweep)), results_table(sweep)]
+    blocks += _verdict_blocks(sweep)
     blocks += [Text(_table_note(sweep)), Heading("Gradients", 3), gradient_table(sweep)]
     gates = gate_table(sweep)
     if gates is not None:
@@ -202,10 +204,29 @@ def _headline(sweep: Sweep) -> str:
     return "; ".join(text) + "."
 
 
+def _verdict_blocks(sweep: Sweep) -> list:
+    """Who wins, per setting: the verdict lines and every pair (`seqbench.verdicts`)."""
+    from seqbench.verdicts import pair_frame, verdict_lines
+
+    pairs = pair_frame(sweep.runs, sweep.by)
+    if pairs.empty:
+        return []
+    lines = verdict_lines(pairs, width=10**6)
+    return [
+        Heading("Who wins", 3),
+        Text(" ".join(lines[:-1])) if len(lines) > 2 else Text(lines[0]),
+        pairs_table(pairs),
+        Text(lines[-1]),
+    ]
+
+
 def _table_note(sweep: Sweep) -> str:
     return (
         "Means ± standard deviation over the completed seeds (diverged and failed runs are "
-        "counted, not averaged), computed by `seqbench.compare` as `seqbench-compare` does; "
+        "counted, not averaged), and in brackets the 95% interval of the mean (Student t over "
+        "the seeds: with 3 seeds the mean ± 2.48 std, assuming the seeds spread roughly "
+        "normally) and of the fraction solved (Wilson), computed by `seqbench.compare` as "
+        "`seqbench-compare` does; "
         "`solved` counts the seeds that reached the task's threshold, `solved at step` is the "
         "first validation step that did; `final` and `best` are on the validation split, "
         "`test` (tasks that have one) on the held-out test split, scored once at the end with "

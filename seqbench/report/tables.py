@@ -10,20 +10,38 @@ import numpy as np
 import pandas as pd
 
 from seqbench.compare import varies
+from seqbench.numbers import format_cells
 from seqbench.report.collect import Sweep, run_command
 from seqbench.report.render import Cell, Table
 
 
 def fmt(mean: float, std: float = math.nan, integer: bool = False) -> str:
-    """'0.1234 ± 0.0056'; std left out where it is undefined (one seed) or 0."""
-    if mean is None or math.isnan(mean):
-        return "n/a"
-    if math.isinf(mean):
-        return "−inf (underflow)" if mean < 0 else "inf"
-    text = f"{mean:,.0f}" if integer else f"{mean:.4g}"
-    if std is None or math.isnan(std) or std == 0:
-        return text
-    return f"{text} ± {std:,.0f}" if integer else f"{text} ± {std:.2g}"
+    """One number by the tables' rule (`compare.format_cells`): '0.1234 ± 0.0056'; the std
+    left out where it is undefined (one seed) or 0; an underflowed -inf said as such."""
+    if mean is not None and mean == -math.inf:
+        return "−inf (underflow)"
+    return format_cells([math.nan if mean is None else mean], [std], integer=integer)[0]
+
+
+def _column(sweep: Sweep, col: str, integer: bool = False, interval: bool = True) -> list[Cell]:
+    """A number column of the comparison, one Cell per configuration, formatted together (the
+    rule's choice of fixed or scientific notation is per column): mean ± std and, where the
+    table has it, the 95% interval."""
+    table = sweep.table
+    nan = [math.nan] * len(table)
+    lows = table[f"{col}_low"] if interval and f"{col}_low" in table else nan
+    highs = table[f"{col}_high"] if interval and f"{col}_high" in table else nan
+    texts = format_cells(table[f"{col}_mean"], table[f"{col}_std"], lows, highs,
+                         integer=integer)  # fmt: skip
+    cells = []
+    for text, (_, row), low, high in zip(texts, table.iterrows(), lows, highs, strict=True):
+        mean, std = float(row[f"{col}_mean"]), float(row[f"{col}_std"])
+        text = "−inf (underflow)" if mean == -math.inf else text
+        data = {"col": col, "mean": mean, "std": std}
+        if not math.isnan(low):
+            data.update(low=float(low), high=float(high))
+        cells.append(Cell(text, data))
+    return cells
 
 
 def label(sweep: Sweep, values: tuple) -> str:
@@ -37,9 +55,14 @@ def label(sweep: Sweep, values: tuple) -> str:
     return ", ".join(parts)
 
 
-def _stat(row: pd.Series, col: str, integer: bool = False) -> Cell:
-    mean, std = float(row[f"{col}_mean"]), float(row[f"{col}_std"])
-    return Cell(fmt(mean, std, integer), {"col": col, "mean": mean, "std": std})
+def _solved(row: pd.Series) -> Cell:
+    """'k/n [low, high]': seeds solved, with Wilson's 95% interval of the fraction."""
+    cell = _count(row, "solved", "completed")
+    low, high = float(row.get("solved_low", math.nan)), float(row.get("solved_high", math.nan))
+    if not math.isnan(low):
+        cell.text += f" [{low:.2f}, {high:.2f}]"
+        cell.data.update(low=low, high=high)
+    return cell
 
 
 def _count(row: pd.Series, col: str, of: str) -> Cell:
@@ -71,22 +94,31 @@ def results_table(sweep: Sweep) -> Table:
         "train time (s)",
         "parameters",
     ]
+    numbers = {
+        "final_metric": _column(sweep, "final_metric"),
+        "best_metric": _column(sweep, "best_metric"),
+        "test_metric": _column(sweep, "test_metric"),
+        "baseline": _column(sweep, "baseline", interval=False),
+        "solved_step": _column(sweep, "solved_step", integer=True),
+        "wall_time_s": _column(sweep, "wall_time_s", interval=False),
+        "num_parameters": _column(sweep, "num_parameters", integer=True, interval=False),
+    }
     rows, row_keys = [], []
-    for _, row in sweep.table.iterrows():
+    for i, (_, row) in enumerate(sweep.table.iterrows()):
         values = tuple(row[k] for k in sweep.by)
         rows.append(
             [
                 *(Cell(str(row[k])) for k in keys),
                 _count(row, "completed", "runs"),
                 Cell(f"{int(row['diverged'])} / {int(row['failed'])}"),
-                _stat(row, "final_metric"),
-                _stat(row, "best_metric"),
-                *([_stat(row, "test_metric")] if test else []),
-                _stat(row, "baseline"),
-                _count(row, "solved", "completed"),
-                _stat(row, "solved_step", integer=True),
-                _stat(row, "wall_time_s"),
-                _stat(row, "num_parameters", integer=True),
+                numbers["final_metric"][i],
+                numbers["best_metric"][i],
+                *([numbers["test_metric"][i]] if test else []),
+                numbers["baseline"][i],
+                _solved(row),
+                numbers["solved_step"][i],
+                numbers["wall_time_s"][i],
+                numbers["num_parameters"][i],
             ]
         )
         row_keys.append(label(sweep, values))
@@ -109,25 +141,52 @@ def gradient_table(sweep: Sweep) -> Table:
         "max ‖dL/dh_t‖",
         "exploding",
     ]
+    names = ("init_vanishing_ratio", "end_vanishing_ratio", "init_growth_rate",
+             "end_growth_rate", "init_memory_horizon", "end_memory_horizon")  # fmt: skip
+    numbers = {name: _column(sweep, name) for name in names}
+    numbers["max_grad_norm"] = _column(sweep, "max_grad_norm", interval=False)
     rows, row_keys = [], []
-    for (values, group), (_, row) in zip(sweep.groups(), sweep.table.iterrows(), strict=True):
+    groups = zip(sweep.groups(), sweep.table.iterrows(), strict=True)
+    for i, ((values, group), (_, row)) in enumerate(groups):
         lag = max_lag(sweep, group)
         rows.append(
             [
                 *(Cell(str(row[k])) for k in keys),
-                _stat(row, "init_vanishing_ratio"),
-                _stat(row, "end_vanishing_ratio"),
-                _stat(row, "init_growth_rate"),
-                _stat(row, "end_growth_rate"),
-                _stat(row, "init_memory_horizon"),
-                _stat(row, "end_memory_horizon"),
+                *(numbers[name][i] for name in names),
                 Cell("n/a" if lag is None else f"0..{lag}"),
-                _stat(row, "max_grad_norm"),
+                numbers["max_grad_norm"][i],
                 _count(row, "exploding", "runs"),
             ]
         )
         row_keys.append(label(sweep, values))
     return Table(columns, rows, "comparison gradients", row_keys)
+
+
+def pairs_table(pairs: pd.DataFrame) -> Table:
+    """Every pair of configurations in a setting (`seqbench.verdicts.pair_frame`): the
+    difference of their means with its interval, P(a better than b) with its interval, and
+    the verdict."""
+    from seqbench.verdicts import _word
+
+    diffs = format_cells(pairs["diff"], [math.nan] * len(pairs), pairs["diff_low"],
+                         pairs["diff_high"])  # fmt: skip
+    rows, keys = [], []
+    for text, (_, r) in zip(diffs, pairs.iterrows(), strict=True):
+        p = f"{r['p_better']:.2g}" + (
+            "" if math.isnan(r["p_low"]) else f" [{r['p_low']:.2g}, {r['p_high']:.2g}]"
+        )
+        rows.append([
+            Cell(r["setting"] or "all"), Cell(str(r["a"])), Cell(str(r["b"])),
+            Cell(f"{r['n_a']} / {r['n_b']}"),
+            Cell(text, {"diff": r["diff"], "low": r["diff_low"], "high": r["diff_high"]}),
+            Cell(p, {"p": r["p_better"], "low": r["p_low"], "high": r["p_high"]}),
+            Cell(_word(r)),
+        ])  # fmt: skip
+        keys.append(f"{r['setting']}: {r['a']} vs {r['b']}")
+    metric = pairs["metric"].iloc[0].replace("_metric", "")
+    columns = ["setting", "a", "b", "seeds", f"{metric}: mean a − b [interval]",
+               "P(a better) [interval]", "verdict"]  # fmt: skip
+    return Table(columns, rows, "comparison pairs", keys)
 
 
 def max_lag(sweep: Sweep, group: pd.DataFrame) -> int | None:

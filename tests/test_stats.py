@@ -1,0 +1,194 @@
+"""Intervals, the probability of improvement and the verdicts of a comparison (seqbench.stats,
+seqbench.verdicts), on hand-made samples whose values are worked out in each docstring or taken
+from SciPy's own functions; the number format of every table (compare.format_cells)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from seqbench import stats
+from seqbench.compare import aggregate, format_cells, terminal_table, to_display
+from seqbench.verdicts import pair_frame, pairs_markdown, verdict_lines
+
+
+def test_mean_interval_is_students_t():
+    """[1, 2, 3]: mean 2, std 1, t(0.975, df=2) = 4.3027: 2 ± 4.3027 / sqrt(3) = 2 ± 2.4841."""
+    low, high = stats.mean_interval([1.0, 2.0, 3.0])
+    assert (low, high) == pytest.approx((-0.4841, 4.4841), abs=1e-4)
+    assert stats.mean_interval([5.0]) == pytest.approx((math.nan, math.nan), nan_ok=True)
+    assert stats.mean_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)  # no spread: the mean itself
+    assert stats.mean_interval([1.0, math.nan, 3.0]) == pytest.approx(  # NaN left out
+        sps.ttest_1samp([1.0, 3.0], 0).confidence_interval(0.95)
+    )
+
+
+def test_proportion_interval_is_wilsons():
+    """3 of 3 at z = 1.96: centre (1 + z²/6) / (1 + z²/3) = 0.7192, half-width
+    z / (1 + z²/3) * sqrt(z² / 36) = 0.2808: [0.4385, 1.0]."""
+    low, high = stats.proportion_interval(3, 3)
+    assert low == pytest.approx(0.4385, abs=1e-4) and high == pytest.approx(1.0)
+    ci = sps.binomtest(1, 3).proportion_ci(0.95, method="wilson")
+    assert stats.proportion_interval(1, 3) == pytest.approx((ci.low, ci.high))
+    assert all(math.isnan(v) for v in stats.proportion_interval(0, 0))
+
+
+def test_improvement_probability_counts_ties_half():
+    """a = [1, 2, 3] against b = [2, 2, 4], higher is better: a wins 2 of the 9 pairs (3 > 2
+    twice) and ties 2 (2 = 2): (2 + 2/2) / 9 = 1/3; Mann-Whitney's U / (n m) is the same."""
+    a, b = [1.0, 2.0, 3.0], [2.0, 2.0, 4.0]
+    assert stats.improvement_probability(a, b, "max") == pytest.approx(1 / 3)
+    u = sps.mannwhitneyu(a, b).statistic
+    assert stats.improvement_probability(a, b, "max") == pytest.approx(u / 9)
+    assert stats.improvement_probability(a, b, "min") == pytest.approx(1 - 1 / 3)
+
+
+def test_welch_difference_interval_and_the_verdict():
+    """a = [1, 2, 3], b = [4, 5, 6]: difference -3, standard error sqrt(1/3 + 1/3) = 0.8165,
+    Welch's df = 4, t(0.975, 4) = 2.7764: -3 ± 2.2669 = [-5.2669, -0.7331], all below 0, so a
+    is better where lower is better, worse where higher is."""
+    pair = stats.compare_pair([1, 2, 3], [4, 5, 6], "min", 0.95)
+    assert (pair.diff, pair.low, pair.high) == pytest.approx((-3.0, -5.2669, -0.7331), abs=1e-4)
+    assert pair.verdict == "better" and pair.p_better == 1.0 and pair.seeds_needed is None
+    assert stats.compare_pair([1, 2, 3], [4, 5, 6], "max", 0.95).verdict == "worse"
+    assert pair.p_low <= pair.p_better <= pair.p_high == 1.0
+    assert stats.compare_pair([1.0], [4, 5, 6], "min", 0.95).verdict == "n/a"
+
+
+def test_the_verdict_flips_when_one_seed_crosses_the_line():
+    """b = [4, 5, x]: with x = 6 the interval of the difference is [-5.27, -0.73] (better);
+    moving that one seed to x = 3 gives b's mean 4 and the same spread: -2 ± 2.2669 =
+    [-4.27, 0.27], which holds 0 (a tie); the line is where the upper end crosses 0."""
+    assert stats.compare_pair([1, 2, 3], [4, 5, 6], "min", 0.95).verdict == "better"
+    tie = stats.compare_pair([1, 2, 3], [4, 5, 3], "min", 0.95)
+    assert tie.verdict == "tie" and (tie.low, tie.high) == pytest.approx((-4.2669, 0.2669),
+                                                                         abs=1e-4)  # fmt: skip
+    # the seeds that would separate them: the smallest n with (t(0.975, df) + t(0.8, df)) *
+    # sqrt(2 / n) <= 2, df = 2 (n - 1) for two equal spreads of 1 (checked at n - 1 and n)
+    n = tie.seeds_needed
+    assert n is not None and n > 3
+    quantiles = [sps.t.ppf(0.975, 2 * (k - 1)) + sps.t.ppf(0.8, 2 * (k - 1)) for k in (n - 1, n)]
+    assert quantiles[0] * math.sqrt(2 / (n - 1)) > 2 >= quantiles[1] * math.sqrt(2 / n)
+
+
+def runs_frame(values: dict[str, list[float]], mode: str = "min", **keys) -> pd.DataFrame:
+    rows = []
+    for model, seeds in values.items():
+        for seed, value in enumerate(seeds):
+            rows.append({"model": model, "task": "t", **keys, "seed": seed, "status": "completed",
+                         "metric": "mse", "mode": mode, "final_metric": value,
+                         "test_metric": math.nan, "solved": False})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_bonferroni_correction_over_the_pairs_of_a_table():
+    """Alone, a = [1, 2, 3] beats b = [4, 5, 6] at 95%. In a table of three models (three
+    pairs) every interval is taken at 1 - 0.05/3: t(0.99167, 4) = 4.1 gives a half-width of
+    3.35 > 3, so the same pair is a tie."""
+    assert stats.corrected(3) == pytest.approx(1 - 0.05 / 3)
+    two = pair_frame(runs_frame({"a": [1, 2, 3], "b": [4, 5, 6]}), ["model", "task"])
+    assert two["verdict"].tolist() == ["better"] and two["confidence"].iloc[0] == 0.95
+    three = pair_frame(runs_frame({"a": [1, 2, 3], "b": [4, 5, 6], "c": [40, 50, 60]}),
+                       ["model", "task"])  # fmt: skip
+    row = three[(three["a"] == "a") & (three["b"] == "b")].iloc[0]
+    assert row["confidence"] == pytest.approx(1 - 0.05 / 3) and row["verdict"] == "tie"
+    half = sps.t.ppf(1 - 0.05 / 6, 4) * math.sqrt(2 / 3)
+    assert (row["diff_low"], row["diff_high"]) == pytest.approx((-3 - half, -3 + half))
+
+
+def test_pairs_are_within_a_setting_and_ranked():
+    """Two settings (seq_len 50 and 100): pairs compare models at equal seq_len only, best first;
+    the verdict lines name each setting."""
+    runs = pd.concat([
+        runs_frame({"rnn": [0.9, 0.91, 0.92], "gru": [0.1, 0.11, 0.12], "lstm": [0.5, 0.51, 0.52]},
+                   **{"task.seq_len": 50}),
+        runs_frame({"rnn": [1.0, 1.0, 1.0], "gru": [0.9, 1.1, 1.0], "lstm": [1.0, 1.2, 0.8]},
+                   **{"task.seq_len": 100}),
+    ])  # fmt: skip
+    pairs = pair_frame(runs, ["model", "task", "task.seq_len"])
+    assert len(pairs) == 6 and set(pairs["setting"]) == {"seq_len=50", "seq_len=100"}
+    first = pairs[pairs["setting"] == "seq_len=50"]
+    assert first[["a", "b"]].values.tolist() == [["gru", "lstm"], ["gru", "rnn"], ["lstm", "rnn"]]
+    lines = verdict_lines(pairs)
+    assert lines[0].startswith("seq_len=50: gru better than lstm (P=1 [")
+    assert ", lstm better than rnn (P=1 [" in lines[0]
+    assert any(line.startswith("seq_len=100: ") and " ~ " in line for line in lines)
+    assert all(len(line) <= 100 for line in lines)
+    table = [[c.strip() for c in row.split("|")[1:-1]] for row in
+             pairs_markdown(pairs).splitlines()[2:]]  # fmt: skip
+    # -0.4 ± t(1 - 0.05/12, df 4) * sqrt(2 * 0.01² / 3) = -0.4 ± 0.0396 (6 pairs: Bonferroni)
+    half = sps.t.ppf(1 - 0.05 / 12, 4) * math.sqrt(2 * 0.01**2 / 3)
+    assert half == pytest.approx(0.0396, abs=1e-4)
+    assert table[0][:5] == ["seq_len=50", "gru", "lstm", "3 / 3", "-0.400 [-0.440, -0.360]"]
+    assert table[0][6] == "a better" and table[-1][6].startswith("tie")
+
+
+def test_the_test_metric_decides_where_every_run_has_one():
+    runs = runs_frame({"a": [1, 2, 3], "b": [4, 5, 6]}, mode="max")
+    runs["test_metric"] = [9, 9.1, 9.2, 1, 1.1, 1.2]  # reversed: a wins on test
+    pairs = pair_frame(runs, ["model", "task"])
+    assert pairs.iloc[0][["a", "b", "metric", "verdict"]].tolist() == [
+        "a", "b", "test_metric", "better"]  # fmt: skip
+
+
+def test_aggregate_gives_intervals_beside_mean_and_std():
+    runs = runs_frame({"a": [1.0, 2.0, 3.0]})
+    runs["solved"] = [True, True, False]
+    row = aggregate(runs).iloc[0]
+    assert (row["final_metric_low"], row["final_metric_high"]) == pytest.approx(
+        (-0.4841, 4.4841), abs=1e-4)  # fmt: skip
+    assert (row["solved_low"], row["solved_high"]) == pytest.approx(
+        stats.proportion_interval(2, 3))  # fmt: skip
+    shown = to_display(aggregate(runs)).iloc[0]
+    assert shown["final_metric"] == "2.0 ± 1.0 [-0.5, 4.5]"
+    assert shown["solved"] == "2/3 [0.21, 0.94]"
+
+
+# the cases issue #30 quotes: "0.1558 ± 0.003" beside "0.1504 ± 0.0017", "-2.319 ± 0.3",
+# "1 ± 0.00021" and "0.09456 ± 6.2e-06"
+@pytest.mark.parametrize(("mean", "std", "text"), [
+    (0.1558, 0.003, "0.1558 ± 0.0030"),
+    (0.1504, 0.0017, "0.1504 ± 0.0017"),
+    (-2.319, 0.3, "-2.32 ± 0.30"),
+    (1.0, 0.00021, "1.00000 ± 0.00021"),
+    (0.1419, 0.0024, "0.1419 ± 0.0024"),
+    (1900.0, 283.0, "1900 ± 280"),
+    (0.5, math.nan, "0.5"),
+])  # fmt: skip
+def test_spread_to_two_digits_and_the_mean_to_the_same_place(mean, std, text):
+    assert format_cells([mean], [std]) == [text]
+
+
+def test_a_column_needing_scientific_notation_is_scientific_throughout():
+    """6.2e-06 needs 7 decimals: the whole column switches, the other cell too."""
+    cells = format_cells([0.09456, 0.1], [6.2e-06, 0.01])
+    assert cells == ["9.45600e-02 ± 6.2e-06", "1.00e-01 ± 1.0e-02"]
+    assert format_cells([1900.0], [283.0], integer=True) == ["1,900 ± 280"]
+    assert format_cells([2500.0], [0.0], integer=True) == ["2,500"]
+    assert format_cells([-math.inf, math.nan], [math.nan] * 2) == ["-inf", "n/a"]
+    assert format_cells([0.1419], [0.0024], [0.13594], [0.14786]) == [
+        "0.1419 ± 0.0024 [0.1359, 0.1479]"]  # fmt: skip
+
+
+def test_terminal_table_and_verdicts_fit_100_columns():
+    """Rendered as the terminal shows them: the final metric with its interval, then one verdict
+    line per setting, nothing wider than 100 columns and nothing cut."""
+    from rich.console import Console
+
+    runs = runs_frame({"rnn": [0.16, 0.17, 0.165], "gru": [0.1419, 0.1443, 0.1395],
+                       "lstm": [0.1595, 0.1541, 0.1649]}, **{"task.seq_len": 100})  # fmt: skip
+    runs["init_vanishing_ratio"] = -2.319
+    table = aggregate(runs, ["model", "task", "task.seq_len"])
+    console = Console(width=100, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(terminal_table(table, "copy_lengths"), soft_wrap=False)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "0.1419 ± 0.0024" in text and "[0.1359, 0.1479]" in text.replace("\n", "")
+    lines = verdict_lines(pair_frame(runs, ["model", "task", "task.seq_len"]))
+    assert lines[0].startswith("gru better than lstm") or lines[0].startswith("gru ")
+    assert all(len(line) <= 100 for line in lines)
+    assert np.isfinite(table["final_metric_low"]).all()
