@@ -46,7 +46,8 @@ class RunRecorder(Callback):
         metric: the task's validation metric; mode: "min" or "max".
         explode_factor: passed to `diagnostics.summarize`.
         solved: the task's test of "solved" on validation metrics (None: the task has none);
-            the first validation step that passes is recorded as solved_step.
+            the first validation step that passes is recorded as solved_step, and whether the
+            best validation (the weights best.pt keeps) passes as best_solved.
         lr: the current learning rate, recorded in history.csv.
     """
 
@@ -201,7 +202,8 @@ class RunRecorder(Callback):
         self.history.append(row)
         value = metrics[self.metric]
         if self.best is None or better(value, self.best["value"], self.mode):
-            self.best = {"value": value, "step": step}
+            passes = None if self.solved is None else bool(self.solved(metrics))
+            self.best = {"value": value, "step": step, "solved": passes}
         if self.solved_step is None and self.solved is not None and self.solved(metrics):
             self.solved_step = step
         self.files["history"].extend(self.history)
@@ -307,6 +309,8 @@ class RunRecorder(Callback):
             "best_metric": self.best["value"] if self.best else None,
             "best_step": self.best["step"] if self.best else None,
             "solved_step": self.solved_step,
+            # the kept weights (best.pt, the best validation) pass the task's threshold
+            "best_solved": (self.best or {}).get("solved"),
             "clip_fraction": round(self.clip_fraction, 6),
             "grad_norms": {
                 "init": self.grad_summary(0),

@@ -95,7 +95,11 @@ def _run_numbers(m: dict) -> dict:
         "best_metric": _num(m.get("best_metric")),
         "test_metric": _num((m.get("test") or {}).get(m.get("metric"))),
         "baseline": _num(m.get("baseline")),
-        "solved": bool(m.get("solved_step") is not None),
+        # solved: the kept weights (best.pt) pass the task's threshold; runs older than that
+        # record say whether any validation passed
+        "solved": bool(m["best_solved"])
+        if m.get("best_solved") is not None
+        else m.get("solved_step") is not None,
         "solved_step": _num(m.get("solved_step")),
         "init_vanishing_ratio": layer0("init", "vanishing_ratio"),
         "init_decay_rate": layer0("init", "decay_rate"),

@@ -66,3 +66,20 @@ def test_preset_runs_as_a_sweep(name: str, tmp_path: Path) -> None:
         for value in params[column]:
             assert value in printed, printed
     assert (sweep_dir / "learning_curves.png").exists()
+
+
+def test_a_preset_runs_under_the_basic_launcher(tmp_path: Path) -> None:
+    """A preset picks joblib for its parallelism without setting a key other launchers lack
+    (n_jobs): `hydra/launcher=basic` on the command line runs its jobs one after another. A real
+    process, as a user types it."""
+    from tests.conftest import seqbench_cli
+
+    shrink, params = shrunk("stocks_cells")
+    shrink = [o for o in shrink if not o.startswith("hydra.launcher.")]
+    done = seqbench_cli("-m", "experiment=stocks_cells", "hydra/launcher=basic", *shrink,
+                        f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "not in BasicLauncherConf" not in done.stderr
+    table = pd.read_csv(tmp_path / "sweep" / "comparison.csv")
+    assert sorted(table["model"]) == sorted(params["model"])
+    assert (table["completed"] == table["runs"]).all()

@@ -96,3 +96,22 @@ def test_better_is_strict_and_nan_never_improves() -> None:
     assert not better(1.0, 1.0, "min") and not better(1.0, 1.0, "max")
     assert not better(math.nan, 1.0, "min") and not better(math.nan, math.nan, "max")
     assert better(1.0, math.nan, "min") and better(1.0, math.nan, "max")
+
+
+def test_solved_follows_the_weights_the_run_keeps(tmp_path: Path) -> None:
+    """copy's solved is on accuracy, its best on cross-entropy: a run whose best validation
+    (kept in best.pt) misses the accuracy threshold is not solved, though an earlier validation
+    passed it (solved_step still records that one)."""
+    from seqbench.compare import load_runs
+
+    rec = RunRecorder(tmp_path, {"model": "gru", "task": "copy", "seed": 0}, "cross_entropy",
+                      "min", 10.0, solved=lambda m: m["accuracy"] >= 0.99)  # fmt: skip
+    rec.on_eval(100, {"cross_entropy": 0.5, "accuracy": 0.995})
+    rec.on_eval(200, {"cross_entropy": 0.4, "accuracy": 0.9})  # better loss, kept, not solved
+    metrics = rec.write("completed")
+    assert (metrics["solved_step"], metrics["best_step"], metrics["best_solved"]) == (
+        100, 200, False)  # fmt: skip
+    assert not load_runs([tmp_path]).iloc[0]["solved"]
+    rec.on_eval(300, {"cross_entropy": 0.3, "accuracy": 0.999})
+    assert rec.write("completed")["best_solved"] is True
+    assert load_runs([tmp_path]).iloc[0]["solved"]

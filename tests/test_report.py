@@ -9,6 +9,7 @@ import html.parser
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -287,3 +288,20 @@ def test_a_generated_sample_is_kept_in_metrics_and_shown(tmp_path: Path) -> None
     page = out.read_text()
     assert "### Samples" in page and f"```text\n{sample['text']}\n```" in page
     assert "texts" not in run_small(tmp_path / "adding")
+
+
+def test_paths_are_relative_to_the_report_or_named(sweeps, tmp_path: Path) -> None:
+    """A report written elsewhere names the sweep directory by its name and where the command
+    was typed relative to the sweep directory: no path of this machine outside the command."""
+    out = tmp_path / "elsewhere" / "report.md"
+    out.parent.mkdir()
+    assert main([str(sweeps[0]), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert f"Directory `{sweeps[0].name}`:" in text
+    outside_code = re.sub(r"```.*?```", "", text, flags=re.S)
+    assert str(sweeps[0].parent) not in outside_code
+    inside = sweeps[0] / "report.md"  # written in the sweep directory itself: "."
+    assert main([str(sweeps[0]), "-o", str(inside)]) == 0
+    assert "Directory `.`:" in inside.read_text()
+    inside.unlink()
+    shutil.rmtree(sweeps[0] / "report_files", ignore_errors=True)

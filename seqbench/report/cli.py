@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_writable(output)
         sections = [d for path in args.paths for d in sweep_dirs(path)]
         sweeps = [load_sweep(d) for d in dict.fromkeys(sections)]
-        blocks = report_blocks(sweeps, args.title)
+        blocks = report_blocks(sweeps, args.title, output.parent)
         written = write_report(blocks, args.title, output, fmt)
     except ReportError as err:
         print(f"seqbench-report: error: {err}", file=sys.stderr)

@@ -4,6 +4,7 @@ the runs that did not complete, and the config."""
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from seqbench.report.tables import (
 from seqbench.report.views import figure_blocks
 
 
-def report_blocks(sweeps: list[Sweep], title: str) -> list:
-    """The whole report: a title, a table of contents, then one section per sweep."""
+def report_blocks(sweeps: list[Sweep], title: str, where: Path | None = None) -> list:
+    """The whole report: a title, a table of contents, then one section per sweep. Paths are
+    shown relative to `where` (the report's folder) when they lie below it, else by the sweep
+    directory's name: a report sent to someone else carries no path of this machine."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runs = sum(len(s.runs) for s in sweeps)
     blocks: list = [
@@ -39,7 +42,7 @@ def report_blocks(sweeps: list[Sweep], title: str) -> list:
         items = "; ".join(f"{i}. {_title(s)}" for i, s in enumerate(sweeps, 1))
         blocks.append(Text(f"Contents: {items}."))
     for index, sweep in enumerate(sweeps, 1):
-        blocks += sweep_blocks(sweep, index)
+        blocks += sweep_blocks(sweep, index, where)
     return blocks
 
 
@@ -63,12 +66,23 @@ def _values(sweep: Sweep, key: str) -> list:
     )
 
 
-def sweep_blocks(sweep: Sweep, index: int) -> list:
+def shown(path: Path, where: Path | None) -> str:
+    """`path` relative to `where` if it lies below it, else its last part."""
+    path = Path(path).resolve()
+    if where is not None and path.is_relative_to(Path(where).resolve()):
+        return str(path.relative_to(Path(where).resolve())) or "."
+    return path.name
+
+
+def sweep_blocks(sweep: Sweep, index: int, where: Path | None = None) -> list:
     blocks: list = [Heading(f"{index}. {_title(sweep)}", 2, f"sweep-{index}")]
-    blocks.append(Text(_header(sweep)))
+    blocks.append(Text(_header(sweep, where)))
     if sweep.command:
-        where = f" (typed in `{sweep.cwd}`)" if sweep.cwd else ""
-        blocks += [Text(f"The sweep's command{where}:"), Code(sweep.command, "bash")]
+        typed = ""
+        if sweep.cwd:  # where it was typed, from the sweep directory: '..' for its parent
+            typed = f" (typed in `{os.path.relpath(sweep.cwd, sweep.path.resolve())}` from the "
+            typed += "sweep directory)"
+        blocks += [Text(f"The sweep's command{typed}:"), Code(sweep.command, "bash")]
     blocks += [Heading("Results", 3), Text(_headline(sweep)), results_table(sweep)]
     blocks += _verdict_blocks(sweep)
     blocks += [Text(_table_note(sweep)), Heading("Gradients", 3), gradient_table(sweep)]
@@ -111,7 +125,7 @@ def _text_blocks(sweep: Sweep) -> list:
     return blocks
 
 
-def _header(sweep: Sweep) -> str:
+def _header(sweep: Sweep, where: Path | None = None) -> str:
     runs = sweep.runs
     counts = runs["status"].value_counts()
     status = ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -128,7 +142,7 @@ def _header(sweep: Sweep) -> str:
     metrics = next(iter(sweep.metrics.values()))
     wall = float(np.nansum(runs["wall_time_s"].to_numpy(dtype=float)))
     parts = [
-        f"Directory `{sweep.path.resolve()}`: {len(runs)} runs ({status}), finished {when}, "
+        f"Directory `{shown(sweep.path, where)}`: {len(runs)} runs ({status}), finished {when}, "
         f"{wall:,.{1 if wall < 10 else 0}f} s of training in all",
         f"What varied: {'; '.join(varied) or 'nothing but the seed'}; seeds "
         f"{', '.join(map(str, seeds))}",
@@ -165,7 +179,7 @@ def _headline(sweep: Sweep) -> str:
     names = {i: label(sweep, tuple(table.loc[i, k] for k in sweep.by)) for i in table.index}
     row = table.loc[best]
     text = [
-        f"Best final validation {metric}: {names[best]}, "
+        f"Best last validation {metric}: {names[best]}, "
         f"{fmt(row['final_metric_mean'], row['final_metric_std'])}"
     ]
     tests = done["test_metric_mean"].astype(float)
@@ -227,10 +241,11 @@ def _table_note(sweep: Sweep) -> str:
         "the seeds: with 3 seeds the mean ± 2.48 std, assuming the seeds spread roughly "
         "normally) and of the fraction solved (Wilson), computed by `seqbench.compare` as "
         "`seqbench-compare` does; "
-        "`solved` counts the seeds that reached the task's threshold, `solved at step` is the "
-        "first validation step that did; `final` and `best` are on the validation split, "
-        "`test` (tasks that have one) on the held-out test split, scored once at the end with "
-        "the weights of the best validation step. The gradient table follows each loss term "
+        "`last val` is the last validation (a run that stops early: the one that stopped it), "
+        "`best val` the best one, whose weights the run keeps (best.pt); `solved` counts the "
+        "seeds whose kept weights reach the task's threshold, `first solved at step` the first "
+        "validation step that did; `test` (tasks that have one) is the held-out test split, "
+        "scored once at the end with the kept weights. The gradient table follows each loss term "
         "back from where it reads (lag 0) through the recurrence (`seqbench.lags`): the "
         "vanishing ratio is log10 of the gradient at the largest lag counted over the one at "
         "lag 0 (the lags that more than half of the (sequence, source) pairs reach: `lags "

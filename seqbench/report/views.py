@@ -73,7 +73,8 @@ def _curve_caption(sweep: Sweep) -> str:
     baseline = metrics.get("baseline")
     text = (
         f"Validation {metric} against training step, mean over the completed seeds with a "
-        f"±1 std band ({'lower' if mode == 'min' else 'higher'} is better)."
+        f"band from the lowest to the highest seed ({'lower' if mode == 'min' else 'higher'} "
+        "is better)."
     )
     if isinstance(baseline, float):
         text += (
