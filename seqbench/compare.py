@@ -203,6 +203,35 @@ TERMINAL = {
 }
 
 
+def _short_parts(table: pd.DataFrame) -> tuple[dict[str, list[str]], dict[str, str], pd.DataFrame]:
+    """What the short table shows: the keys that differ ({header: cells}), the columns of
+    numbers ({display column: header}) and the display strings they come from."""
+    # the interval beside the compared number (the final metric), not beside every number
+    shown = table.drop(columns=[c for c in table.columns if c.endswith(("_low", "_high"))
+                                and not c.startswith(("final_metric", "test_metric"))])  # fmt: skip
+    display = to_display(shown)
+    keys = [c for c in table.columns
+            if not c.endswith(SUFFIXES) and c not in COUNTS and c != "metric"]  # fmt: skip
+    differ = [k for k in keys if varies(table[k])] or keys
+    metric = next((m for m in table.get("metric", []) if isinstance(m, str)), "metric")
+    numbers = [c for c in TERMINAL if f"{c}_mean" in table.columns]
+    numbers = numbers or [c for c in NUMERIC if c in display]  # --metrics (test: if scored)
+    columns = {"seeds": "seeds", "solved": "solved"}
+    columns.update({c: TERMINAL.get(c, SHORT.get(c, c)).format(metric=metric) for c in numbers})
+    short = {k: k.rsplit(".", 1)[-1] for k in differ}
+    if len(set(short.values())) < len(short):  # seq_len of two groups: keep the full keys
+        short = {k: k for k in differ}
+    return {short[k]: [str(v) for v in table[k]] for k in differ}, columns, display
+
+
+def short_markdown(table: pd.DataFrame) -> str:
+    """The terminal's table as Markdown (TensorBoard's Text tab: the columns a reader compares
+    first, which a narrow pane shows whole; comparison.md has every column)."""
+    config, columns, display = _short_parts(table)
+    frame = pd.DataFrame({**config, **{h: display[c].tolist() for c, h in columns.items()}})
+    return frame.to_markdown(index=False)
+
+
 def terminal_table(table: pd.DataFrame, title: str = "comparison", width: int = 100) -> Table:
     """The sweep's table for a terminal `width` columns wide: the keys that differ between rows
     (all group keys when there is one row), seeds completed/run, solved/completed, final
@@ -216,27 +245,7 @@ def terminal_table(table: pd.DataFrame, title: str = "comparison", width: int = 
     from rich.table import Table
     from rich.text import Text
 
-    # the interval beside the compared number (the final metric), not beside every number
-    shown = table.drop(
-        columns=[
-            c
-            for c in table.columns
-            if c.endswith(("_low", "_high")) and not c.startswith(("final_metric", "test_metric"))
-        ]
-    )
-    display = to_display(shown)
-    keys = [c for c in table.columns
-            if not c.endswith(SUFFIXES) and c not in COUNTS and c != "metric"]  # fmt: skip
-    differ = [k for k in keys if varies(table[k])] or keys
-    metric = next((m for m in table.get("metric", []) if isinstance(m, str)), "metric")
-    numbers = [c for c in TERMINAL if f"{c}_mean" in table.columns]
-    numbers = numbers or [c for c in NUMERIC if c in display]  # --metrics (test: if scored)
-    columns = {"seeds": "seeds", "solved": "solved"}
-    columns.update({c: TERMINAL.get(c, SHORT.get(c, c)).format(metric=metric) for c in numbers})
-    short = {k: k.rsplit(".", 1)[-1] for k in differ}
-    if len(set(short.values())) < len(short):  # seq_len of two groups: keep the full keys
-        short = {k: k for k in differ}
-    config = {short[k]: [str(v) for v in table[k]] for k in differ}
+    config, columns, display = _short_parts(table)
 
     def natural(header: str, cells: list[str]) -> int:  # its width unwrapped, rule and padding
         return max(len(header), *(len(line) for cell in cells for line in cell.split("\n"))) + 3

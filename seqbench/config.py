@@ -181,6 +181,7 @@ def register_configs() -> None:
     from seqbench.schemas import task_schemas  # read from source: task modules import torch
 
     OmegaConf.register_new_resolver("seqbench_direction", optimization_direction, replace=True)
+    OmegaConf.register_new_resolver("seqbench_groups", config_groups, replace=True)
     cs = ConfigStore.instance()
     _rename_optuna_sweeper_config(cs)
     cs.store(name="seqbench_schema", node=Config)
@@ -196,6 +197,21 @@ def register_configs() -> None:
     cs.store(group="schema/scheduler", name="plateau", node=PlateauConfig)
     cs.store(group="schema/scheduler", name="cosine", node=CosineConfig)
     cs.store(group="schema/scheduler", name="step", node=StepScheduleConfig)
+
+
+def config_groups() -> str:
+    """`seqbench --help`'s list of the groups a user chooses from: every folder of conf/ but
+    hydra/, with its options ("model: gru, lstm, rnn"), one line each. Hydra's own
+    $APP_CONFIG_GROUPS would also list the schemas that the options extend (schema/...)."""
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    lines = [
+        f"{group.name}: {', '.join(sorted(p.stem for p in group.glob('*.yaml')))}"
+        for group in sorted(conf.iterdir())
+        if group.is_dir() and group.name != "hydra" and any(group.glob("*.yaml"))
+    ]
+    return "\n".join(lines)
 
 
 def optimization_direction(task_name: str) -> str:

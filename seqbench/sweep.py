@@ -12,7 +12,16 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
 from seqbench.checks import check_config
-from seqbench.compare import aggregate, find_runs, group_keys, load_runs, print_table, write_tables
+from seqbench.compare import (
+    INTERVALS,
+    aggregate,
+    find_runs,
+    group_keys,
+    load_runs,
+    print_table,
+    short_markdown,
+    write_tables,
+)
 from seqbench.errors import EXIT_IO, EXIT_USAGE, ConfigError
 
 
@@ -52,9 +61,13 @@ def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
                 if (d / ".hydra" / "config.yaml").exists()]  # fmt: skip
         writer.file_writer.add_summary(experiment_summary(jobs, HPARAM_METRICS))
         comparison = sweep_dir / "comparison.md"
-        if comparison.exists():
-            title = f"{len(run_dirs)} runs in {sweep_dir} (also comparison.csv)\n\n"
-            writer.add_text("comparison", title + comparison.read_text(), 0)
+        if comparison.exists():  # the short table here, every column one tag further
+            title = (
+                f"{len(run_dirs)} runs in {sweep_dir.name}: the main columns; every "
+                "column: the tag comparison_full, comparison.md and comparison.csv\n\n"
+            )
+            writer.add_text("comparison", title + short_markdown(table) + "\n\n" + INTERVALS, 0)
+            writer.add_text("comparison_full", comparison.read_text(), 0)
         if len(pairs):  # who wins, one line per setting, as the terminal prints it
             writer.add_text("verdicts", "\n\n".join(verdict_lines(pairs, width=10**6)), 0)
         for name, fig in figures.items():

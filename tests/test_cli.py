@@ -8,11 +8,18 @@ from pathlib import Path
 from tests.conftest import SMALL, seqbench_cli, seqbench_main
 
 
-def test_help_lists_groups(tmp_path: Path) -> None:
+def test_help_lists_the_groups_a_user_chooses(tmp_path: Path) -> None:
+    """Every folder of conf/ with its options, and not the internal schemas they extend."""
+    from seqbench.cli import CONF_DIR
+
     result = seqbench_cli("--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "model: gru, lstm, rnn" in result.stdout
     assert "optimizer: adam, adamw, rmsprop, sgd" in result.stdout
+    groups = sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir() and p.name != "hydra")
+    section = result.stdout.split("== Config groups ==")[1].split("== Config ==")[0]
+    listed = [line.split(":")[0] for line in section.splitlines() if ": " in line]
+    assert listed == groups and "schema" not in section
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:

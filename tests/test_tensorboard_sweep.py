@@ -48,8 +48,12 @@ def test_sweep_runs_named_by_what_varies(tmp_path: Path) -> None:
             if tag.startswith(("grad/", "gates/")):
                 assert meta.description, (name, tag)
     table = read_text(data, "sweep", "comparison/text_summary")
-    assert "4 runs in" in table and "| lstm " in table and "| rnn " in table
-    assert "## Who wins" in table  # comparison.md's pairs
+    assert "4 runs in sweep:" in table and "| lstm " in table and "| rnn " in table
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    columns = ["model", "seeds", "solved", "final mse", "baseline", "vanish@init", "vanish@end"]
+    assert [c.strip() for c in header.strip("|").split("|")] == columns
+    full = read_text(data, "sweep", "comparison_full/text_summary")
+    assert full == (sweep_dir / "comparison.md").read_text() and "## Who wins" in full
     verdicts = read_text(data, "sweep", "verdicts/text_summary")  # the terminal's lines
     assert ("lstm" in verdicts and "rnn" in verdicts and "Bonferroni" in verdicts
             and verdicts.splitlines()[0].startswith(("lstm ", "rnn ")))  # fmt: skip
