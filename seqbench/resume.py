@@ -21,7 +21,8 @@ def resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
 
     Raises:
         ConfigError: an override on this command line differs from the checkpoint's config
-            (listing each key), unless resume_force=true, which applies them.
+            (listing each key that differs, old -> new: a group override such as task=chargen
+            by the keys of the group that change), unless resume_force=true applies them.
     """
     current = OmegaConf.to_container(cfg, resolve=True)
     if HydraConfig.initialized():
@@ -38,7 +39,7 @@ def resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
         if key.startswith("log.") or cfg.resume_force:
             OmegaConf.update(merged, key, ours, force_add=True)
         elif ours != theirs:
-            differing.append(f"{key} (checkpoint: {theirs}, now: {ours})")
+            differing += changes(key, theirs, ours)
     if differing:
         raise ConfigError(
             f"resume={cfg.resume}: this command line changes the run's config: "
@@ -47,6 +48,29 @@ def resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
         )
     OmegaConf.update(merged, "resume", cfg.resume, force_add=True)
     return merged
+
+
+def changes(key: str, old: Any, new: Any) -> list[str]:
+    """'key: old → new' for each leaf under `key` that differs ('absent' where one side lacks
+    it or holds null, which count as the same): a changed group lists its changed keys, not
+    its whole config twice."""
+    old = OmegaConf.to_container(old) if OmegaConf.is_config(old) else old
+    new = OmegaConf.to_container(new) if OmegaConf.is_config(new) else new
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [f"{key}: {_shown(old)} → {_shown(new)}"]
+    before, after = dict(flatten(old, key)), dict(flatten(new, key))
+    return [
+        f"{name}: {_shown(before.get(name, _ABSENT))} → {_shown(after.get(name, _ABSENT))}"
+        for name in sorted(before.keys() | after.keys(), key=[*before, *after].index)
+        if before.get(name) != after.get(name)
+    ]
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return "absent" if value is _ABSENT or value is None else str(value)
 
 
 def read_metrics(run_dir: Path) -> dict:
