@@ -73,3 +73,16 @@ extern "C" void rnn_fwd_f32(const i64* P, i64 t) { rnn_fwd<float>(P, t); }
 extern "C" void rnn_fwd_f64(const i64* P, i64 t) { rnn_fwd<double>(P, t); }
 extern "C" int rnn_bwd_f32(const i64* P, i64 t) { return rnn_bwd<float>(P, t); }
 extern "C" int rnn_bwd_f64(const i64* P, i64 t) { return rnn_bwd<double>(P, t); }
+// the whole layer's loops (loops.h); the backward picks its derivative as rnn_bwd does
+extern "C" void rnn_fwd_loop_f32(const i64* P, const i64* L) {
+  fwd_loop<float, rnn_fwd<float>>(P, L);
+}
+extern "C" void rnn_fwd_loop_f64(const i64* P, const i64* L) {
+  fwd_loop<double, rnn_fwd<double>>(P, L);
+}
+extern "C" void rnn_bwd_loop_f32(const i64* P, i64* L) {
+  P[AUX1] ? bwd_loop<float, ReluBwd>(P, L) : bwd_loop<float, RnnBwd>(P, L);
+}
+extern "C" void rnn_bwd_loop_f64(const i64* P, i64* L) {
+  P[AUX1] ? bwd_loop<double, ReluBwd>(P, L) : bwd_loop<double, RnnBwd>(P, L);
+}

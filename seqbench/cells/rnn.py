@@ -34,10 +34,13 @@ def relu_step(x_proj: Tensor, h_proj: Tensor, h: Tensor, c: Tensor) -> tuple[Ten
 def forward(layer: LayerForward, relu: bool = False) -> tuple[Tensor, ...]:
     T, B, H = layer.steps, layer.batch, layer.hidden
     h_all = layer.h_all
-    project = layer.projector(h_all[1:], layer.b_ih + layer.b_hh)
+    bias = layer.b_ih + layer.b_hh
+    project = layer.projector(h_all[1:], bias)
     if layer.native:
         fn = layer.kernel()
         P = layer.params(B, H, h_all.data_ptr(), layer.lens, int(relu))
+        if layer.loop(P, h_all[1:], bias, h_all[1:], B * H):  # the loop below, in native code
+            return ()
         hs = h_all.unbind(0)
         for t in range(T):
             project(t)

@@ -25,8 +25,8 @@ from torch import Tensor
 
 from seqbench.cells import Cell
 from seqbench.engine.buffers import cache
-from seqbench.engine.constants import BWD_SLOTS, CUT
-from seqbench.engine.native import Native, params, ptr
+from seqbench.engine.constants import BLOOP_SLOTS, BWD_SLOTS, CUT, NEG
+from seqbench.engine.native import Native, bwd_plan, params, ptr
 
 
 class LayerGrads:
@@ -97,6 +97,22 @@ def layer_backward_native(
     acc_hh = torch.zeros(dg_h.shape[1], H, dtype=dt, device=dev)
     acc_ih = torch.zeros(dg_in.shape[1], n_in, dtype=dt, device=dev)
     d_in = cache.empty((T, B, n_in), dt, dev) if need_din else None
+    gemm = nat.loop(dt)
+    if gemm is not None:  # the loop below, in native code (csrc/loops.h)
+        w_hh_c, w_in_c = w_hh.contiguous(), w_in.contiguous()
+        size = dGs.element_size()
+        plan = bwd_plan(
+            BL_T=T, BL_GH=dg_h.shape[1], BL_HOFF=(dg_h.data_ptr() - dGs.data_ptr()) // size,
+            BL_GIN=dg_in.shape[1], BL_INOFF=(dg_in.data_ptr() - dGs.data_ptr()) // size,
+            BL_NIN=n_in, BL_WHH=w_hh_c.data_ptr(), BL_WIN=w_in_c.data_ptr(), BL_DIN=ptr(d_in),
+            BL_NEEDW=int(need_wgrad), BL_ACCHH=acc_hh.data_ptr(), BL_ACCIH=acc_ih.data_ptr(),
+            BL_HALL=h_all.data_ptr(), BL_X=inp.data_ptr(), BL_CARRY=int(k.carry_in_kernel),
+            BL_CUT=cut, BL_R=NEG, BL_GEMM=gemm,
+        )  # fmt: skip
+        nat.fns[(f"{cell.name}_bwd_loop", dt)](P, plan)
+        reached = plan[BLOOP_SLOTS.index("BL_R")]  # the reference exponent the loop reached
+        R = None if reached == NEG else reached
+        return _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, R)
     dg_h_t, dg_in_t = dg_h.t(), dg_in.t()
     hs, xs = h_all.unbind(0), inp.unbind(0) if need_wgrad else None
     d_ins = d_in.unbind(0) if d_in is not None else None
@@ -132,6 +148,12 @@ def layer_backward_native(
                 if t:
                     acc_hh.addmm_(dg_h_t, hs[t], alpha=alpha)
                 acc_ih.addmm_(dg_in_t, xs[t], alpha=alpha)
+    return _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, R)
+
+
+def _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, R) -> LayerGrads:
+    """A layer's results from what its backward loop accumulated."""
+    k = cell.engine
     out = LayerGrads()
     ms64 = ms.double()
     out.norms = sq.sqrt() * torch.exp2(ms64)

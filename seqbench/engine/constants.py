@@ -11,6 +11,15 @@ import torch
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 HEADER = CSRC / "seqbench.h"
+LOOPS = CSRC / "loops.h"
+
+
+def _enum(text: str, name: str, path: Path) -> tuple[str, ...]:
+    """The slot names of ``enum NAME { ... }`` in order."""
+    enum = re.search(rf"enum {name}\s*\{{([^}}]*)\}}", text)
+    if enum is None:
+        raise RuntimeError(f"{path}: no `enum {name} {{...}}` parameter block")
+    return tuple(s.split("=")[0].strip() for s in enum.group(1).split(",") if s.strip())
 
 
 def _read_header(path: Path = HEADER) -> tuple[dict[str, int], tuple[str, ...]]:
@@ -20,11 +29,7 @@ def _read_header(path: Path = HEADER) -> tuple[dict[str, int], tuple[str, ...]]:
         name: int(value)
         for name, value in re.findall(r"^#define SEQBENCH_(\w+)\s+(-?\d+)\b", text, re.M)
     }
-    enum = re.search(r"enum Bwd\s*\{([^}]*)\}", text)
-    if enum is None:
-        raise RuntimeError(f"{path}: no `enum Bwd {{...}}` parameter block")
-    slots = tuple(s.split("=")[0].strip() for s in enum.group(1).split(",") if s.strip())
-    return defines, slots
+    return defines, _enum(text, "Bwd", path)
 
 
 _DEFINES, _SLOTS = _read_header()
@@ -40,3 +45,8 @@ CUT = {torch.float32: _DEFINES["CUT_F32"], torch.float64: _DEFINES["CUT_F64"]}
 THREADING_MIN_WORK = _DEFINES["THREADING_MIN_WORK"]
 #: the backward kernels' int64 parameter block: slot names in order (``BWD_SLOTS`` last).
 BWD_SLOTS = _SLOTS[: _SLOTS.index("BWD_SLOTS")]
+
+#: the native time loops' plans (``csrc/loops.h``): slot names in order.
+_LOOP_TEXT = LOOPS.read_text()
+LOOP_SLOTS = _enum(_LOOP_TEXT, "Loop", LOOPS)[:-1]  # without LOOP_SLOTS itself
+BLOOP_SLOTS = _enum(_LOOP_TEXT, "BLoop", LOOPS)[:-1]

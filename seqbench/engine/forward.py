@@ -16,7 +16,7 @@ from torch import Tensor
 
 from seqbench.cells import Cell
 from seqbench.engine.buffers import cache
-from seqbench.engine.native import Native, params, ptr
+from seqbench.engine.native import Native, fwd_plan, params, ptr
 
 
 def chunk_steps(steps: int, row_bytes: int) -> int:
@@ -64,6 +64,36 @@ class LayerForward:
     def kernel(self) -> ctypes._CFuncPtr:
         """The cell's native forward kernel ``fn(P, t)`` for this dtype."""
         return self.nat.fns[(f"{self.cell.name}_fwd", self.dtype)]
+
+    def loop(
+        self,
+        P: ctypes.Array,
+        proj: Tensor,
+        bias: Tensor,
+        rec: Tensor,
+        rec_stride: int,
+        rec_bias: Tensor | None = None,
+    ) -> bool:
+        """Run the whole layer in the native time loop (``csrc/loops.h``) when it is available:
+        per chunk of steps ``proj[t:t1] = inp[t:t1] @ w_ih.T + bias`` (``proj`` (T, B, G)
+        contiguous), per step ``rec_bias`` copied to ``rec + t * rec_stride`` (when given), the
+        recurrent product ``h_all[t] @ w_hh.T`` added there (t > 0), then the cell's kernel
+        ``fn(P, t)``: the Python loop's calls in the same order. False: not available (the cell
+        runs its Python loop)."""
+        gemm = self.nat.loop(self.dtype) if self.nat is not None else None
+        if gemm is None:
+            return False
+        T, B, G = self.steps, self.batch, proj.shape[-1]
+        w_ih, w_hh = self.w_ih.contiguous(), self.w_hh.contiguous()
+        plan = fwd_plan(
+            L_T=T, L_B=B, L_H=self.hidden, L_NIN=self.inp.shape[2], L_INP=self.inp.data_ptr(),
+            L_WIH=w_ih.data_ptr(), L_PBIAS=bias.data_ptr(), L_POUT=proj.data_ptr(), L_PCOLS=G,
+            L_K=chunk_steps(T, B * G * self.inp.element_size()), L_HALL=self.h_all.data_ptr(),
+            L_WHH=w_hh.data_ptr(), L_ROUT=rec.data_ptr(), L_RSTRIDE=rec_stride,
+            L_RCOLS=rec.shape[-1], L_RBIAS=ptr(rec_bias), L_GEMM=gemm,
+        )  # fmt: skip
+        self.nat.fns[(f"{self.cell.name}_fwd_loop", self.dtype)](P, plan)
+        return True
 
     def projector(self, proj: Tensor, bias: Tensor) -> Callable[[int], None]:
         """``project(t)`` writes ``inp @ w_ih.T + bias`` into ``proj`` (T, B, G) for the chunk

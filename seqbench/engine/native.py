@@ -9,6 +9,12 @@ the flags and the CPU. When torch runs on GNU OpenMP (libgomp already loaded), t
 built with ``-fopenmp`` and split large steps over torch's own intra-op threads;
 ``SEQBENCH_NATIVE_OPENMP=0`` keeps them serial, ``SEQBENCH_NATIVE=0`` skips the native path.
 A failed build is reported once, as a RuntimeWarning, and the engine uses its pure-torch path.
+
+A layer's whole time loop runs in the library (``csrc/loops.h``) when the BLAS functions
+torch itself calls (``sgemm_``/``dgemm_``, which libtorch_cpu exports) can be found: one call
+per layer instead of several Python calls per step. ``SEQBENCH_NATIVE_LOOP=0``, or a torch
+without those symbols, keeps the loop in Python around the same per-step kernels (the same
+bits on one thread).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 import torch
 
 from seqbench.cells import CELLS, Cell
-from seqbench.engine.constants import ABI, CSRC, HEADER
+from seqbench.engine.constants import ABI, BLOOP_SLOTS, CSRC, LOOP_SLOTS
 
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _lock = threading.Lock()
@@ -107,7 +113,8 @@ def build(directory: str | None = None) -> ctypes.CDLL | None:
     if gomp_before and os.environ.get("SEQBENCH_NATIVE_OPENMP", "1") != "0":
         flag_sets.insert(0, [*base, *native, "-fopenmp"])
     files = sources()
-    texts = [HEADER.read_text(), *(f.read_text() for f in files)]
+    headers = sorted(CSRC.glob("*.h"))
+    texts = [*(h.read_text() for h in headers), *(f.read_text() for f in files)]
     unity = "".join(f'#include "{f}"\n' for f in files)
     failure = ""
     folders = (directory or cache_dir(), os.path.join(tempfile.gettempdir(), "seqbench-cache"))
@@ -181,14 +188,59 @@ class Native:
                     fn.argtypes = [p, ctypes.c_int64]
                     fn.restype = restype
                     self.fns[(f"{cell}_{kind}", dtype)] = fn
+            for cell in sorted(self.cells):
+                for kind in ("fwd_loop", "bwd_loop"):
+                    fn = getattr(lib, f"{cell}_{kind}_{suffix}")
+                    fn.argtypes = [p, p]
+                    fn.restype = None
+                    self.fns[(f"{cell}_{kind}", dtype)] = fn
             fn = getattr(lib, f"scale_rows_{suffix}")
             fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
             fn.restype = None
             self.fns[("scale_rows", dtype)] = fn
+        self.gemm = blas_gemm()
+
+    def loop(self, dtype: torch.dtype) -> int | None:
+        """The address of the BLAS gemm for `dtype` when the native time loops run, else None
+        (``SEQBENCH_NATIVE_LOOP=0``, or no BLAS symbol found)."""
+        if os.environ.get("SEQBENCH_NATIVE_LOOP", "1") == "0":
+            return None
+        return self.gemm.get(dtype)
 
     def threads_for(self, work: int) -> int:
         """Threads the kernels use, from this thread, for a step with ``work = B * columns``."""
         return self.lib.seqbench_threads_for(work)
+
+
+def blas_gemm() -> dict[torch.dtype, int]:
+    """{dtype: address} of the Fortran BLAS sgemm_/dgemm_ that torch's CPU library exports and
+    calls itself (MKL in the x86 wheels); {} where they are not exported."""
+    found: dict[torch.dtype, int] = {}
+    path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return found
+    for dtype, name in ((torch.float32, "sgemm_"), (torch.float64, "dgemm_")):
+        symbol = getattr(lib, name, None)
+        if symbol is not None:
+            found[dtype] = ctypes.cast(symbol, ctypes.c_void_p).value
+    return found
+
+
+def loop_params(slots: tuple[str, ...], **values: int) -> ctypes.Array:
+    """A loop plan (``enum Loop`` / ``enum BLoop`` of ``csrc/loops.h``), slots by name."""
+    if set(values) != set(slots):
+        raise ValueError(f"loop plan slots {sorted(values)} != {sorted(slots)}")
+    return params(*(values[name] for name in slots))
+
+
+def fwd_plan(**values: int) -> ctypes.Array:
+    return loop_params(LOOP_SLOTS, **values)
+
+
+def bwd_plan(**values: int) -> ctypes.Array:
+    return loop_params(BLOOP_SLOTS, **values)
 
 
 def native() -> Native | None:

@@ -18,7 +18,7 @@
 #endif
 
 // ---- shared with Python (parsed: one `#define NAME integer` per line) ----
-#define SEQBENCH_ABI 3                      // seqbench_abi_version() of a matching library
+#define SEQBENCH_ABI 4                      // seqbench_abi_version() of a matching library
 #define SEQBENCH_NEG -536870912             // -(2**29): "no signal" exponent sentinel
 #define SEQBENCH_CUT_F32 60                 // within a sequence, a contribution 2**CUT below
 #define SEQBENCH_CUT_F64 200                //   its dominant one is dropped (float32 / float64)
@@ -394,10 +394,21 @@ int bwd_step(const i64* P, i64 t) {
 
 }  // namespace
 
+#include "loops.h"
+
 // Exports <name>_fwd_f32/_f64(P, t) from the forward template fwd<T> and <name>_bwd_f32/_f64
-// from the backward equations Cell<T>: what seqbench/engine/native.py looks up for a cell.
+// from the backward equations Cell<T>, one step each, and <name>_fwd_loop_* / _bwd_loop_*,
+// a layer's whole forward or backward (loops.h): what seqbench/engine/native.py looks up.
 #define SEQBENCH_EXPORT_CELL(name, fwd, Cell)                                               \
   extern "C" void name##_fwd_f32(const i64* P, i64 t) { fwd<float>(P, t); }                 \
   extern "C" void name##_fwd_f64(const i64* P, i64 t) { fwd<double>(P, t); }                \
   extern "C" int name##_bwd_f32(const i64* P, i64 t) { return bwd_step<float, Cell>(P, t); } \
-  extern "C" int name##_bwd_f64(const i64* P, i64 t) { return bwd_step<double, Cell>(P, t); }
+  extern "C" int name##_bwd_f64(const i64* P, i64 t) { return bwd_step<double, Cell>(P, t); } \
+  extern "C" void name##_fwd_loop_f32(const i64* P, const i64* L) {                         \
+    fwd_loop<float, fwd<float>>(P, L);                                                      \
+  }                                                                                         \
+  extern "C" void name##_fwd_loop_f64(const i64* P, const i64* L) {                         \
+    fwd_loop<double, fwd<double>>(P, L);                                                    \
+  }                                                                                         \
+  extern "C" void name##_bwd_loop_f32(const i64* P, i64* L) { bwd_loop<float, Cell>(P, L); } \
+  extern "C" void name##_bwd_loop_f64(const i64* P, i64* L) { bwd_loop<double, Cell>(P, L); }

@@ -1,0 +1,75 @@
+"""The native time loop (engine/csrc/loops.h: a layer's whole forward and backward in one call)
+against the Python loop around the same per-step kernels (SEQBENCH_NATIVE_LOOP=0): the same
+bits on one thread, for every engine cell, in float32 and float64, with padding, dropout, two
+layers, the norms, the lag probe, and losses whose scales force the per-sequence exponents and
+the weight-gradient rescaling (the loop's every branch)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqbench.engine import GradNormRecorder, native
+from tests.conftest import ENGINE_CELLS, fused_layer, run_engine
+
+pytestmark = pytest.mark.skipif(
+    not native.native_available() or not native.native().gemm,
+    reason="no C++ compiler, or torch exports no BLAS gemm: the Python loop is the only one",
+)
+
+
+def one_pass(cell, mod, x, upstream, lengths, monkeypatch, loop: bool, **kw):
+    """Outputs, every gradient, the recorder's norms, rows and probe, with or without the loop."""
+    monkeypatch.setenv("SEQBENCH_NATIVE_LOOP", "1" if loop else "0")
+    torch.manual_seed(5)  # the dropout masks
+    x = x.detach().clone().requires_grad_()
+    recorder = GradNormRecorder(track_log10=True)
+    recorder.per_row = True
+    recorder.probe = (torch.tensor([0, 1, 1]), torch.tensor([x.shape[1] - 1, 2, 4]))
+    out = run_engine(cell, mod, x, lengths=lengths, recorder=recorder, **kw)
+    grads = torch.autograd.grad(out, [x, *mod._flat_weights], upstream)
+    return [out.detach(), *grads, recorder.norms, recorder.log10_norms, recorder.row_log10,
+            recorder.probe_log10]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell", ENGINE_CELLS)
+def test_native_loop_is_the_python_loop_bit_for_bit(cell, dtype, monkeypatch):
+    torch.set_num_threads(1)
+    B, T, n_in, H = 5, 17, 3, 6
+    mod = fused_layer(cell, n_in, H, layers=2, dtype=dtype, seed=2)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, T, n_in, generator=g, dtype=dtype)
+    upstream = torch.randn(B, T, H, generator=g, dtype=dtype)
+    # sequence 0 read only at the end, 1e-30 below the others: its own exponent (sep rows) and
+    # the weight gradients' reference rescaled when the large signals come in
+    upstream[0, :-1] = 0.0
+    upstream[0, -1] *= 1e-30
+    upstream[2, 8:] *= 1e-25
+    lengths = torch.tensor([T, 9, T, 4, 12])
+    kw = dict(dropout=0.3, training=True)
+    calls = []
+    nat = native.native()
+    for kind in ("fwd_loop", "bwd_loop"):  # count the loops' calls: one per layer and pass
+        fn = nat.fns[(f"{cell}_{kind}", dtype)]
+        monkeypatch.setitem(
+            nat.fns,
+            (f"{cell}_{kind}", dtype),
+            lambda *a, fn=fn, kind=kind: (calls.append(kind), fn(*a))[1],
+        )
+    python = one_pass(cell, mod, x, upstream, lengths, monkeypatch, loop=False, **kw)
+    assert calls == []
+    native_ = one_pass(cell, mod, x, upstream, lengths, monkeypatch, loop=True, **kw)
+    assert calls == ["fwd_loop"] * 2 + ["bwd_loop"] * 4  # 2 layers; training and probe
+    names = ["output", "dx", *(f"weight {i}" for i in range(8)), "norms", "log10", "rows", "probe"]
+    for name, a, b in zip(names, python, native_, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+def test_the_loop_is_used_by_default_and_can_be_switched_off(monkeypatch):
+    """Default: the native loop (one call per layer); SEQBENCH_NATIVE_LOOP=0: the Python one."""
+    nat = native.native()
+    monkeypatch.setenv("SEQBENCH_NATIVE_LOOP", "1")
+    assert nat.loop(torch.float32) == nat.gemm[torch.float32] != 0
+    monkeypatch.setenv("SEQBENCH_NATIVE_LOOP", "0")
+    assert nat.loop(torch.float32) is None
