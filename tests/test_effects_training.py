@@ -121,8 +121,8 @@ def test_the_last_validation_is_at_the_last_step(small_run, tmp_path: Path) -> N
     final weights in eval mode (the float32 inference pass evaluates them again; with dropout
     left on, the two would differ)."""
     metrics = small_run("train.steps=8", "train.eval_every=3", "log.tensorboard=false",
-                        "model.num_layers=2", "model.dropout=0.5", "inference.repeats=1",
-                        run_dir=tmp_path / "run")  # fmt: skip
+                        "model.num_layers=2", "model.dropout=0.5", "inference.compare=true",
+                        "inference.repeats=1", run_dir=tmp_path / "run")  # fmt: skip
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert history["step"].tolist() == [3, 6, 8]
     assert metrics["final_metric"] == history["val_mse"].iloc[-1]

@@ -210,7 +210,7 @@ def test_relu_model_quantizes_its_head_only() -> None:
 
 def test_a_relu_irnn_run_with_the_int8_comparison(small_run) -> None:
     metrics = small_run(f"model={RNN}", "model.nonlinearity=relu", "model.init=identity",
-                        "model.recurrent_gain=1.2")  # fmt: skip
+                        "model.recurrent_gain=1.2", "inference.compare=true")  # fmt: skip
     assert metrics["status"] == "completed"
     assert metrics["inference"]["quantized_modules"] == ["Linear"]  # the head (torch.ao...Linear)
     assert metrics["grad_norms"]["init"]["layers"][0]["vanishing_ratio"] > 0  # grows back in time

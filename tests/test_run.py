@@ -83,7 +83,8 @@ def test_lstm_forget_bias_and_parameter_count(small_run, tmp_path: Path) -> None
 
 
 def test_identical_runs_give_identical_metrics(small_run, tmp_path: Path) -> None:
-    args = ("model=gru", "task=copy", "train.steps=12", "log.tensorboard=false")
+    args = ("model=gru", "task=copy", "train.steps=12", "log.tensorboard=false",
+            "inference.compare=true")  # fmt: skip
     a = small_run(*args, run_dir=tmp_path / "a")
     b = small_run(*args, run_dir=tmp_path / "b")
     c = small_run(*args, "seed=1", run_dir=tmp_path / "c")

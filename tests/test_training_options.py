@@ -165,7 +165,8 @@ def test_early_stopped_run_records_it_and_resumes(small_run, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("model", ["lstm", "gru", "rnn"])
 def test_int8_inference_matches_float(small_run, model: str) -> None:
-    metrics = small_run(f"model={model}", "train.steps=30", "log.tensorboard=false")
+    metrics = small_run(f"model={model}", "train.steps=30", "log.tensorboard=false",
+                        "inference.compare=true")  # fmt: skip
     inference = metrics["inference"]
     assert inference["float32"]["mse"] == pytest.approx(metrics["final_metric"], rel=1e-5)
     # int8 weights: within 5% (relative) of the float model's validation MSE
