@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import statistics
@@ -173,6 +174,48 @@ def floor_step(cell, B, T, H):
         torch.mm(dG.reshape(-1, G).t(), xf, out=dw_ih)
 
     return step
+
+
+def step_flops(cell: str, B: int, T: int, H: int) -> float:
+    """Floating-point operations of one training step's matrix products (what `floor` runs):
+    forward, the input projection 2*T*B*I*G and the recurrence 2*(T-1)*B*H*G; backward, the
+    recurrence 2*(T-1)*B*G*H and the weight gradients 2*(T-1)*B*G*H + 2*T*B*G*I."""
+    G = _cell(cell).gates * H
+    return 2.0 * (2 * T * B * INPUT_SIZE * G + 3 * (T - 1) * B * H * G)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (and, on AMD/Intel, family and model numbers), from /proc/cpuinfo."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        import platform
+
+        return platform.processor() or "unknown CPU"
+    flags = fields.get("flags", "").split()
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model "
+            f"{fields.get('model', '?')}, {vector})")  # fmt: skip
+
+
+def denormal_penalty(n: int = 256, repeats: int = 21) -> float:
+    """How much slower a float32 matrix product is on denormal inputs than on normal ones on
+    this CPU (median time ratio): 10-100x on some, ~1x on others (AMD Zen 4). Every ratio
+    against PyTorch's default path depends on it."""
+    torch = _torch()
+    torch.set_flush_denormal(False)  # the process default: denormals computed as such
+    g = torch.Generator().manual_seed(0)
+    normal = torch.randn(n, n, generator=g)
+    tiny = normal * 1e-39  # float32 denormals
+    assert tiny.abs().max() < torch.finfo(torch.float32).tiny
+    times = {"normal": [], "tiny": []}
+    for _ in range(repeats):
+        for name, a in (("normal", normal), ("tiny", tiny)):
+            times[name].append(timed(lambda a=a: torch.mm(a, a)))
+    return statistics.median(times["tiny"]) / statistics.median(times["normal"])
 
 
 def timed(fn) -> float:
@@ -345,9 +388,12 @@ def run_bench(shapes, repeats: int, cells, budget_s: float) -> list[dict]:
     t0 = time.perf_counter()
     native = eng.native_available()
     build_s = time.perf_counter() - t0
+    loop = native and eng.native.native().loop(torch.float32) is not None
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"native kernels: {native} (load/build {build_s:.2f} s)",
+        f"{cpu_model()}, load {os.getloadavg()[0]:.2f}; float32 matmul on denormals "
+        f"{denormal_penalty():.2f}x the time on normal numbers\n"
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, native kernels: "
+        f"{native} (load/build {build_s:.2f} s), native time loop: {loop}",
         flush=True,
     )
     tuned = TunedClient()
@@ -428,6 +474,9 @@ def summarise(cfg, times) -> dict:
     row["tuned/engine_norms"] = row["tuned_s"] / row["engine_norms_s"]
     row["norms_overhead_%"] = 100 * (row["engine_norms_s"] / row["engine_s"] - 1)
     row["engine_norms/floor"] = row["engine_norms_s"] / row["floor_s"]
+    flops = step_flops(cell, B, T, H)
+    row["engine_norms_GFLOP/s"] = flops / row["engine_norms_s"] / 1e9
+    row["floor_GFLOP/s"] = flops / row["floor_s"] / 1e9
     row["lag_rows_%"] = 100 * (med["engine_lag_rows"] / med["engine_norms"] - 1)
     row["lag_probe_%"] = 100 * (med["engine_lag_probe"] / med["engine_norms"] - 1)
     row["lag_probe_%_of_run"] = row["lag_probe_%"] / AUTO_EVERY
