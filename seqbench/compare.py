@@ -50,7 +50,8 @@ def group_keys(runs: pd.DataFrame) -> list[str]:
 def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per configuration: counts, and mean/std over completed runs of each number.
 
-    Columns: the group keys, metric, runs, completed, diverged, failed, interrupted, solved
+    Columns: the group keys, metric, runs, completed, diverged, failed, interrupted, pruned (an
+    Optuna search's trials its pruner stopped: counted, not averaged), solved
     (how many runs reached the task's threshold) with solved_low/solved_high (Wilson's 95%
     interval of the fraction solved), exploding (how many runs, diverged ones included, had layer
     0's gradient by lag flagged exploding at init or at the end), then <number>_mean,
@@ -70,7 +71,7 @@ def aggregate(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
         row["metric"] = group["metric"].dropna().iloc[0] if group["metric"].notna().any() else None
         status = group["status"]
         row["runs"] = len(group)
-        for name in ("completed", "diverged", "failed", "interrupted"):
+        for name in ("completed", "diverged", "failed", "interrupted", "pruned"):
             row[name] = int((status == name).sum())
         done = group[status == "completed"]
         row["solved"] = int(done["solved"].sum())
@@ -116,7 +117,8 @@ SHORT = {
 
 
 SUFFIXES = ("_mean", "_std", "_low", "_high")
-COUNTS = ("runs", "completed", "diverged", "failed", "interrupted", "solved", "exploding")
+COUNTS = ("runs", "completed", "diverged", "failed", "interrupted", "pruned", "solved",
+          "exploding")  # fmt: skip
 
 
 def to_display(table: pd.DataFrame, short: bool = False) -> pd.DataFrame:
@@ -135,6 +137,8 @@ def to_display(table: pd.DataFrame, short: bool = False) -> pd.DataFrame:
                                 table.get("solved_low", table["solved"] * math.nan),
                                 table.get("solved_high", table["solved"] * math.nan), strict=True)
     ]  # fmt: skip
+    if "pruned" in table.columns and table["pruned"].any():  # an Optuna search's pruned trials
+        out["pruned"] = table["pruned"].astype(str) + "/" + table["runs"].astype(str)
     if "exploding" in table.columns:
         out["exploding"] = table["exploding"].astype(str) + "/" + table["runs"].astype(str)
     for col in NUMERIC:

@@ -185,7 +185,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("seqbench_direction", optimization_direction, replace=True)
     OmegaConf.register_new_resolver("seqbench_groups", config_groups, replace=True)
     cs = ConfigStore.instance()
-    _rename_optuna_sweeper_config(cs)
+    _rename_plugin_configs(cs)
     cs.store(name="seqbench_schema", node=Config)
     cs.store(group="schema", name="model", node=ModelConfig)
     for name, schema in task_schemas().items():
@@ -223,10 +223,10 @@ def optimization_direction(task_name: str) -> str:
     return "maximize" if task_class(task_name).mode == "max" else "minimize"
 
 
-def _rename_optuna_sweeper_config(cs: ConfigStore) -> None:
-    """Make conf/hydra/sweeper/optuna.yaml (the plugin's config plus the task's direction) what
-    `hydra/sweeper=optuna` selects: the plugin stores its own `optuna` node on import, and Hydra
-    refuses a YAML and a stored node of the same name, so the stored one moves to optuna_plugin.
+def _rename_plugin_configs(cs: ConfigStore) -> None:
+    """Make conf/hydra/launcher/ray.yaml (the plugin's config plus seqbench's launcher) what
+    `hydra/launcher=ray` selects: the Ray plugin stores its own `ray` node on import, and Hydra
+    refuses a YAML and a stored node of the same name, so the stored one moves to ray_plugin.
     """
     from hydra.core.plugins import Plugins
 
@@ -235,19 +235,13 @@ def _rename_optuna_sweeper_config(cs: ConfigStore) -> None:
 
 
 def rename_plugin_configs(cs: ConfigStore) -> None:
-    """The renames of `_rename_optuna_sweeper_config`, without the plugin scan. Also run by
+    """The renames of `_rename_plugin_configs`, without the plugin scan. Also run by
     hydra_plugins.seqbench_plugins each time it is executed: Hydra re-scans (re-executes) every
     plugin module when a job restores its singletons (`Singleton.set_state`, e.g. joblib running
     a job in the launching process), which stores the plugins' nodes again."""
     try:
-        from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
-    except ImportError:  # the plugin is not installed: hydra/sweeper=optuna is unavailable anyway
-        return
-    cs.repo.get("hydra", {}).get("sweeper", {}).pop("optuna.yaml", None)
-    cs.store(group="hydra/sweeper", name="optuna_plugin", node=OptunaSweeperConf)
-    try:  # the same for conf/hydra/launcher/ray.yaml (seqbench's RayLauncher)
         from hydra_plugins.hydra_ray_launcher._config import RayLauncherConf
-    except ImportError:
+    except ImportError:  # not installed: hydra/launcher=ray is unavailable anyway
         return
     cs.repo.get("hydra", {}).get("launcher", {}).pop("ray.yaml", None)
     cs.store(group="hydra/launcher", name="ray_plugin", node=RayLauncherConf)

@@ -40,6 +40,7 @@ from seqbench.resume import resumed_config
 from seqbench.scheduler import SchedulerStep, build_scheduler
 from seqbench.tasks import Task, build_task
 from seqbench.train import Clip, EarlyStopping, evaluate, measure_grad_norms, train
+from seqbench.trials import trial_reporter
 
 
 @dataclass
@@ -114,6 +115,9 @@ def run(
         )  # fmt: skip
         callbacks.append(tensorboard)
     callbacks.append(PeriodicCheckpoint(job.run_dir, cfg.checkpoint.every, job.state))
+    trial = trial_reporter(job.run_dir, task.metric)  # an Optuna trial: report, maybe prune
+    if trial is not None:
+        callbacks.insert(1, trial)
     if job.notice:
         console.info(job.notice)
     if state is not None:
@@ -136,10 +140,13 @@ def run(
                 batch_size=cfg.train.batch_size, eval_every=cfg.train.eval_every,
                 clip=Clip(**cfg.train.clip), diagnostics_every=diagnostics_every(cfg),
                 lag_sources=cfg.diagnostics.lag_sources, callbacks=callbacks,
-                start_step=start_step, stop=stop, done=early,
+                start_step=start_step, stop=stop,
+                done=lambda: early() or (trial is not None and trial()),
             )  # fmt: skip
         extra["stopped_early"] = early.stopped_at is not None
         extra["stopped_at_step"] = early.stopped_at
+        if trial is not None and trial.pruned_at is not None:
+            status, extra["pruned_at_step"] = "pruned", trial.pruned_at
         final_snapshot(job, callbacks)
         final_saved = True
         extra.update(final_evaluations(job))

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-FINISHED = ("completed", "diverged", "failed", "interrupted")
+FINISHED = ("completed", "diverged", "failed", "interrupted", "pruned")
 
 
 def sweep_keys(hydra_cfg: Any, overrides: list[str]) -> list[str]:

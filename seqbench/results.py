@@ -32,7 +32,7 @@ from seqbench.lags import LagProfile
 __all__ = ["STATUSES", "RunRecorder", "better", "gate_unit_frame", "grad_norm_frame",
            "history_frame", "lag_norm_frame"]  # fmt: skip
 
-STATUSES = ("completed", "diverged", "failed", "interrupted")
+STATUSES = ("completed", "diverged", "failed", "interrupted", "pruned")
 #: A unit's gate counts as saturated open above this mean activation (metrics.json "gates").
 GATE_OPEN = 0.95
 

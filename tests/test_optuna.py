@@ -1,5 +1,6 @@
-"""hydra/sweeper=optuna keeps its study in an SQLite file in the sweep directory: a search
-interrupted mid-trial and run again continues the same study."""
+"""hydra/sweeper=optuna, seqbench's sweeper on current Optuna: the search space syntax, the
+storage, pruning through the jobs with any launcher, a study continued by a re-run, and a job
+whose trial is gone. Real processes where the behaviour lives in them."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from seqbench.studies import continue_study, write_trials
+from seqbench import studies
+from seqbench.trials import TRIAL_FILE, write_trial_file
 from tests.conftest import SMALL, seqbench_cli
 
 # trial 1 is stopped after its first checkpoint (step 100 of 400)
@@ -30,6 +31,162 @@ ARGS = [*SMALL, "log.tensorboard=false", "train.steps=400", "checkpoint.every=10
 
 def study_of(sweep_dir: Path) -> optuna.study.Study:
     return optuna.load_study(study_name="seqbench", storage=f"sqlite:///{sweep_dir}/optuna.db")
+
+
+def test_the_search_space_syntax() -> None:
+    space, fixed = studies.search_space([
+        "optimizer.lr=tag(log, interval(1e-4, 1e-1))", "train.clip.threshold=interval(0.5, 2)",
+        "model.hidden_size=choice(32, 64, 128)", "model.num_layers=range(1, 4)",
+        "train.batch_size=int(interval(16, 64))", "model=lstm",
+    ])  # fmt: skip
+    assert space == {
+        "optimizer.lr": FloatDistribution(1e-4, 1e-1, log=True),
+        "train.clip.threshold": FloatDistribution(0.5, 2.0),
+        "model.hidden_size": CategoricalDistribution([32, 64, 128]),
+        "model.num_layers": IntDistribution(1, 3),  # range's end excluded, as Python's
+        "train.batch_size": IntDistribution(16, 64),  # Hydra's interval is float unless int()
+    }
+    assert fixed == {"model": "lstm"}
+
+
+def test_the_storage_where_the_jobs_run(tmp_path: Path) -> None:
+    """SQLite for jobs on this machine, Optuna's journal file (safe on a shared file system)
+    for Ray and Slurm; an explicit choice or URL as given."""
+    local = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    sqlite = f"sqlite:///{tmp_path.resolve()}/optuna.db"
+    assert studies.storage_url("auto", tmp_path, local) == sqlite
+    assert studies.storage_url("auto", tmp_path, "hydra_plugins.x.JoblibLauncher") == sqlite
+    assert studies.storage_url("auto", tmp_path, "hydra_plugins.x.LocalLauncher") == sqlite
+    for remote in ("hydra_plugins.seqbench_plugins.SlurmLauncher", "x.RayLauncher"):
+        assert studies.storage_url("auto", tmp_path, remote) == (
+            f"journal:{tmp_path.resolve()}/optuna.journal")  # fmt: skip
+    assert studies.storage_url("postgresql://h/db", tmp_path) == "postgresql://h/db"
+    assert studies.storage_url(None, tmp_path) is None
+    journal = studies.open_storage(f"journal:{tmp_path}/j.log")
+    study = optuna.create_study(study_name="s", storage=journal)
+    study.tell(study.ask(), 1.0)
+    again = optuna.load_study(
+        study_name="s", storage=studies.open_storage(f"journal:{tmp_path}/j.log")
+    )
+    assert [t.value for t in again.trials] == [1.0]
+
+
+def test_the_pruner_is_a_config_choice() -> None:
+    assert isinstance(studies.make_pruner(None), optuna.pruners.NopPruner)
+    median = studies.make_pruner({"name": "median", "n_startup_trials": 2, "n_warmup_steps": 50})
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert (median._n_startup_trials, median._n_warmup_steps) == (2, 50)
+    assert isinstance(studies.make_pruner({"name": "hyperband"}), optuna.pruners.HyperbandPruner)
+    with pytest.raises(ValueError, match="choose one of"):
+        studies.make_pruner({"name": "nope"})
+
+
+class _Launcher:
+    """Records what it launched; writes each job's metrics.json as a finished run would."""
+
+    def __init__(self, sweep_dir: Path, status: str, value: float) -> None:
+        self.sweep_dir, self.status, self.value, self.calls = sweep_dir, status, value, []
+
+    def launch(self, overrides, initial_job_idx):
+        self.calls.append((overrides, initial_job_idx))
+        for i, _ in enumerate(overrides):
+            run = self.sweep_dir / str(initial_job_idx + i)
+            run.mkdir(parents=True, exist_ok=True)
+            metrics = {"status": self.status, "best_metric": self.value}
+            (run / "metrics.json").write_text(json.dumps(metrics))
+        return [type("Ret", (), {"return_value": self.value})() for _ in overrides]
+
+
+def test_interrupted_trials_are_finished_into_their_own_directories(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="seqbench", storage=f"sqlite:///{tmp_path}/optuna.db")
+    study.tell(study.ask({"x": FloatDistribution(0, 1)}), 0.5)
+    for _ in range(2):  # trial 1 was training when stopped; trial 2 never started
+        study.ask({"x": FloatDistribution(0, 1)})
+    (tmp_path / "1" / ".hydra").mkdir(parents=True)
+    (tmp_path / "1" / ".hydra" / "overrides.yaml").write_text("- x=0.25\n- seed=3\n")
+    launcher = _Launcher(tmp_path, "completed", 0.125)
+    assert studies.finish_interrupted_trials(study, launcher, tmp_path) == [1]
+    assert launcher.calls == [([["x=0.25", "seed=3"]], 1)]  # into its own directory: resumes
+    states = [(t.number, t.state, t.value) for t in study_of(tmp_path).trials]
+    assert states == [(0, TrialState.COMPLETE, 0.5), (1, TrialState.COMPLETE, 0.125),
+                      (2, TrialState.FAIL, None)]  # fmt: skip
+
+
+def test_a_job_outcome_is_told_from_its_metrics(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
+    outcomes = [("completed", 0.25, "COMPLETE"), ("pruned", 0.5, "PRUNED"),
+                ("diverged", None, "FAIL"), ("failed", None, "FAIL")]  # fmt: skip
+    for status, value, state in outcomes:
+        trial = study.ask()
+        launcher = _Launcher(tmp_path, status, value)
+        (result,) = launcher.launch([[]], trial.number)
+        assert studies.tell(study, trial.number, result, tmp_path) == state
+    table = pd.read_csv(studies.write_trials(study, tmp_path))
+    assert table["state"].tolist() == ["COMPLETE", "PRUNED", "FAIL", "FAIL"]
+    assert table["number"].tolist() == [0, 1, 2, 3] and "last_step" in table
+
+
+def test_a_job_given_a_trial_that_no_longer_exists_gets_a_clear_error(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="seqbench", storage=storage)  # a study with no trial 7
+    run_dir = tmp_path / "run"
+    write_trial_file(run_dir, storage, "seqbench", 7, {"name": "median"})
+    done = seqbench_cli(*SMALL, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    message = " ".join(done.stderr.split())
+    assert "has no trial 7" in message and TRIAL_FILE in message
+    assert "Run the sweep again" in message
+
+
+@pytest.mark.slow
+def test_a_search_with_a_pruner_stops_the_bad_trials_early(tmp_path: Path) -> None:
+    """A median pruner over a search whose learning rates make half the trials stall at the
+    baseline: those are stopped at an early validation, recorded 'pruned' in metrics.json with
+    their checkpoint kept, PRUNED in the study and optuna_trials.csv, counted (not averaged) in
+    the comparison table."""
+    sweep_dir = tmp_path / "search"
+    args = [*SMALL, "log.tensorboard=false", "train.steps=120", "train.eval_every=10",
+            "task.seq_len=10", "model.hidden_size=16", "train.batch_size=32",
+            "hydra/sweeper=optuna", "hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=1",
+            "hydra.sweeper.sampler.seed=1", "hydra.sweeper.pruner.name=median",
+            "hydra.sweeper.pruner.n_startup_trials=2",
+            "optimizer.lr=choice(0.01,0.02,0.005,0.00001)",
+            f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    done = seqbench_cli("-m", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = study_of(sweep_dir).trials
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(trials) == 8 and pruned
+    for trial in pruned:
+        assert trial.params["optimizer.lr"] == 0.00001  # the stalling rate
+        metrics = json.loads((sweep_dir / str(trial.number) / "metrics.json").read_text())
+        assert metrics["status"] == "pruned" and metrics["steps"] < 120
+        assert metrics["pruned_at_step"] == max(trial.intermediate_values)
+        assert (sweep_dir / str(trial.number) / "checkpoint.pt").exists()
+    table = pd.read_csv(sweep_dir / "optuna_trials.csv")
+    assert (table["state"] == "PRUNED").sum() == len(pruned)
+    comparison = pd.read_csv(sweep_dir / "comparison.csv")
+    assert comparison["pruned"].sum() == len(pruned)
+    assert comparison["completed"].sum() == 8 - len(pruned)
+
+
+@pytest.mark.slow
+def test_joblib_workers_report_to_one_study(tmp_path: Path) -> None:
+    """Two joblib workers at a time: every trial's validations reach the same study."""
+    sweep_dir = tmp_path / "search"
+    done = seqbench_cli("-m", *SMALL, "log.tensorboard=false", "train.steps=20",
+                        "train.eval_every=5", "hydra/sweeper=optuna", "hydra/launcher=joblib",
+                        "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
+                        "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.name=median",
+                        "optimizer.lr=interval(0.001,0.01)", f"hydra.sweep.dir={sweep_dir}",
+                        cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = study_of(sweep_dir).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    for trial in trials:
+        assert sorted(trial.intermediate_values) == [5, 10, 15, 20]  # each validation
+        metrics = json.loads((sweep_dir / str(trial.number) / "metrics.json").read_text())
+        assert metrics["best_metric"] == pytest.approx(trial.value)
 
 
 @pytest.mark.slow
@@ -67,49 +224,3 @@ def test_interrupted_search_continues_the_same_study(tmp_path: Path) -> None:
     table = pd.read_csv(sweep_dir / "optuna_trials.csv")
     assert table["number"].tolist() == [0, 1, 2, 3]
     assert set(table["state"]) == {"COMPLETE"}
-
-
-class _Launcher:
-    """Records what it launched; returns a JobReturn-like result with the given value."""
-
-    def __init__(self, value):
-        self.value, self.calls = value, []
-
-    def launch(self, overrides, initial_job_idx):
-        self.calls.append((overrides, initial_job_idx))
-        return [type("Ret", (), {"return_value": self.value})()]
-
-
-def _sweeper(sweep_dir: Path, launcher, n_trials: int = 5):
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)},
-                                         "sweeper": {"sampler": {"seed": None}}}})  # fmt: skip
-    return SimpleNamespace(storage=f"sqlite:///{sweep_dir}/optuna.db", study_name="seqbench",
-                           config=config, launcher=launcher, n_trials=n_trials, job_idx=0,
-                           sampler=None)  # fmt: skip
-
-
-def test_continuing_finishes_running_trials_and_numbers_new_jobs_after_them(tmp_path) -> None:
-    study = optuna.create_study(study_name="seqbench", storage=f"sqlite:///{tmp_path}/optuna.db")
-    study.tell(study.ask({"x": optuna.distributions.UniformDistribution(0, 1)}), 0.5)
-    for _ in range(2):  # trial 1 was training when stopped; trial 2 never started
-        study.ask({"x": optuna.distributions.UniformDistribution(0, 1)})
-    (tmp_path / "1" / ".hydra").mkdir(parents=True)
-    (tmp_path / "1" / ".hydra" / "overrides.yaml").write_text("- x=0.25\n- seed=3\n")
-    launcher = _Launcher(value=0.125)
-    sweeper = _sweeper(tmp_path, launcher)
-    continue_study(sweeper)
-    assert launcher.calls == [([["x=0.25", "seed=3"]], 1)]  # into its own directory: resumes
-    states = [(t.number, t.state, t.value) for t in study_of(tmp_path).trials]
-    assert states == [(0, TrialState.COMPLETE, 0.5), (1, TrialState.COMPLETE, 0.125),
-                      (2, TrialState.FAIL, None)]  # fmt: skip
-    assert (sweeper.n_trials, sweeper.job_idx) == (2, 3)  # 5 in all; job dirs 3 and 4 next
-
-
-def test_failed_and_pruned_trials_are_written_to_the_trials_table(tmp_path: Path) -> None:
-    study = optuna.create_study(study_name="seqbench", storage=f"sqlite:///{tmp_path}/optuna.db")
-    for state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
-        trial = study.ask({"x": optuna.distributions.UniformDistribution(0, 1)})
-        study.tell(trial, 1.0 if state == TrialState.COMPLETE else None, state=state)
-    table = pd.read_csv(write_trials(_sweeper(tmp_path, None)))
-    assert table["state"].tolist() == ["COMPLETE", "FAIL", "PRUNED"]
-    assert table["number"].tolist() == [0, 1, 2]

@@ -1,6 +1,6 @@
 """register_configs from the state a fresh process starts in: every `/schema/...` node that a
-conf/ file names is stored, holding its dataclass; the plugins' optuna and ray nodes are moved
-aside; the sweepers' direction resolver is registered. (The other tests run after one
+conf/ file names is stored, holding its dataclass; the Ray plugin's node is moved aside; the
+sweeper's direction resolver is registered. (The other tests run after one
 registration per process, so they cannot see what a registration leaves out.)"""
 
 from __future__ import annotations
@@ -21,18 +21,15 @@ from seqbench.schemas import task_schemas
 @pytest.fixture
 def fresh_store(monkeypatch) -> ConfigStore:
     """The ConfigStore as a new process has it before register_configs: no seqbench schemas,
-    the plugins' own `optuna` and `ray` nodes in place (restored after the test)."""
-    from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+    the Ray plugin's own `ray` node in place (restored after the test)."""
     from hydra_plugins.hydra_ray_launcher._config import RayLauncherConf
 
     cs = ConfigStore.instance()
     repo = {k: v for k, v in cs.repo.items() if k not in ("schema", "seqbench_schema.yaml")}
     repo["hydra"] = dict(repo["hydra"])
-    for group, name in (("sweeper", "optuna"), ("launcher", "ray")):
-        repo["hydra"][group] = {k: v for k, v in repo["hydra"][group].items()
-                                if k != f"{name}_plugin.yaml"}  # fmt: skip
+    repo["hydra"]["launcher"] = {k: v for k, v in repo["hydra"]["launcher"].items()
+                                 if k != "ray_plugin.yaml"}  # fmt: skip
     monkeypatch.setattr(cs, "repo", repo)
-    cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf)
     cs.store(group="hydra/launcher", name="ray", node=RayLauncherConf)
     OmegaConf.clear_resolver("seqbench_direction")
     yield cs
@@ -71,13 +68,9 @@ def test_every_schema_a_conf_file_names_is_stored_with_its_dataclass(fresh_store
 
 
 def test_the_plugins_nodes_move_aside_and_the_resolver_is_registered(fresh_store) -> None:
-    from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
     from hydra_plugins.hydra_ray_launcher._config import RayLauncherConf
 
     C.register_configs()
-    assert stored(fresh_store, "hydra/sweeper/optuna") is None  # conf/hydra/sweeper/optuna.yaml
-    assert OmegaConf.get_type(stored(fresh_store, "hydra/sweeper/optuna_plugin")) is (
-        OptunaSweeperConf)  # fmt: skip
     assert stored(fresh_store, "hydra/launcher/ray") is None
     assert OmegaConf.get_type(stored(fresh_store, "hydra/launcher/ray_plugin")) is RayLauncherConf
     directions = OmegaConf.create({"a": "${seqbench_direction:sentiment}",

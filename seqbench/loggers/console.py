@@ -140,7 +140,7 @@ def summary_table(metrics: dict, run_dir: str) -> Table:
     table = Table(title=Text(f"seqbench run: {run_dir}"), show_header=False, title_justify="left")
     table.add_column(style="bold", overflow="fold")
     table.add_column(overflow="fold")
-    status_style = {"completed": "green", "diverged": "red", "failed": "red"}
+    status_style = {"completed": "green", "diverged": "red", "failed": "red", "pruned": "yellow"}
     status = metrics["status"]
     if metrics.get("diverged_step") is not None:
         status += f" at step {metrics['diverged_step']}"

@@ -18,7 +18,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 STATUS = {"completed": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE",
-          "interrupted": "STATUS_RUNNING"}  # fmt: skip
+          "interrupted": "STATUS_RUNNING", "pruned": "STATUS_SUCCESS"}  # fmt: skip
 
 
 def typed(value) -> tuple[int, struct_pb2.Value] | None:
