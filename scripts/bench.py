@@ -176,6 +176,77 @@ def floor_step(cell, B, T, H):
     return step
 
 
+def reference_cells() -> list[str]:
+    """The registered cells with engine kernels and no PyTorch layer (IndRNN, minGRU,
+    minLSTM): timed against the autograd path through their own step equations."""
+    from seqbench.cells import CELLS
+
+    return [n for n, c in CELLS.items() if c.engine is not None and c.fused is None]
+
+
+def _reference_variants(cell: str, B: int, T: int, H: int) -> dict:
+    """The four timed steps of one cell and shape (see `run_reference_bench`)."""
+    torch = _torch()
+    from seqbench.model import SequenceModel
+
+    torch.manual_seed(0)
+    eng = SequenceModel(cell, INPUT_SIZE, 1, H, engine=True)
+    ref = SequenceModel(cell, INPUT_SIZE, 1, H, engine=False)
+    ref.load_state_dict(eng.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(B, T, INPUT_SIZE, generator=g), torch.randn(B, generator=g)
+    G = eng.spec.gates * H
+    xf, w_ih = x.reshape(-1, INPUT_SIZE), torch.randn(G, INPUT_SIZE, generator=g)
+    proj, dG = torch.empty(T * B, G), torch.randn(T * B, G, generator=g)
+    dw = torch.empty(G, INPUT_SIZE)
+
+    def step(model, record):
+        def run():
+            model.zero_grad(set_to_none=True)
+            out, _ = model(x, record_states=record)
+            ((out[:, -1, 0] - y) ** 2).mean().backward()
+
+        return run
+
+    def floor():
+        torch.mm(xf, w_ih.t(), out=proj)
+        torch.mm(dG.t(), xf, out=dw)
+
+    return {"reference": step(ref, False), "engine_norms": step(eng, True),
+            "engine": step(eng, False), "floor": floor}  # fmt: skip
+
+
+def run_reference_bench(shapes, repeats: int, cells) -> list[dict]:
+    """Cells without a PyTorch layer: a training step (forward, MSE on the last output,
+    backward) on the autograd path through the cell's step equations (``reference``, what
+    model.engine=fused runs for them), on the engine with norms and without, and the step's
+    matrix products alone (``floor``: the input projection and its weight gradient; such a
+    cell has no recurrent product). Round-robin, medians."""
+    rows = []
+    for B, T, H in shapes:
+        for cell in cells:
+            variants = _reference_variants(cell, B, T, H)
+            times = {k: [] for k in variants}
+            for r in range(repeats + 1):  # the first round warms up
+                order = list(variants)
+                random.Random(r).shuffle(order)
+                for name in order:
+                    took = timed(variants[name])
+                    if r:
+                        times[name].append(took)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            row = {"cell": cell, "B": B, "T": T, "H": H, "rounds": repeats,
+                   **{f"{k}_s": v for k, v in med.items()}}  # fmt: skip
+            row["reference/engine_norms"] = med["reference"] / med["engine_norms"]
+            row["norms_overhead_%"] = 100 * (med["engine_norms"] / med["engine"] - 1)
+            row["engine_norms/floor"] = med["engine_norms"] / med["floor"]
+            print(f"  {cell:7s} B={B} T={T} H={H}: reference {med['reference'] * 1e3:.1f} ms, "
+                  f"engine+norms {med['engine_norms'] * 1e3:.1f} ms, floor "
+                  f"{med['floor'] * 1e3:.1f} ms", flush=True)  # fmt: skip
+            rows.append(row)
+    return rows
+
+
 def step_flops(cell: str, B: int, T: int, H: int) -> float:
     """Floating-point operations of one training step's matrix products (what `floor` runs):
     forward, the input projection 2*T*B*I*G and the recurrence 2*(T-1)*B*H*G; backward, the
@@ -564,6 +635,11 @@ def main(argv=None) -> int:
     rows = run_bench(shapes, repeats, args.cells, budget)
     df = pd.DataFrame(rows)
     show(df, "training step, median over round-robin rounds, seconds")
+    others = reference_cells()
+    if others:  # the cells PyTorch has no layer for: against their own autograd path
+        ref = pd.DataFrame(run_reference_bench(shapes, repeats, others))
+        show(ref, "cells without a PyTorch layer: training step, medians, seconds")
+        ref.to_csv(Path(args.csv).with_name(Path(args.csv).stem + "_cells.csv"), index=False)
     csv = Path(args.csv)
     csv.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv, index=False)

@@ -42,7 +42,8 @@ def check_config(cfg: Any) -> None:
     need(0.0 <= cfg.model.output_dropout < 1.0, "model.output_dropout", "a probability in [0, 1)")
     need(cfg.model.init in INITS, "model.init", f"one of {list(INITS)}")
     cell = CELLS.get(cfg.model.cell)
-    if cell is not None and cfg.model.nonlinearity not in cell.nonlinearities:
+    nonlinearity = cfg.model.nonlinearity
+    if cell is not None and nonlinearity is not None and nonlinearity not in cell.nonlinearities:
         others = sorted(n for n, c in CELLS.items() if cfg.model.nonlinearity in c.nonlinearities)
         need(
             False,
@@ -52,6 +53,20 @@ def check_config(cfg: Any) -> None:
         )
     gain = cfg.model.recurrent_gain
     need(gain is None or gain > 0, "model.recurrent_gain", "a spectral radius > 0, or null")
+    without = sorted(n for n, c in CELLS.items() if c.recurrence == "none")
+    need(
+        gain is None or cell is None or cell.recurrence != "none",
+        "model.recurrent_gain",
+        f"null for {_and(without)}, whose gates read only the input (no recurrent weight)",
+    )
+    clip = cfg.model.recurrent_max
+    diagonal = sorted(n for n, c in CELLS.items() if c.recurrence == "diagonal")
+    need(clip is None or clip > 0, "model.recurrent_max", "a bound > 0, or null")
+    need(
+        clip is None or cell is None or cell.recurrence == "diagonal",
+        "model.recurrent_max",
+        f"null, or a bound for a cell with one weight per unit: {_and(diagonal)}",
+    )
     need(cfg.model.embedding_dim >= 1, "model.embedding_dim", "a positive integer")
     need(cfg.model.engine in ENGINES, "model.engine", f"one of {list(ENGINES)}")
     task = TASKS.get(cfg.task.name)

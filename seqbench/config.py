@@ -16,7 +16,7 @@ from omegaconf import MISSING, OmegaConf
 
 @dataclass
 class ModelConfig:
-    cell: str = MISSING  # rnn | lstm | gru
+    cell: str = MISSING  # rnn | lstm | gru | indrnn | mingru | minlstm (conf/model/)
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0  # between stacked layers (needs num_layers > 1)
@@ -24,8 +24,9 @@ class ModelConfig:
     output_dropout: float = 0.0  # on the last layer's outputs, before the head
     forget_bias: float = 1.0  # LSTM only: initial forget-gate bias
     init: str = "default"  # default | orthogonal | xavier | identity (IRNN: identity W_hh blocks)
-    nonlinearity: str = "tanh"  # rnn: tanh | relu; gated cells: tanh only
+    nonlinearity: str | None = None  # null: the cell's own (rnn: tanh, or relu; indrnn: relu)
     recurrent_gain: float | None = None  # scale each W_hh gate block to this spectral radius
+    recurrent_max: float | None = None  # diagonal cells (indrnn): clip |W_hh| after each update
     embedding_dim: int = 64  # token tasks only: size of the input embeddings
     engine: str = "auto"  # auto (engine on CPU, fused cuDNN on CUDA) | engine | fused
     bidirectional: bool = False  # only tasks whose bidirectional_refusal is None

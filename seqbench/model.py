@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,9 +77,12 @@ def engine_choice(
 
 
 class ReferenceStack(nn.Module):
-    """The parameters of a layer stack for a cell without a fused PyTorch layer, named and shaped
-    as ``nn.LSTM``'s (``weight_ih_l0``, ..., ``_reverse``) and initialised as PyTorch does
-    (uniform in +-1/sqrt(hidden)). It runs through the cell's reference equations."""
+    """The parameters of a layer stack for a cell without a fused PyTorch layer, named as
+    ``nn.LSTM``'s (``weight_ih_l0``, ..., ``_reverse``), exactly those the cell uses
+    (``Cell.parameter_names``: a diagonal ``weight_hh`` is a vector, a cell without recurrent
+    weights has none), initialised as PyTorch does (uniform in +-1/sqrt(hidden); a diagonal
+    ``weight_hh`` uniform in [0, 1], as the IndRNN paper). It runs through the cell's reference
+    equations."""
 
     def __init__(
         self,
@@ -99,10 +103,13 @@ class ReferenceStack(nn.Module):
         for layer in range(num_layers):
             width = input_size if layer == 0 else hidden_size * (2 if bidirectional else 1)
             for suffix in ("", "_reverse") if bidirectional else ("",):
-                shapes = {"weight_ih": (rows, width), "weight_hh": (rows, hidden_size),
-                          "bias_ih": (rows,), "bias_hh": (rows,)}  # fmt: skip
-                for kind, shape in shapes.items():
-                    param = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+                shapes = {"weight_ih": (rows, width), "bias_ih": (rows,), "bias_hh": (rows,),
+                          "weight_hh": (rows, hidden_size) if cell.recurrence == "full"
+                          else (rows,)}  # fmt: skip
+                for kind in cell.parameter_names:
+                    low = 0.0 if kind == "weight_hh" and cell.recurrence == "diagonal" else -bound
+                    high = 1.0 if low == 0.0 else bound
+                    param = nn.Parameter(torch.empty(shapes[kind]).uniform_(low, high))
                     self.register_parameter(f"{kind}_l{layer}{suffix}", param)
 
 
@@ -126,10 +133,14 @@ class SequenceModel(nn.Module):
             input weights, zero biases), "xavier" (Xavier-uniform weights, zero biases) or
             "identity" (IRNN: identity recurrent blocks, Gaussian input weights of std 1e-3,
             zero biases).
-        nonlinearity: the cell's nonlinearity, one of the cell's ``nonlinearities`` (the vanilla
+        nonlinearity: the cell's nonlinearity, one of the cell's ``nonlinearities``, None for
+            its own (the first of them; the vanilla
             RNN: "tanh" or "relu"; a gated cell: "tanh" only).
         recurrent_gain: scale every gate block of weight_hh to this spectral radius after
             ``init`` (None: leave it); above 1 the gradient grows going back in time.
+        recurrent_max: a diagonal cell (IndRNN): clip every recurrent weight to
+            [-recurrent_max, recurrent_max] after each optimizer step (`constrain`); None: no
+            clipping.
         vocab_size: token inputs: embed ids (B, T) in 0..vocab_size-1 first (id 0 is padding).
         embedding_dim: size of those embeddings.
         bidirectional: a second, backward recurrence per layer (for sequence classification and
@@ -156,8 +167,9 @@ class SequenceModel(nn.Module):
         output_dropout: float = 0.0,
         forget_bias: float = 1.0,
         init: str = "default",
-        nonlinearity: str = "tanh",
+        nonlinearity: str | None = None,
         recurrent_gain: float | None = None,
+        recurrent_max: float | None = None,
         vocab_size: int | None = None,
         embedding_dim: int = 64,
         bidirectional: bool = False,
@@ -165,6 +177,7 @@ class SequenceModel(nn.Module):
         track_log10: bool = False,
     ) -> None:
         super().__init__()
+        nonlinearity = nonlinearity or get_cell(cell).nonlinearities[0]
         spec = get_cell(cell).with_nonlinearity(nonlinearity)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
@@ -173,8 +186,11 @@ class SequenceModel(nn.Module):
         if engine and spec.engine is None:
             warnings.warn(engine_choice(cell, "engine", "cpu", False)[1], stacklevel=2)
             engine = False
+        if recurrent_max is not None and spec.recurrence != "diagonal":
+            raise ValueError(f"cell {cell!r} has no per-unit recurrent weight to clip")
         self.cell = cell
         self.nonlinearity = nonlinearity
+        self.recurrent_max = recurrent_max
         self.spec = spec
         self.engine = engine
         self.track_log10 = track_log10
@@ -217,7 +233,7 @@ class SequenceModel(nn.Module):
                 recorder = GradNormRecorder(self.track_log10, track_gates=True)
                 recorder.valid = valid_mask(lengths, x.shape[1])
             weights = [w for layer in range(self.rnn.num_layers)
-                       for w in _layer_weights(self.rnn, layer)]  # fmt: skip
+                       for w in _layer_weights(self.rnn, layer) if w is not None]  # fmt: skip
             seq = recurrent(
                 self.spec, x, weights, num_layers=self.rnn.num_layers,
                 hidden_size=self.rnn.hidden_size, dropout=self.rnn.dropout,
@@ -246,6 +262,38 @@ class SequenceModel(nn.Module):
             states.append(hs)
             seq = torch.stack(hs, dim=1)  # (B, T, H)
         return self._readout(seq), states if record_states else []
+
+    def run(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """The stack alone over x (B, T, I) from `state` (None: zero): its last layer's outputs
+        (B, T, H) and its final state, to continue from (a generated text, one character at a
+        time). The fused layer's own call where there is one (its (h, c) state), else the
+        cell's step equations (a list of (h, c) per layer). Unidirectional models only."""
+        if self.spec.fused is not None:
+            return self.rnn(x, state)
+        seq, final = x, []
+        for layer in range(self.rnn.num_layers):
+            w_ih, w_hh, b_ih, b_hh = _layer_weights(self.rnn, layer)
+            hidden = self.rnn.hidden_size
+            h, c = state[layer] if state is not None else (x.new_zeros(len(x), hidden),) * 2
+            x_proj = F.linear(seq, w_ih, b_ih)
+            hs = []
+            for t in range(x.shape[1]):
+                h, c = self.spec.step(x_proj[:, t], self.spec.recurrent_projection(h, w_hh, b_hh),
+                                      h, c)  # fmt: skip
+                hs.append(h)
+            final.append((h, c))
+            seq = torch.stack(hs, dim=1)
+        return seq, final
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        """After an optimizer step: clip a diagonal cell's recurrent weights to
+        [-recurrent_max, recurrent_max] (the IndRNN paper's constraint); nothing otherwise."""
+        if self.recurrent_max is None:
+            return
+        for name, param in self.rnn.named_parameters():
+            if name.startswith("weight_hh"):
+                param.clamp_(-self.recurrent_max, self.recurrent_max)
 
     def _dropout(self, x: Tensor, p: float) -> Tensor:
         # p = 0 skips the call, so runs without dropout draw exactly the same random numbers.
@@ -330,8 +378,9 @@ def _cell_of(rnn: nn.Module) -> Cell:
 
 def _layer_weights(
     rnn: nn.Module, layer: int, suffix: str = ""
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    """(weight_ih, weight_hh, bias_ih, bias_hh) of a layer, None for those its cell lacks."""
     return tuple(
-        getattr(rnn, f"{kind}_l{layer}{suffix}")
+        getattr(rnn, f"{kind}_l{layer}{suffix}", None)
         for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     )  # type: ignore[return-value]

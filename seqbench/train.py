@@ -100,6 +100,7 @@ def train(
             if gates := gate_means(states, model.spec.gate_names):  # {name: (L, T, H)}
                 _emit(callbacks, "on_gates", step, gates, model.spec.memory_gate)
         optimizer.step()
+        model.constrain()  # a diagonal cell's model.recurrent_max, if set
         _emit(callbacks, "on_step", step + 1, loss_value, grad_norm, clipped)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             _emit(callbacks, "on_eval", step + 1, evaluate(model, task))

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from seqbench.cells import CELLS
 from seqbench.checks import check_config
 from seqbench.errors import ConfigError
 from seqbench.tasks import make_generator
@@ -49,7 +50,7 @@ POSITIVE = "a positive integer"
 # (command line, exit status, a part of stderr that names the key, its value and what is allowed)
 BAD = [
     # Hydra: unknown options, keys and types (Hydra's own message)
-    ("model=transformer", HYDRA, unknown_option("model", "transformer", ["gru", "lstm", "rnn"])),
+    ("model=transformer", HYDRA, unknown_option("model", "transformer", sorted(CELLS))),
     ("task=mnist", HYDRA,
      unknown_option("task", "mnist", ["adding", "chargen", "copy", "sentiment", "stocks"])),
     ("optimizer=lbfgs", HYDRA,

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
 
+from seqbench.cells import CELLS
 from seqbench.checks import check_config
 from seqbench.errors import ConfigError
 from seqbench.scheduler import build_scheduler
@@ -34,11 +35,20 @@ def above(x: float) -> float:
     return math.nextafter(x, math.inf)
 
 
+def listed(names: list[str]) -> str:
+    """['a', 'b', 'c'] -> 'a, b and c', as the refusals list names."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+# the registry's cells by what a rule is about (the messages name them)
+RELU_CELLS = listed(sorted(n for n, c in CELLS.items() if "relu" in c.nonlinearities))
+NO_RECURRENT = sorted(n for n, c in CELLS.items() if c.recurrence == "none")
+DIAGONAL = sorted(n for n, c in CELLS.items() if c.recurrence == "diagonal")
+
 # key, the overrides that make the rule apply, accepted values (edges), refused values (edges),
 # and what the refusal tells the user is allowed (the start of it, for the long ones)
 EDGES = [
-    ("model.cell", (), ["rnn", "lstm", "gru"], ["transformer", "LSTM"],
-     "one of ['gru', 'lstm', 'rnn']"),
+    ("model.cell", (), sorted(CELLS), ["transformer", "LSTM"], f"one of {sorted(CELLS)}"),
     ("model.hidden_size", (), [1], [0], "a positive integer"),
     ("model.num_layers", (), [1], [0], "a positive integer"),
     ("model.dropout", ("model.num_layers=2",), [0.0, below(1.0)], [-TINY, 1.0],
@@ -51,11 +61,17 @@ EDGES = [
      "one of ['default', 'orthogonal', 'xavier', 'identity']"),
     ("model.nonlinearity", ("model=rnn",), ["tanh", "relu"], ["sigmoid", "ReLU"],
      "model.cell=rnn takes tanh or relu"),
-    ("model.nonlinearity", ("model=lstm",), ["tanh"], ["relu"],
-     "model.cell=lstm takes tanh; relu is an option of rnn"),
-    ("model.nonlinearity", ("model=gru",), ["tanh"], ["relu"],
-     "model.cell=gru takes tanh; relu is an option of rnn"),
+    ("model.nonlinearity", ("model=lstm",), [None, "tanh"], ["relu"],
+     f"model.cell=lstm takes tanh; relu is an option of {RELU_CELLS}"),
+    ("model.nonlinearity", ("model=gru",), [None, "tanh"], ["relu"],
+     f"model.cell=gru takes tanh; relu is an option of {RELU_CELLS}"),
     ("model.recurrent_gain", (), [None, TINY], [0.0, -1.0], "a spectral radius > 0, or null"),
+    ("model.recurrent_gain", (f"model={NO_RECURRENT[0]}",), [None], [1.0],
+     f"null for {listed(NO_RECURRENT)}, whose gates read only the input"),
+    ("model.recurrent_max", (f"model={DIAGONAL[0]}",), [None, TINY], [0.0, -1.0],
+     "a bound > 0, or null"),
+    ("model.recurrent_max", ("model=lstm",), [None], [1.0],
+     f"null, or a bound for a cell with one weight per unit: {listed(DIAGONAL)}"),
     ("model.embedding_dim", (), [1], [0], "a positive integer"),
     ("model.engine", (), ["auto", "engine", "fused"], ["cuda"],
      "one of ['auto', 'engine', 'fused']"),

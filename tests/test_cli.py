@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from seqbench.cells import CELLS
 from tests.conftest import SMALL, seqbench_cli, seqbench_main
 
 
@@ -14,7 +15,7 @@ def test_help_lists_the_groups_a_user_chooses(tmp_path: Path) -> None:
 
     result = seqbench_cli("--help", cwd=tmp_path)
     assert result.returncode == 0
-    assert "model: gru, lstm, rnn" in result.stdout
+    assert f"model: {', '.join(sorted(CELLS))}" in result.stdout
     assert "optimizer: adam, adamw, rmsprop, sgd" in result.stdout
     groups = sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir() and p.name != "hydra")
     section = result.stdout.split("== Config groups ==")[1].split("== Config ==")[0]

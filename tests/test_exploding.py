@@ -19,7 +19,7 @@ from seqbench.model import SequenceModel
 from tests.conftest import run_small
 from tests.test_engine import assert_rel, run_module
 
-RNN = next(name for name, c in CELLS.items() if "relu" in c.nonlinearities)
+RNN = "rnn"  # the vanilla RNN, whose ReLU option these tests are about
 RELU = get_cell(RNN).with_nonlinearity("relu")
 
 
@@ -73,14 +73,15 @@ def norms_of(hs, lengths=None) -> torch.Tensor:
 # ------------------------------------------------------------------ ReLU RNN: engine vs autograd
 
 
-def test_relu_is_an_option_of_the_vanilla_rnn_only() -> None:
+def test_relu_is_an_option_of_the_vanilla_rnn() -> None:
+    """The vanilla RNN takes tanh (its own) or relu, as its variant; a cell takes only the
+    nonlinearities it lists, its own first."""
     assert get_cell(RNN).with_nonlinearity("tanh") is get_cell(RNN)
     assert RELU.name == RNN and RELU.fused(2, 3).nonlinearity == "relu"
-    for name, cell in CELLS.items():
-        if name != RNN:
-            assert cell.nonlinearities == ("tanh",)
-            with pytest.raises(ValueError, match="relu"):
-                cell.with_nonlinearity("relu")
+    for cell in CELLS.values():
+        assert cell.with_nonlinearity(cell.nonlinearities[0]) is cell
+        with pytest.raises(ValueError, match=f"cell {cell.name!r} takes"):
+            cell.with_nonlinearity("sigmoid")
 
 
 @pytest.mark.parametrize(
@@ -220,8 +221,10 @@ def test_a_relu_irnn_run_with_the_int8_comparison(small_run) -> None:
 
 
 @pytest.mark.parametrize("init", ["default", "orthogonal", "xavier", "identity"])
-@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("cell", sorted(n for n, c in CELLS.items() if c.recurrence != "none"))
 def test_recurrent_gain_sets_the_spectral_radius_of_every_block(cell: str, init: str) -> None:
+    """Every gate block of every recurrent weight gets the gain as its spectral radius (a
+    diagonal weight: as its diagonal matrix's, its largest |entry|)."""
     torch.manual_seed(0)
     gain, H = 1.3, 6
     model = SequenceModel(cell, 3, 1, H, num_layers=2, init=init, recurrent_gain=gain)
@@ -229,6 +232,7 @@ def test_recurrent_gain_sets_the_spectral_radius_of_every_block(cell: str, init:
     for layer in range(2):
         w_hh = getattr(model.rnn, f"weight_hh_l{layer}").detach().double()
         for block in w_hh.chunk(gates, dim=0):
+            block = block if block.dim() == 2 else torch.diag(block)
             radius = torch.linalg.eigvals(block).abs().max().item()
             assert radius == pytest.approx(gain, rel=1e-6)
             if init in ("orthogonal", "identity"):  # every singular value is the gain
@@ -252,12 +256,19 @@ def test_identity_init_is_the_irnn() -> None:
 
 
 def test_without_gain_the_init_is_unchanged() -> None:
-    for cell in CELLS:
+    for name, cell in CELLS.items():
         torch.manual_seed(0)
-        a = SequenceModel(cell, 2, 1, 8).state_dict()
+        a = SequenceModel(name, 2, 1, 8).state_dict()
         torch.manual_seed(0)
-        b = SequenceModel(cell, 2, 1, 8, recurrent_gain=None, nonlinearity="tanh").state_dict()
+        b = SequenceModel(name, 2, 1, 8, recurrent_gain=None,
+                          nonlinearity=cell.nonlinearities[0]).state_dict()  # fmt: skip
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("cell", sorted(n for n, c in CELLS.items() if c.recurrence == "none"))
+def test_a_cell_without_recurrent_weights_refuses_a_gain(cell: str) -> None:
+    with pytest.raises(ValueError, match="has no recurrent weight"):
+        SequenceModel(cell, 2, 1, 8, recurrent_gain=1.2)
 
 
 def test_gain_sets_the_regime_at_init() -> None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqbench.engine import GradNormRecorder, native
-from tests.conftest import ENGINE_CELLS, fused_layer, run_engine
+from seqbench.cells import CELLS, get_cell
+from seqbench.engine import GradNormRecorder, native, recurrent
+from seqbench.model import ReferenceStack
+
+ENGINE = sorted(name for name, c in CELLS.items() if c.engine is not None)
 
 pytestmark = pytest.mark.skipif(
     not native.native_available() or not native.native().gemm,
@@ -18,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def one_pass(cell, mod, x, upstream, lengths, monkeypatch, loop: bool, **kw):
+def one_pass(cell, weights, x, upstream, lengths, monkeypatch, loop: bool, **kw):
     """Outputs, every gradient, the recorder's norms, rows and probe, with or without the loop."""
     monkeypatch.setenv("SEQBENCH_NATIVE_LOOP", "1" if loop else "0")
     torch.manual_seed(5)  # the dropout masks
@@ -26,18 +29,22 @@ def one_pass(cell, mod, x, upstream, lengths, monkeypatch, loop: bool, **kw):
     recorder = GradNormRecorder(track_log10=True)
     recorder.per_row = True
     recorder.probe = (torch.tensor([0, 1, 1]), torch.tensor([x.shape[1] - 1, 2, 4]))
-    out = run_engine(cell, mod, x, lengths=lengths, recorder=recorder, **kw)
-    grads = torch.autograd.grad(out, [x, *mod._flat_weights], upstream)
+    out = recurrent(get_cell(cell), x, weights, num_layers=2, hidden_size=upstream.shape[2],
+                    lengths=lengths, recorder=recorder, **kw)  # fmt: skip
+    grads = torch.autograd.grad(out, [x, *weights], upstream)
     return [out.detach(), *grads, recorder.norms, recorder.log10_norms, recorder.row_log10,
             recorder.probe_log10]  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("cell", ENGINE_CELLS)
+@pytest.mark.parametrize("cell", ENGINE)
 def test_native_loop_is_the_python_loop_bit_for_bit(cell, dtype, monkeypatch):
     torch.set_num_threads(1)
     B, T, n_in, H = 5, 17, 3, 6
-    mod = fused_layer(cell, n_in, H, layers=2, dtype=dtype, seed=2)
+    torch.manual_seed(2)
+    stack = ReferenceStack(get_cell(cell), n_in, H, 2).to(dtype)
+    weights = [getattr(stack, f"{name}_l{layer}") for layer in range(2)
+               for name in stack.cell.parameter_names]  # fmt: skip
     g = torch.Generator().manual_seed(3)
     x = torch.randn(B, T, n_in, generator=g, dtype=dtype)
     upstream = torch.randn(B, T, H, generator=g, dtype=dtype)
@@ -57,11 +64,12 @@ def test_native_loop_is_the_python_loop_bit_for_bit(cell, dtype, monkeypatch):
             (f"{cell}_{kind}", dtype),
             lambda *a, fn=fn, kind=kind: (calls.append(kind), fn(*a))[1],
         )
-    python = one_pass(cell, mod, x, upstream, lengths, monkeypatch, loop=False, **kw)
+    python = one_pass(cell, weights, x, upstream, lengths, monkeypatch, loop=False, **kw)
     assert calls == []
-    native_ = one_pass(cell, mod, x, upstream, lengths, monkeypatch, loop=True, **kw)
+    native_ = one_pass(cell, weights, x, upstream, lengths, monkeypatch, loop=True, **kw)
     assert calls == ["fwd_loop"] * 2 + ["bwd_loop"] * 4  # 2 layers; training and probe
-    names = ["output", "dx", *(f"weight {i}" for i in range(8)), "norms", "log10", "rows", "probe"]
+    names = ["output", "dx", *(f"weight {i}" for i in range(len(weights))), "norms", "log10",
+             "rows", "probe"]  # fmt: skip
     for name, a, b in zip(names, python, native_, strict=True):
         assert a.dtype == b.dtype and torch.equal(a, b), name
 

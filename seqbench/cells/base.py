@@ -6,8 +6,11 @@ block; the LSTM's forget-gate bias), the fused PyTorch layer when there is one, 
 of the BPTT engine (:class:`EngineKernels`; ``None`` for a cell the engine cannot run, which
 then trains on the fused or the reference path).
 
-The weights follow PyTorch's layout for every cell: per layer ``weight_ih (G*H, I)``,
-``weight_hh (G*H, H)``, ``bias_ih``, ``bias_hh`` (``G*H``), gate blocks stacked along the rows.
+The weights follow PyTorch's layout, gate blocks stacked along the rows: per layer
+``weight_ih (G*H, I)`` and ``bias_ih (G*H)``, and by the cell's kind of recurrence
+(``Cell.recurrence``): a full matrix ``weight_hh (G*H, H)`` with ``bias_hh (G*H)`` (RNN, LSTM,
+GRU: PyTorch's layers), a diagonal ``weight_hh (G*H)``, one weight per unit and gate (IndRNN),
+or none (minGRU, minLSTM: gates that read only the input).
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 INITS = ("default", "orthogonal", "xavier", "identity")
+
+#: Cell.recurrence -> the parameters of one layer, in the order the engine takes them.
+PARAMETERS = {
+    "full": ("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
+    "diagonal": ("weight_ih", "weight_hh", "bias_ih"),
+    "none": ("weight_ih", "bias_ih"),
+}
 
 #: std of the Gaussian input weights of ``init="identity"`` (IRNN: Le, Jaitly & Hinton, 2015).
 IDENTITY_INPUT_STD = 1e-3
@@ -67,7 +77,8 @@ class BackwardState(Protocol):
 
 
 # step(x_proj_t, h_proj, h, c) -> (h, c): one step from the input projection W_ih x_t + b_ih
-# (B, G*H), the recurrent projection W_hh h_{t-1} + b_hh (B, G*H) and the previous state;
+# (B, G*H), the recurrent projection (B, G*H: W_hh h_{t-1} + b_hh for a full recurrence,
+# weight_hh * h_{t-1} per gate block for a diagonal one, None for none) and the previous state;
 # c is the cell state of cells that carry one (LSTM) and passes through unchanged otherwise.
 Step = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -96,7 +107,8 @@ class EngineKernels:
             the carry scales ``b`` ((B, 1) float64, one per sequence), write dG into ``d``
             (B, dgate_blocks*H) and update ``state.rec`` (and ``state.cc``) for step t-1.
         dgate_blocks: columns of dG per hidden unit (``W`` of the C++ kernel).
-        native_saved: the saved tensors as the native kernel's (ACT, AUX1, AUX2) slots.
+        native_saved: the saved tensors as the native kernel's (ACT, AUX1, AUX2) slots (a
+            diagonal cell leaves AUX2 to the engine, which puts its weight_hh there).
         native_source: the C++ kernel file (``<cell>.cpp`` next to the module), or None for a
             cell that runs on the pure-torch path only.
         carry_in_kernel: the backward kernel writes its own part of the recurrent carry into
@@ -110,6 +122,13 @@ class EngineKernels:
         gate_blocks: the H-wide blocks of the forward's first saved tensor (T, B, k*H) that hold
             the activations of the cell's ``gate_names``, in that order (recorded on
             diagnostic steps without another pass).
+        diag_blocks: a diagonal recurrence's gate blocks (``weight_hh`` is diag_blocks*H): the
+            native kernel sums their gradient per step (``DIAG_W`` of its ``Bwd`` struct), and
+            ``diagonal_grad(state, t, dG_t) -> (B, diag_blocks*H)`` gives the pure-torch path
+            each sequence's contribution at step t.
+
+    A cell without a full recurrent matrix writes the whole recurrent carry in its backward
+    kernel (``carry_in_kernel``): the engine makes no product with ``weight_hh``.
     """
 
     forward: Callable[[LayerForward], tuple[Tensor, ...]]
@@ -122,6 +141,8 @@ class EngineKernels:
     pytorch_grads: Callable[..., tuple[Tensor, Tensor, Tensor]] = same_order
     saved_elements: Callable[[int, int, int], int] = lambda steps, batch, hidden: 0
     gate_blocks: tuple[int, ...] = ()
+    diag_blocks: int = 0
+    diagonal_grad: Callable[[BackwardState, int, Tensor], Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +170,10 @@ class Cell:
             saturation are reported.
         gate_activations: ``(x_proj, h_proj) -> (B, len(gate_names), H)``, the gates of one
             step from the same projections as ``step`` (the reference path).
+        recurrence: how h_{t-1} enters a step: "full" (a matrix ``weight_hh`` and ``bias_hh``),
+            "diagonal" (a vector ``weight_hh``, one weight per unit and gate block) or "none"
+            (the gates read only the input); the parameters (``parameter_names``),
+            initialisation, ``recurrent_gain`` and the engine follow it.
     """
 
     name: str
@@ -165,6 +190,21 @@ class Cell:
     gate_names: tuple[str, ...] = ()
     memory_gate: str | None = None
     gate_activations: Callable[[Tensor, Tensor], Tensor] | None = None
+    recurrence: str = "full"
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """One layer's parameters, in the order the engine takes them (see PARAMETERS)."""
+        return PARAMETERS[self.recurrence]
+
+    def recurrent_projection(self, h: Tensor, w_hh: Tensor | None, b_hh: Tensor | None):
+        """What h_{t-1} contributes to the gates: W_hh h + b_hh (full), weight_hh * h in every
+        gate block (diagonal), or None (none)."""
+        if self.recurrence == "full":
+            return F.linear(h, w_hh, b_hh)
+        if self.recurrence == "diagonal":
+            return h.repeat(1, self.gates) * w_hh
+        return None
 
     def with_nonlinearity(self, nonlinearity: str) -> Cell:
         """This cell computing with ``nonlinearity`` (one of ``nonlinearities``)."""
@@ -187,13 +227,13 @@ class Cell:
         ``gates`` (a list), also appends each step's gate activations (B, n, H), detached."""
         w_ih, w_hh, b_ih, b_hh = weights
         batch, steps, _ = seq.shape
-        hidden = w_hh.shape[1]
+        hidden = w_ih.shape[0] // self.gates
         x_proj = F.linear(seq, w_ih, b_ih)  # (B, T, G*H): the input path of every step at once
         h = seq.new_zeros(batch, hidden)
         c = seq.new_zeros(batch, hidden)
         hs = []
         for t in range(steps):
-            h_proj = F.linear(h, w_hh, b_hh)
+            h_proj = self.recurrent_projection(h, w_hh, b_hh)
             if gates is not None and self.gate_activations is not None:
                 gates.append(self.gate_activations(x_proj[:, t], h_proj).detach())
             h, c = self.step(x_proj[:, t], h_proj, h, c)
@@ -210,9 +250,12 @@ class Cell:
         block per gate of weight_hh, Xavier-uniform blocks of weight_ih, zero biases;
         "xavier": Xavier-uniform blocks everywhere, zero biases; "identity" (IRNN): an identity
         block per gate of weight_hh, Gaussian weight_ih (std ``IDENTITY_INPUT_STD``), zero
-        biases. ``recurrent_gain`` g (None: leave as is) scales every gate block of every
-        weight_hh so that its spectral radius is g: with orthogonal or identity blocks every
-        singular value becomes g, so ||dh_t/dh_{t-1}|| of a linear(ised) step is g.
+        biases. A diagonal weight_hh is a diagonal matrix: orthogonal and identity make it all
+        ones, xavier uniform in [0, 1]. ``recurrent_gain`` g (None: leave as is) scales every
+        gate block of every weight_hh so that its spectral radius is g (a diagonal block: its
+        largest |weight|): with orthogonal or identity blocks every singular value becomes g,
+        so ||dh_t/dh_{t-1}|| of a linear(ised) step is g. A cell without a recurrent weight
+        refuses a gain.
         """
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
@@ -222,6 +265,10 @@ class Cell:
                     blocks = param.chunk(self.gates, dim=0)  # one square block per gate
                     if name.startswith("bias"):
                         param.zero_()
+                    elif name.startswith("weight_hh") and param.dim() == 1 and init == "xavier":
+                        param.uniform_(0.0, 1.0)  # a diagonal weight: in [0, 1]
+                    elif name.startswith("weight_hh") and param.dim() == 1:
+                        param.fill_(1.0)  # orthogonal and identity: the diagonal of ones
                     elif init == "orthogonal" and name.startswith("weight_hh"):
                         for block in blocks:
                             nn.init.orthogonal_(block)
@@ -242,12 +289,20 @@ class Cell:
         """Scale every gate block of every ``weight_hh`` to spectral radius ``gain``."""
         if gain <= 0:
             raise ValueError(f"recurrent gain must be > 0, got {gain}")
+        if self.recurrence == "none":
+            raise ValueError(
+                f"cell {self.name!r} has no recurrent weight (its gates read only the input): "
+                "a recurrent gain cannot apply; leave model.recurrent_gain null"
+            )
         with torch.no_grad():
             for name, param in rnn.named_parameters():
                 if not name.startswith("weight_hh"):
                     continue
                 for block in param.chunk(self.gates, dim=0):
-                    radius = torch.linalg.eigvals(block.double()).abs().max().item()
+                    if block.dim() == 1:  # a diagonal matrix: its eigenvalues are its entries
+                        radius = block.double().abs().max().item()
+                    else:
+                        radius = torch.linalg.eigvals(block.double()).abs().max().item()
                     if radius == 0.0:
                         raise ValueError(f"{name} has a zero block: no gain can scale it")
                     block.mul_(gain / radius)
@@ -267,7 +322,8 @@ class Cell:
             for layer in range(rnn.num_layers):
                 for suffix in suffixes:
                     getattr(rnn, f"bias_ih_l{layer}{suffix}")[rows].fill_(value)
-                    getattr(rnn, f"bias_hh_l{layer}{suffix}")[rows].zero_()
+                    if (bias_hh := getattr(rnn, f"bias_hh_l{layer}{suffix}", None)) is not None:
+                        bias_hh[rows].zero_()
 
 
 def kernel_file(module_file: str) -> Path | None:

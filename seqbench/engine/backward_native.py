@@ -69,7 +69,8 @@ def layer_backward_native(
     otherwise)."""
     k = cell.engine
     T, B, n_in = inp.shape
-    H = w_hh.shape[1]
+    H = h_all.shape[2]
+    full = cell.recurrence == "full"  # else the kernel writes the whole recurrent carry
     dt, dev = inp.dtype, inp.device
     G = k.dgate_blocks * H
     cut = CUT[dt]
@@ -81,11 +82,14 @@ def layer_backward_native(
     eb = up_exp if up_exp is not None else torch.zeros(T, B, dtype=torch.int32)
     sq = torch.empty(T, dtype=torch.float64)
     ms = torch.empty(T, dtype=torch.int32)
-    cs = torch.empty(T, G, dtype=dt)  # per-step column sums of dG (bias gradients)
+    # per step: dG's column sums (the bias gradients), then a diagonal weight's gradient
+    cs = torch.empty(T, G + k.diag_blocks * H, dtype=dt)
     sqrow = torch.empty(H, dtype=torch.float64)
     sqb = torch.zeros(T, B, dtype=torch.float64) if want_norms and per_row else None
     ms_c = (ctypes.c_int * T).from_address(ms.data_ptr())
     act, aux1, aux2 = k.native_saved(saved, h_all)
+    if cell.recurrence == "diagonal":  # the kernel reads the diagonal weight_hh in AUX2
+        aux2 = w_hh.contiguous()
     P = bwd_params(
         B_=B, H_=H, UP=up.data_ptr(), UP_TS=up_ts, UP_RS=up_rs, UP_EXP=eb.data_ptr(),
         REC=rec.data_ptr(), CC=ptr(cc), ST=st.data_ptr(), ACT=ptr(act), AUX1=ptr(aux1),
@@ -94,17 +98,18 @@ def layer_backward_native(
     )  # fmt: skip
     fn = nat.fns[(f"{cell.name}_bwd", dt)]
     dg_in, dg_h, w_in = k.split_dgates(dGs, w_ih, H)
-    acc_hh = torch.zeros(dg_h.shape[1], H, dtype=dt, device=dev)
+    acc_hh = torch.zeros(dg_h.shape[1] if full else 0, H, dtype=dt, device=dev)
     acc_ih = torch.zeros(dg_in.shape[1], n_in, dtype=dt, device=dev)
     d_in = cache.empty((T, B, n_in), dt, dev) if need_din else None
     gemm = nat.loop(dt)
     if gemm is not None:  # the loop below, in native code (csrc/loops.h)
-        w_hh_c, w_in_c = w_hh.contiguous(), w_in.contiguous()
+        w_hh_c = w_hh.contiguous() if full else None  # 0 in the plan: no product with it
+        w_in_c = w_in.contiguous()
         size = dGs.element_size()
         plan = bwd_plan(
-            BL_T=T, BL_GH=dg_h.shape[1], BL_HOFF=(dg_h.data_ptr() - dGs.data_ptr()) // size,
+            BL_T=T, BL_GH=acc_hh.shape[0], BL_HOFF=(dg_h.data_ptr() - dGs.data_ptr()) // size,
             BL_GIN=dg_in.shape[1], BL_INOFF=(dg_in.data_ptr() - dGs.data_ptr()) // size,
-            BL_NIN=n_in, BL_WHH=w_hh_c.data_ptr(), BL_WIN=w_in_c.data_ptr(), BL_DIN=ptr(d_in),
+            BL_NIN=n_in, BL_WHH=ptr(w_hh_c), BL_WIN=w_in_c.data_ptr(), BL_DIN=ptr(d_in),
             BL_NEEDW=int(need_wgrad), BL_ACCHH=acc_hh.data_ptr(), BL_ACCIH=acc_ih.data_ptr(),
             BL_HALL=h_all.data_ptr(), BL_X=inp.data_ptr(), BL_CARRY=int(k.carry_in_kernel),
             BL_CUT=cut, BL_R=NEG, BL_GEMM=gemm,
@@ -125,7 +130,7 @@ def layer_backward_native(
             if d_ins is not None:
                 d_ins[t].zero_()
             continue
-        if t:
+        if t and full:
             if k.carry_in_kernel:
                 rec.addmm_(dg_h, w_hh)
             else:
@@ -145,7 +150,7 @@ def layer_backward_native(
                 if nz == 2:  # sequences far below M_t: out of the weight gradients
                     dGs.masked_fill_((eb[t] != m)[:, None], 0.0)
                 alpha = math.ldexp(1.0, d)
-                if t:
+                if t and full:
                     acc_hh.addmm_(dg_h_t, hs[t], alpha=alpha)
                 acc_ih.addmm_(dg_in_t, xs[t], alpha=alpha)
     return _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, R)
@@ -163,8 +168,12 @@ def _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, 
     out.dw_hh = out.dw_ih = out.db_hh = out.db_ih = None
     if need_wgrad:
         R = 0 if R is None else R
-        out.dw_hh = ldexp_tensor(acc_hh, R, dt)
         dw_ih = ldexp_tensor(acc_ih, R, dt)
-        colsum = (cs.double() * torch.exp2(ms64)[:, None]).sum(0)
-        out.dw_ih, out.db_ih, out.db_hh = k.pytorch_grads(dw_ih, colsum, H, dt)
+        sums = (cs.double() * torch.exp2(ms64)[:, None]).sum(0)  # the steps' sums, rescaled
+        G = k.dgate_blocks * H
+        out.dw_ih, out.db_ih, out.db_hh = k.pytorch_grads(dw_ih, sums[:G], H, dt)
+        if cell.recurrence == "full":
+            out.dw_hh = ldexp_tensor(acc_hh, R, dt)
+        elif cell.recurrence == "diagonal":
+            out.dw_hh = sums[G:].to(dt)
     return out

@@ -19,14 +19,15 @@ class BackwardState:
 
     ``rec`` (B, H): the recurrent carry into step t (the cell sets it for step t-1); ``cc``
     (B, H): the cell-state carry of cells with one, else None; ``saved``: the cell forward's
-    tensors; ``h_all`` (T+1, B, H); ``w_hh``; ``hidden``: H.
+    tensors; ``h_all`` (T+1, B, H); ``w_hh`` (a matrix, a vector for a diagonal recurrence,
+    None for none); ``hidden``: H.
     """
 
     __slots__ = ("cc", "h_all", "hidden", "rec", "saved", "w_hh")
 
     def __init__(self, rec, cc, saved, h_all, w_hh) -> None:  # fmt: skip
         self.rec, self.cc, self.saved, self.h_all, self.w_hh = rec, cc, saved, h_all, w_hh
-        self.hidden = w_hh.shape[1]
+        self.hidden = h_all.shape[2]
 
 
 def layer_backward_torch(
@@ -41,13 +42,15 @@ def layer_backward_torch(
     own; the scales ``a``, ``b`` passed to the cell are (B, 1)."""
     k = cell.engine
     T, B, n_in = inp.shape
-    H = w_hh.shape[1]
+    H = h_all.shape[2]
     dt, dev = inp.dtype, inp.device
     G = k.dgate_blocks * H
     cut = float(CUT.get(dt, 60))
     neg = torch.tensor(float(NEG), dtype=torch.float64, device=dev)
     zero64 = torch.zeros((), dtype=torch.float64, device=dev)
     dG = torch.zeros(T, B, G, dtype=dt, device=dev)
+    # a diagonal weight's gradient contributions, per step and sequence (in the row's scale)
+    diag = torch.zeros(T, B, k.diag_blocks * H, dtype=dt, device=dev) if k.diag_blocks else None
     state = BackwardState(
         torch.zeros(B, H, dtype=dt, device=dev),
         torch.zeros(B, H, dtype=dt, device=dev) if cell.cell_state else None,
@@ -93,6 +96,8 @@ def layer_backward_torch(
         nzs[t] = nz
         s, s_step = e, m
         k.backward_step(state, t, dh, b, dG[t])
+        if diag is not None:
+            diag[t] = k.diagonal_grad(state, t, dG[t])
     out = LayerGrads()
     out.norms = (sq.sqrt() * torch.exp2(ms)).cpu()
     out.log10 = (0.5 * torch.log10(sq) + ms * math.log10(2.0)).cpu()
@@ -111,9 +116,13 @@ def layer_backward_torch(
         rel_h = dg_h * wts.to(dt)[:, :, None]
         rel_i = dg_in * wts.to(dt)[:, :, None]
         scale = torch.exp2(torch.clamp(big, -1100.0, 1100.0))
-        dw_hh = rel_h[1:].reshape(-1, rel_h.shape[-1]).t() @ h_all[1:T].reshape(-1, H)
+        if cell.recurrence == "full":
+            dw_hh = rel_h[1:].reshape(-1, rel_h.shape[-1]).t() @ h_all[1:T].reshape(-1, H)
+            out.dw_hh = (dw_hh.double() * scale).to(dt)
+        elif cell.recurrence == "diagonal":
+            out.dw_hh = (((diag.double() * keep[:, :, None]).sum(1) * torch.exp2(ms)[:, None])
+                         .sum(0).to(dt))  # fmt: skip
         dw_ih = rel_i.reshape(-1, rel_i.shape[-1]).t() @ inp.reshape(-1, n_in)
-        out.dw_hh = (dw_hh.double() * scale).to(dt)
         dw_ih = (dw_ih.double() * scale).to(dt)
         colsum = ((dG.double() * keep[:, :, None]).sum(1) * torch.exp2(ms)[:, None]).sum(0)
         out.dw_ih, out.db_ih, out.db_hh = k.pytorch_grads(dw_ih, colsum, H, dt)

@@ -49,13 +49,15 @@ class LayerForward:
         self.cell, self.inp, self.nat = cell, inp, nat
         self.steps, self.batch, _ = inp.shape
         self.w_ih, self.w_hh, self.b_ih, self.b_hh = weights
-        self.hidden = self.w_hh.shape[1]
+        self.hidden = self.w_ih.shape[0] // cell.gates
         self.dtype, self.device = inp.dtype, inp.device
         self.native = nat is not None
         self.lens, self.valid = ptr(lens_cpu), valid
         self.h_all = self.empty((self.steps + 1, self.batch, self.hidden))
         self.h_all[0].zero_()
-        self.w_hh_t, self.w_ih_t = self.w_hh.t(), self.w_ih.t()
+        self.full = cell.recurrence == "full"  # a recurrent matrix: a product per step
+        self.w_hh_t = self.w_hh.t() if self.full else None
+        self.w_ih_t = self.w_ih.t()
 
     def empty(self, shape: tuple[int, ...]) -> Tensor:
         """A work buffer of the layer's dtype and device (recycled between calls)."""
@@ -84,12 +86,13 @@ class LayerForward:
         if gemm is None:
             return False
         T, B, G = self.steps, self.batch, proj.shape[-1]
-        w_ih, w_hh = self.w_ih.contiguous(), self.w_hh.contiguous()
+        w_ih = self.w_ih.contiguous()
+        w_hh = self.w_hh.contiguous() if self.full else None  # 0 in the plan: no product
         plan = fwd_plan(
             L_T=T, L_B=B, L_H=self.hidden, L_NIN=self.inp.shape[2], L_INP=self.inp.data_ptr(),
             L_WIH=w_ih.data_ptr(), L_PBIAS=bias.data_ptr(), L_POUT=proj.data_ptr(), L_PCOLS=G,
             L_K=chunk_steps(T, B * G * self.inp.element_size()), L_HALL=self.h_all.data_ptr(),
-            L_WHH=w_hh.data_ptr(), L_ROUT=rec.data_ptr(), L_RSTRIDE=rec_stride,
+            L_WHH=ptr(w_hh), L_ROUT=rec.data_ptr(), L_RSTRIDE=rec_stride,
             L_RCOLS=rec.shape[-1], L_RBIAS=ptr(rec_bias), L_GEMM=gemm,
         )  # fmt: skip
         self.nat.fns[(f"{self.cell.name}_fwd_loop", self.dtype)](P, plan)

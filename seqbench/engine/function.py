@@ -32,6 +32,18 @@ INITIAL_STATE = (
 )
 
 
+def layer_weights(cell: Cell, weights, num_layers: int) -> list[tuple]:
+    """Per layer (w_ih, w_hh, b_ih, b_hh) from the flat list of the cell's parameters
+    (``Cell.parameter_names`` per layer), None for those its recurrence lacks."""
+    names, n = cell.parameter_names, len(cell.parameter_names)
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    layers = []
+    for layer in range(num_layers):
+        given = dict(zip(names, weights[n * layer : n * layer + n], strict=True))
+        layers.append(tuple(given.get(kind) for kind in kinds))
+    return layers
+
+
 def engine_cells() -> list[str]:
     """Names of the registered cells the engine can run."""
     return [name for name, cell in CELLS.items() if cell.engine is not None]
@@ -88,11 +100,10 @@ class _Recurrent(torch.autograd.Function):
         if training and dropout > 0 and num_layers > 1:
             masks = dropout_masks(num_layers, T, B, hidden_size, dropout, dtype=dt, device=dev)
         inputs, h_alls, saved_all = [], [], []
-        for layer in range(num_layers):
-            w_ih, w_hh, b_ih, b_hh = weights[4 * layer : 4 * layer + 4]
-            h_all, saved = layer_forward(cell, inp, (w_ih, w_hh, b_ih, b_hh), lens_cpu, valid, nat)
+        for layer, layer_w in enumerate(layer_weights(cell, weights, num_layers)):
+            h_all, saved = layer_forward(cell, inp, layer_w, lens_cpu, valid, nat)
             if recorder is not None:  # gate means on diagnostic steps, from what backward keeps
-                recorder._record_forward(layer, cell, saved, valid)
+                recorder._record_forward(layer, cell, saved, valid, hidden_size)
             inputs.append(inp)
             h_alls.append(h_all)
             saved_all.append(saved)
@@ -112,10 +123,11 @@ class _Recurrent(torch.autograd.Function):
             raise RuntimeError(DOUBLE_BACKWARD)
         cell, L, nsaved, recorder, nat = ctx.meta
         tensors = ctx.saved_tensors
-        weights = tensors[: 4 * L]
-        inputs = tensors[4 * L : 5 * L]
-        h_alls = tensors[5 * L : 6 * L]
-        rest = tensors[6 * L :]
+        nw = len(cell.parameter_names) * L
+        weights = layer_weights(cell, tensors[:nw], L)
+        inputs = tensors[nw : nw + L]
+        h_alls = tensors[nw + L : nw + 2 * L]
+        rest = tensors[nw + 2 * L :]
         saved_all = [rest[i * nsaved : (i + 1) * nsaved] for i in range(L)]
         masks = rest[L * nsaved :]
         lens_cpu, valid = ctx.lens
@@ -137,7 +149,7 @@ class _Recurrent(torch.autograd.Function):
             if recorder.probe is not None:
                 recorder._record_probe(stack.probe(grad_out, *recorder.probe))
         grads = out.grads
-        for k in range(4 * L):
+        for k in range(nw):
             if not ctx.needs_input_grad[8 + k]:
                 grads[k] = None
         return (None, None, None, None, None, None, None, out.x_grad, *grads)
@@ -145,10 +157,11 @@ class _Recurrent(torch.autograd.Function):
 
 class _StackGrads:
     """What one backward through the stack gives: per layer (top first) the norms, their log10
-    and each sequence's log10 norms (``per_row``), the weight gradients and dL/dx."""
+    and each sequence's log10 norms (``per_row``), the weight gradients (flat, in the order of
+    the cell's parameters) and dL/dx."""
 
-    def __init__(self, layers: int) -> None:
-        self.grads: list[torch.Tensor | None] = [None] * (4 * layers)
+    def __init__(self, layers: int, per_layer: int) -> None:
+        self.grads: list[torch.Tensor | None] = [None] * (per_layer * layers)
         self.norms: list[torch.Tensor] = []
         self.logs: list[torch.Tensor] = []
         self.row_logs: list[torch.Tensor] = []
@@ -167,12 +180,13 @@ class _Stack:
     def backward(self, grad_out, need_w, need_x, want_norms, per_row) -> _StackGrads:
         """BPTT from ``grad_out`` (B, T, H), the gradient at the top layer's outputs."""
         cell, nat, L = self.cell, self.nat, len(self.h_alls)
+        names = cell.parameter_names
         dt = grad_out.dtype
-        out = _StackGrads(L)
+        out = _StackGrads(L, len(names))
         up, up_exp = grad_out, None  # upstream for the top layer: exponent 0
         up_ts, up_rs = grad_out.stride(1), grad_out.stride(0)
         for layer in range(L - 1, -1, -1):
-            w_ih, w_hh = self.weights[4 * layer], self.weights[4 * layer + 1]
+            w_ih, w_hh = self.weights[layer][0], self.weights[layer][1]
             need_din = layer > 0 or need_x
             args = (self.inputs[layer], self.h_alls[layer], self.saved_all[layer], w_ih, w_hh)
             if nat is not None:
@@ -195,7 +209,10 @@ class _Stack:
             if per_row:
                 out.row_logs.append(g.row_log10.to("cpu", torch.float64))
             if need_w:
-                out.grads[4 * layer : 4 * layer + 4] = [g.dw_ih, g.dw_hh, g.db_ih, g.db_hh]
+                named = {"weight_ih": g.dw_ih, "weight_hh": g.dw_hh, "bias_ih": g.db_ih,
+                         "bias_hh": g.db_hh}  # fmt: skip
+                n = len(names)
+                out.grads[n * layer : n * layer + n] = [named[k] for k in names]
             if layer > 0:
                 up = g.d_in
                 if self.masks:
@@ -271,7 +288,10 @@ def recurrent(
     ``weights`` is exactly ``list(module._flat_weights)`` of an ``nn.RNN``/``nn.LSTM``/``nn.GRU``
     built with ``batch_first=True, bias=True, bidirectional=False``: per layer
     ``[w_ih, w_hh, b_ih, b_hh]`` in PyTorch's gate order (LSTM i, f, g, o; GRU r, z, n with
-    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``).
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``). A cell with another recurrence takes
+    its own parameters per layer (``Cell.parameter_names``: ``[w_ih, w_hh, b_ih]`` with a
+    vector ``w_hh`` for a diagonal one, ``[w_ih, b_ih]`` for none), as a
+    ``seqbench.model.ReferenceStack`` holds them.
 
     ``dropout``/``training``: with ``dropout > 0`` and ``training=True``, inverted-dropout masks
     from :func:`dropout_masks` (torch's global RNG) multiply each non-top layer's output
@@ -301,23 +321,23 @@ def recurrent(
         raise ValueError(f"cell must be one of {engine_cells()}, got {cell!r}")
     if x.dim() != 3:
         raise ValueError(f"x must be (B, T, I), got shape {tuple(x.shape)}")
-    if len(weights) != 4 * num_layers:
+    names = spec.parameter_names
+    if len(weights) != len(names) * num_layers:
         raise ValueError(
-            f"expected {4 * num_layers} weights (w_ih, w_hh, b_ih, b_hh per layer), "
+            f"expected {len(names) * num_layers} weights ({', '.join(names)} per layer), "
             f"got {len(weights)}; bias=False and bidirectional modules are not supported"
         )
     G = spec.gates * hidden_size
-    for layer in range(num_layers):
-        w_ih, w_hh, b_ih, b_hh = weights[4 * layer : 4 * layer + 4]
+    for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(layer_weights(spec, weights, num_layers)):
         in_size = x.shape[2] if layer == 0 else hidden_size
-        if (
-            tuple(w_ih.shape) != (G, in_size)
-            or tuple(w_hh.shape) != (G, hidden_size)
-            or tuple(b_ih.shape) != (G,)
-            or tuple(b_hh.shape) != (G,)
-        ):
+        shapes = [(w_ih, (G, in_size)), (b_ih, (G,))]
+        if spec.recurrence == "full":
+            shapes += [(w_hh, (G, hidden_size)), (b_hh, (G,))]
+        elif spec.recurrence == "diagonal":
+            shapes.append((w_hh, (spec.engine.diag_blocks * hidden_size,)))
+        if any(tuple(w.shape) != shape for w, shape in shapes):
             raise ValueError(f"layer {layer}: weight shapes do not match a {cell} layer")
-        if any(w.dtype != x.dtype or w.device != x.device for w in (w_ih, w_hh, b_ih, b_hh)):
+        if any(w.dtype != x.dtype or w.device != x.device for w, _ in shapes):
             raise ValueError("weights must have the dtype and device of x")
     if lengths is not None and lengths.shape != (x.shape[0],):
         raise ValueError(f"lengths must have shape (B,) = ({x.shape[0]},)")

@@ -73,7 +73,9 @@ class GradNormRecorder:
         self.probe_log10 = None
         self.num_records = 0
 
-    def _record_forward(self, layer: int, cell, saved: tuple[Tensor, ...], valid) -> None:
+    def _record_forward(
+        self, layer: int, cell, saved: tuple[Tensor, ...], valid, hidden: int
+    ) -> None:
         """Called by the engine's forward after each layer with the cell's saved tensors."""
         if not self.track_gates:
             return
@@ -84,7 +86,7 @@ class GradNormRecorder:
             return
         acts = saved[0]  # (T, B, k*H)
         steps, batch, columns = acts.shape
-        acts = acts.view(steps, batch, cell.gates, columns // cell.gates)  # no copy
+        acts = acts.view(steps, batch, columns // hidden, hidden)  # no copy
         means = batch_means(acts, self.valid if valid is None else valid)  # (k, T, H)
         self.gate_means.append(means[list(blocks)])  # the gates of cell.gate_names
 

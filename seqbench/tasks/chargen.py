@@ -251,14 +251,14 @@ class CharGenTask:
         model.eval()
         generator = make_generator(self.device, self.seed)
         ids = torch.as_tensor(self.vocab.encode(self.prompt), device=self.device)[None]  # (1, P)
-        out, state = model.rnn(model.embed(ids))  # (1, P, H)
+        out, state = model.run(model.embed(ids))  # (1, P, H)
         generated = []
         for _ in range(self.sample_len):
             logits = model.head(out[:, -1]) / self.temperature  # (1, V)
             logits[:, [PAD, UNK]] = -math.inf  # never emit padding or <unk>
             next_id = torch.multinomial(logits.softmax(-1), 1, generator=generator)  # (1, 1)
             generated.append(next_id.item())
-            out, state = model.rnn(model.embed(next_id), state)
+            out, state = model.run(model.embed(next_id), state)
         model.train(was_training)
         return {"sample": self.prompt + self.vocab.decode(generated)}
 

@@ -14,8 +14,8 @@ namespace {
 // Forward plan (read by Python in this order, up to LOOP_SLOTS): steps, batch, hidden, input
 // width; the input (T,B,I), W_ih (G,I) and the projection's bias (G); where the projection goes
 // (T,B,G contiguous) and its width G; K: steps per projection chunk; h_all (T+1,B,H); W_hh
-// (R,H); where step t's recurrent product goes (base + t * stride, R columns) and the bias
-// copied there first (0 = none); the gemm's address.
+// (R,H; 0 for a cell without a recurrent matrix: no product); where step t's recurrent product
+// goes (base + t * stride, R columns) and the bias copied there first (0 = none); the gemm.
 enum Loop { L_T = 0, L_B, L_H, L_NIN, L_INP, L_WIH, L_PBIAS, L_POUT, L_PCOLS, L_K, L_HALL,
             L_WHH, L_ROUT, L_RSTRIDE, L_RCOLS, L_RBIAS, L_GEMM, LOOP_SLOTS };
 
@@ -23,8 +23,9 @@ enum Loop { L_T = 0, L_B, L_H, L_NIN, L_INP, L_WIH, L_PBIAS, L_POUT, L_PCOLS, L_
 // those that feed W_ih; the input width; W_hh (R,H), W_in (G_in, I: W_ih's rows in dG's
 // order); dL/dinput out (T,B,I, rows in their own scale) or 0; whether weight gradients are
 // wanted and their accumulators (R,H), (G_in,I); h_all and the input; whether the cell writes
-// its own part of the recurrent carry (GRU); the dropping exponent CUT; the running reference
-// exponent R (in and out; NEG: none yet); the gemm's address.
+// its own part of the recurrent carry (GRU; all of it when W_hh is 0, a cell without a
+// recurrent matrix); the dropping exponent CUT; the running reference exponent R (in and out;
+// NEG: none yet); the gemm's address.
 enum BLoop { BL_T = 0, BL_GH, BL_HOFF, BL_GIN, BL_INOFF, BL_NIN, BL_WHH, BL_WIN, BL_DIN,
              BL_NEEDW, BL_ACCHH, BL_ACCIH, BL_HALL, BL_X, BL_CARRY, BL_CUT, BL_R, BL_GEMM,
              BLOOP_SLOTS };
@@ -80,7 +81,7 @@ void fwd_loop(const i64* P, const i64* L) {
     }
     T* rout = (T*)L[L_ROUT] + t * L[L_RSTRIDE];
     if (rbias) fill_rows(rout, rbias, B, R);
-    if (t) times_wt(g, hall + t * B * H, (const T*)L[L_WHH], B, H, R, rout);
+    if (t && L[L_WHH]) times_wt(g, hall + t * B * H, (const T*)L[L_WHH], B, H, R, rout);
     Fwd(P, t);
   }
 }
@@ -114,7 +115,8 @@ void bwd_loop(const i64* P, i64* BL) {
       if (din) std::memset(din + t * B * n_in, 0, B * n_in * sizeof(T));
       continue;
     }
-    if (t)
+    const bool product = BL[BL_WHH] != 0;  // a recurrent matrix (else the kernel did the carry)
+    if (t && product)
       gemm<T>(g, 'N', 'N', H, B, gh, (T)1, (const T*)BL[BL_WHH], H, dgh, ld, (T)(carry ? 1 : 0),
               rec, H);
     if (din)
@@ -136,7 +138,7 @@ void bwd_loop(const i64* P, i64* BL) {
       for (i64 b = 0; b < B; ++b)
         if (eb[t * B + b] != m) std::memset(dG + b * ld, 0, ld * sizeof(T));
     const T alpha = (T)std::ldexp(1.0, (int)d);
-    if (t)
+    if (t && product)
       gemm<T>(g, 'N', 'T', H, gh, B, alpha, hall + t * B * H, H, dgh, ld, (T)1, acc_hh, H);
     gemm<T>(g, 'N', 'T', n_in, gin, B, alpha, x + t * B * n_in, n_in, dgin, ld, (T)1, acc_ih,
             n_in);

@@ -12,13 +12,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 // ---- shared with Python (parsed: one `#define NAME integer` per line) ----
-#define SEQBENCH_ABI 4                      // seqbench_abi_version() of a matching library
+#define SEQBENCH_ABI 5                      // seqbench_abi_version() of a matching library
 #define SEQBENCH_NEG -536870912             // -(2**29): "no signal" exponent sentinel
 #define SEQBENCH_CUT_F32 60                 // within a sequence, a contribution 2**CUT below
 #define SEQBENCH_CUT_F64 200                //   its dominant one is dropped (float32 / float64)
@@ -43,7 +44,8 @@ namespace {
 // recurrent carry (B,H); CC: the LSTM cell carry or 0; ST: int32 (1+B): the step's exponent,
 // then each sequence's; ACT, AUX1, AUX2: the cell's saved forward buffers; DG: dG out
 // (B, W*H); SQ, MS: per-step sum of squares and exponent M_t out; CS: per-step column sums of
-// dG (T, W*H) out; LEN: int64 lengths or 0; SQROW: H doubles of scratch, 0 = no norms;
+// dG, then of a diagonal weight's gradient (T, (W+DIAG_W)*H) out; LEN: int64 lengths or 0;
+// SQROW: H doubles of scratch, 0 = no norms;
 // SQB: double (T,B) out, each sequence's sum of squares of dL/dh_t in its own scale
 // 2**e[t,b] (0 at padding), or 0 = none (only read when SQROW is set: the lag profile).
 enum Bwd { B_ = 0, H_, UP, UP_TS, UP_RS, UP_EXP, REC, CC, ST, ACT, AUX1, AUX2, DG, SQ, MS, CS,
@@ -293,6 +295,18 @@ inline void run_rows(i64 B, i64 G, i64 H, T* cs, double* sqrow, F rows) {
   if (sqrow) sum_parts(sqrow, psq.data(), nth, H);
 }
 
+// A cell with a diagonal recurrent weight (IndRNN) declares DIAG_W (its blocks of weight_hh) and
+// wdiag<C>(row, j, g, dw): unit j's contributions to those weights' gradients from its dG g; the
+// loop sums them per step after the W*H bias columns of CS. Other cells declare nothing.
+template <typename C, typename = void>
+struct DiagW {
+  static constexpr i64 value = 0;
+};
+template <typename C>
+struct DiagW<C, std::void_t<decltype(C::DIAG_W)>> {
+  static constexpr i64 value = C::DIAG_W;
+};
+
 // ---------------------------------------------------------------- the backward step of a cell
 // Every cell's backward kernel is this loop; the cell supplies only its equations, as a struct
 // Cell<T> with
@@ -309,6 +323,7 @@ inline void run_rows(i64 B, i64 G, i64 H, T* cs, double* sqrow, F rows) {
 template <typename T, typename C, bool N, bool Q, typename Cell>
 void bwd_rows(const i64* P, i64 t, const Scale& sc) {
   constexpr i64 W = Cell::W;
+  constexpr i64 DW = DiagW<Cell>::value;
   const i64 B = P[B_], H = P[H_];
   const double* ra = sc.ra;
   const double* rbs = ra + B;
@@ -346,6 +361,11 @@ void bwd_rows(const i64* P, i64 t, const Scale& sc) {
           Cell::template unit<C>(row, j, dh, bb, rb, g);
           for (i64 k = 0; k < W; ++k) d[k * H + j] = g[k];
           for (i64 k = 0; k < W; ++k) cs[k * H + j] += g[k];
+          if constexpr (DW > 0) {
+            T dw[DW > 0 ? DW : 1];
+            Cell::wdiag(row, j, g, dw);
+            for (i64 k = 0; k < DW; ++k) cs[(W + k) * H + j] += dw[k];
+          }
           if (N) sqrow[j] += (double)dh * (double)dh;
           if (Q) rq[j] = (double)dh * (double)dh;
         }
@@ -368,7 +388,8 @@ void bwd_rows(const i64* P, i64 t, const Scale& sc) {
       }
     }
   };
-  run_rows<T>(B, W * H, H, (T*)P[CS] + t * W * H, N ? (double*)P[SQROW] : nullptr, rows);
+  run_rows<T>(B, (W + DW) * H, H, (T*)P[CS] + t * (W + DW) * H, N ? (double*)P[SQROW] : nullptr,
+              rows);
 }
 
 // One backward step of Cell: choose the scales, run the rows (N: accumulate the sum of squares
