@@ -62,3 +62,33 @@ def test_the_rule_catches_repeats_and_silent_changes() -> None:
 def test_yaml_only_fills_or_overrides_with_a_reason(path: Path) -> None:
     text = (CONF / path).read_text()
     assert check(text, stored_schema(schema_of(text))) == []
+
+
+def uncommented_keys(cls: type) -> list[str]:
+    """The keys a schema dataclass declares without a comment on their line or just above."""
+    import ast
+    import inspect
+
+    lines, _ = inspect.getsourcelines(cls)
+    indent = len(lines[0]) - len(lines[0].lstrip())
+    tree = ast.parse("".join(line[indent:] for line in lines))
+    missing = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign) and node.target.id != "name":  # name: the option
+            i = node.lineno - 1
+            if "#" not in lines[i] and not (i and lines[i - 1].strip().startswith("#")):
+                missing.append(node.target.id)
+    return missing
+
+
+def test_every_task_key_is_commented() -> None:
+    """docs/contributing.md: a task's schema declares every key with its default, each
+    commented (the comment is the key's documentation: `task=X --help` prints the schema)."""
+    import dataclasses
+
+    from seqbench.tasks import TASKS
+
+    schemas = {k for task in TASKS.values() for k in task.schema.__mro__
+               if dataclasses.is_dataclass(k)}  # fmt: skip
+    missing = {f"{k.__module__}.{k.__name__}": uncommented_keys(k) for k in schemas}
+    assert {k: v for k, v in missing.items() if v} == {}

@@ -29,7 +29,7 @@ class TaskConfig:
 @dataclass
 class SyntheticTaskConfig(TaskConfig):
     val_size: int = 1024  # fixed validation set, drawn once from val_seed
-    val_seed: int = 1234
+    val_seed: int = 1234  # the validation set's own seed: the same set for every run seed
 
 
 @dataclass

@@ -61,9 +61,9 @@ class CharGenConfig(TaskConfig):
     corpus: str = "shakespeare"  # shakespeare (42 works) | hamlet; ignored when path is set
     path: str | None = None  # a UTF-8 text file; null = the packaged corpus named by `corpus`
     val_fraction: float = 0.05  # contiguous: train, then val, then test (the last 5 %)
-    test_fraction: float = 0.05
+    test_fraction: float = 0.05  # the last characters, never trained or validated on
     prompt: str = "The "  # sample text starts here; every character must be in the vocabulary
-    temperature: float = 0.8
+    temperature: float = 0.8  # the sample's softmax temperature (below 1: more likely characters)
     sample_len: int = 200  # characters generated after the prompt at each validation
 
 

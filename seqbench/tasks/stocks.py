@@ -65,8 +65,8 @@ class StocksConfig(TaskConfig):
     seq_len: int = 30  # trading days of log returns per input window (about six weeks)
     path: str | None = None  # a CSV file; null = the packaged daily prices (bokeh_sampledata)
     ticker: str | None = "AAPL"  # rows whose ticker_column equals this; null = one series
-    ticker_column: str = "Ticker"
-    date_column: str = "Date"
+    ticker_column: str = "Ticker"  # the column that names each row's series (with `ticker`)
+    date_column: str = "Date"  # the rows are sorted by it (any format pandas parses)
     value_column: str = "Adj Close"  # split-adjusted; Close is not
     horizon: int = 1  # days ahead: the target is log(p[t + horizon] / p[t])
     val_fraction: float = 0.15  # of the days, chronologically after the training days
