@@ -20,8 +20,12 @@ FAR_FUTURE = 4_000_000_000  # an mtime later than any file of the checkout
 
 def make(*args: str, venv: Path) -> str:
     """`make -n ARGS VENV=venv` in the checkout: the commands make would run, not run."""
-    done = subprocess.run(["make", "-n", *args, f"VENV={venv}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "LC_ALL": "C"})  # fmt: skip
+    # run as its own make, not a sub-make of `make test` (whose MAKELEVEL and MAKEFLAGS would
+    # add "Entering directory" lines and the parent's flags)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    done = subprocess.run(["make", "--no-print-directory", "-n", *args, f"VENV={venv}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**env, "LC_ALL": "C"})  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout
 
