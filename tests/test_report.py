@@ -305,3 +305,18 @@ def test_paths_are_relative_to_the_report_or_named(sweeps, tmp_path: Path) -> No
     assert "Directory `.`:" in inside.read_text()
     inside.unlink()
     shutil.rmtree(sweeps[0] / "report_files", ignore_errors=True)
+
+
+def test_who_wins_gives_each_setting_its_own_paragraph() -> None:
+    """A sweep over a second key (the kept adding_lengths preset: T = 25, 50, 100) gets one
+    verdict paragraph per setting, each starting with its setting, then the pairs' table."""
+    from seqbench.report.collect import load_sweep
+    from seqbench.report.content import _verdict_blocks
+    from seqbench.report.render import to_markdown
+    from tests.conftest import ROOT
+
+    sweep = load_sweep(ROOT / "tests" / "fixtures" / "presets" / "adding_lengths")
+    text = to_markdown(_verdict_blocks(sweep), Path("."))[0]
+    section = text.split("### Who wins\n\n", 1)[1].split("\n\n| setting")[0]
+    assert [p.split(":")[0] for p in section.split("\n\n")] == [
+        "seq_len=25", "seq_len=50", "seq_len=100"]  # fmt: skip

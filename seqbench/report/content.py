@@ -228,7 +228,7 @@ def _verdict_blocks(sweep: Sweep) -> list:
     lines = verdict_lines(pairs, width=10**6)
     return [
         Heading("Who wins", 3),
-        Text(" ".join(lines[:-1])) if len(lines) > 2 else Text(lines[0]),
+        *(Text(line) for line in lines[:-1]),  # one paragraph per setting
         pairs_table(pairs),
         Text(lines[-1]),
     ]
