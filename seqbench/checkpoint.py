@@ -63,9 +63,12 @@ def training_state(
     recorder: Any,
     generator: torch.Generator,
     config: dict,
+    stream: Any | None = None,
 ) -> dict[str, Any]:
     """Everything a run needs to continue to the same result: weights, optimizer and scheduler
-    state, the resolved config, the step, every RNG and the recorder's history."""
+    state, the resolved config, the step, every RNG, the recorder's history and, for a stateful
+    task (`task.stateful`), its walk along the streams (`stream`: where it is and the state it
+    carries)."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -74,6 +77,7 @@ def training_state(
         "rng": rng_state(generator),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "recorder": recorder.state_dict(),
+        "stream": stream.state_dict() if stream is not None else None,
     }
 
 
@@ -84,6 +88,7 @@ def restore_training_state(
     scheduler: Any | None,
     recorder: Any,
     generator: torch.Generator,
+    stream: Any | None = None,
 ) -> int:
     """Load what `training_state` wrote into the freshly built objects; return the step."""
     model.load_state_dict(state["model"])
@@ -92,6 +97,8 @@ def restore_training_state(
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"], generator)
+    if stream is not None:
+        stream.load_state_dict(state["stream"])
     return state["step"]
 
 

@@ -83,6 +83,12 @@ def check_config(cfg: Any) -> None:
             "model.bidirectional",
             "the BPTT engine is unidirectional: use model.engine=auto or fused with it",
         )
+        need(
+            not cfg.task.get("stateful", False),
+            "task.stateful",
+            "false with model.bidirectional=true: a backward direction reads each window from "
+            "its end, so there is no state to carry into the next window",
+        )
     need(task is not None, "task.name", f"one of {sorted(TASKS)}")
     if task is not None:
         task.check(cfg.task, need)  # the task's own rules, e.g. task.seq_len >= 2

@@ -61,7 +61,7 @@ class Job:
         """The full training state at the current step, for checkpoint.pt."""
         config = OmegaConf.to_container(self.cfg, resolve=True)
         return training_state(self.model, self.optimizer, self.scheduler, self.recorder,
-                              self.task.generator, config)  # fmt: skip
+                              self.task.generator, config, self.task.stream)  # fmt: skip
 
 
 def run(
@@ -93,7 +93,7 @@ def run(
     start_step = 0
     if state is not None:
         start_step = restore_training_state(state, job.model, job.optimizer, job.scheduler,
-                                            recorder, task.generator)  # fmt: skip
+                                            recorder, task.generator, task.stream)  # fmt: skip
         for row in recorder.history:  # early stopping's count follows from the history
             early.on_eval(row["step"], {task.metric: row[f"val_{task.metric}"]})
         best.best = recorder.best["value"] if recorder.best else None
@@ -183,6 +183,8 @@ def build_job(cfg: Any, run_dir: Path, device: torch.device) -> Job:
     """Task, model, optimizer, scheduler and the run's recorder, in the order that fixes what
     each seed draws (task data first, then the model's initial weights)."""
     task = build_task(cfg.task, device, cfg.seed)
+    if task.stream is not None:  # task.stateful: the training split as batch_size streams
+        task.stream.layout(cfg.train.batch_size)
     m = cfg.model
     model_args = dict(m)  # every other key of model.* is an argument of SequenceModel
     engine, engine_notice = engine_choice(m.cell, model_args.pop("engine"), device.type,

@@ -209,8 +209,13 @@ class SequenceModel(nn.Module):
         spec.initialise(self.rnn, init, forget_bias, recurrent_gain)
 
     def forward(
-        self, x: Tensor, record_states: bool = False, lengths: Tensor | None = None
-    ) -> tuple[Tensor, Trace]:
+        self,
+        x: Tensor,
+        record_states: bool = False,
+        lengths: Tensor | None = None,
+        state: Any = None,
+        return_state: bool = False,
+    ) -> tuple[Tensor, Trace] | tuple[Tensor, Trace, Any]:
         """Map inputs (B, T, I), or token ids (B, T), to outputs (B, T, O), and a trace from which
         `diagnostics.grad_norms` reads ||dL/dh_t|| after ``backward()`` when `record_states`.
 
@@ -223,10 +228,36 @@ class SequenceModel(nn.Module):
         Bidirectional: the trace has two entries per layer (forward, then backward), the
         backward one in its processing order (its first entry has read the last real step).
         `lengths` (B,) matters only to bidirectional models (unidirectional ones are causal).
+        `state`: the initial state, as the fused layer takes it: ``h`` (L, B, H), or ``(h, c)``
+        for a cell with a cell state; None: zero. `return_state`: also return the final state so
+        (a third value; stateful truncated BPTT carries it, detached, to the next window). The
+        same on every path; unidirectional models, without `lengths`.
         """
+        if (state is not None or return_state) and (self.bidirectional or lengths is not None):
+            raise ValueError("an initial or final state needs a unidirectional model, no lengths")
         if self.embed is not None:
             x = self.embed(x)  # (B, T) -> (B, T, E)
         x = self._dropout(x, self.input_dropout)
+        if self.bidirectional:
+            unroll = record_states or self.spec.fused is None
+            return self._bidirectional(x, unroll, lengths, record_states)
+        seq, trace, final = self._stack(x, record_states, lengths, state, return_state)
+        output = self._readout(seq)
+        return (output, trace, final) if return_state else (output, trace)
+
+    def run(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """The stack alone over x (B, T, I) from `state` (None: zero): its last layer's outputs
+        (B, T, H) and its final state (as `forward`'s), to continue from (a generated text, one
+        character at a time). Unidirectional models only."""
+        seq, _, final = self._stack(x, False, None, state, want_state=True)
+        return seq, final
+
+    def _stack(
+        self, x: Tensor, record_states: bool, lengths: Tensor | None, state: Any, want_state: bool
+    ) -> tuple[Tensor, Trace, Any]:
+        """The unidirectional stack over x (B, T, I): its last layer's outputs (B, T, H), the
+        trace (see `forward`) and the final state (None unless `want_state`)."""
+        h0, c0 = state if isinstance(state, tuple) else (state, None)
         if self.engine and torch.is_grad_enabled():
             recorder = None
             if record_states:  # the gate means over real positions come with the norms
@@ -237,22 +268,21 @@ class SequenceModel(nn.Module):
             seq = recurrent(
                 self.spec, x, weights, num_layers=self.rnn.num_layers,
                 hidden_size=self.rnn.hidden_size, dropout=self.rnn.dropout,
-                training=self.training, recorder=recorder,
+                training=self.training, recorder=recorder, h0=h0, c0=c0, return_state=want_state,
             )  # fmt: skip
-            return self._readout(seq), recorder if recorder is not None else []
-        fused = self.spec.fused is not None
-        if self.bidirectional:
-            return self._bidirectional(x, record_states or not fused, lengths, record_states)
-        if not record_states and fused:
-            seq, _ = self.rnn(x)  # (B, T, H)
-            return self._readout(seq), []
+            seq, final = seq if want_state else (seq, None)
+            return seq, recorder if recorder is not None else [], final
+        if not record_states and self.spec.fused is not None:
+            seq, final = self.rnn(x, state)  # (B, T, H)
+            return seq, [], final
         states = UnrolledStates()
-        seq = x
+        seq, finals = x, []  # finals: h_T, c_T of each layer
         for layer in range(self.rnn.num_layers):
             if layer > 0:
                 seq = F.dropout(seq, self.rnn.dropout, self.training)
             gates = [] if record_states and self.spec.gate_names else None
-            hs = self.spec.unroll(seq, _layer_weights(self.rnn, layer), gates)
+            start = None if h0 is None else (h0[layer], None if c0 is None else c0[layer])
+            hs = self.spec.unroll(seq, _layer_weights(self.rnn, layer), gates, start, finals)
             if record_states:
                 for h in hs:
                     h.retain_grad()
@@ -261,29 +291,9 @@ class SequenceModel(nn.Module):
                     states.gate_means.append(batch_means(torch.stack(gates), valid))
             states.append(hs)
             seq = torch.stack(hs, dim=1)  # (B, T, H)
-        return self._readout(seq), states if record_states else []
-
-    def run(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
-        """The stack alone over x (B, T, I) from `state` (None: zero): its last layer's outputs
-        (B, T, H) and its final state, to continue from (a generated text, one character at a
-        time). The fused layer's own call where there is one (its (h, c) state), else the
-        cell's step equations (a list of (h, c) per layer). Unidirectional models only."""
-        if self.spec.fused is not None:
-            return self.rnn(x, state)
-        seq, final = x, []
-        for layer in range(self.rnn.num_layers):
-            w_ih, w_hh, b_ih, b_hh = _layer_weights(self.rnn, layer)
-            hidden = self.rnn.hidden_size
-            h, c = state[layer] if state is not None else (x.new_zeros(len(x), hidden),) * 2
-            x_proj = F.linear(seq, w_ih, b_ih)
-            hs = []
-            for t in range(x.shape[1]):
-                h, c = self.spec.step(x_proj[:, t], self.spec.recurrent_projection(h, w_hh, b_hh),
-                                      h, c)  # fmt: skip
-                hs.append(h)
-            final.append((h, c))
-            seq = torch.stack(hs, dim=1)
-        return seq, final
+        h_n = torch.stack(finals[0::2])
+        final = (h_n, torch.stack(finals[1::2])) if self.spec.cell_state else h_n
+        return seq, states if record_states else [], final
 
     @torch.no_grad()
     def constrain(self) -> None:

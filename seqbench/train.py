@@ -9,13 +9,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from seqbench.callbacks import Callback, Diverged, Interrupted
 from seqbench.diagnostics import gate_means, grad_log10_norms, grad_norms, real_positions
 from seqbench.lags import DEFAULT_PAIRS, LagProbe, LagProfile
-from seqbench.model import SequenceModel
-from seqbench.tasks import Task
+from seqbench.model import SequenceModel, Trace
+from seqbench.tasks import Batch, Task
 
 
 class EarlyStopping(Callback):
@@ -80,7 +80,7 @@ def train(
         diagnose = step == 0 or (diagnostics_every > 0 and step % diagnostics_every == 0)
         batch = task.sample(batch_size)
         model.train()
-        output, states = model(batch.x, record_states=diagnose, lengths=batch.lengths)
+        output, states = forward(model, batch, diagnose)
         loss = task.loss(output, batch)
         if diagnose:  # before the backward: it asks the engine for what the profile needs
             lags = LagProbe(states, task.sources(batch), lag_sources, output, loss, batch.lengths)
@@ -108,6 +108,18 @@ def train(
         _emit(callbacks, "on_step_end", step + 1)
         if done():
             return
+
+
+def forward(model: SequenceModel, batch: Batch, record_states: bool) -> tuple[Tensor, Trace]:
+    """The model on a batch. A stateful batch (a window of streams, `task.stateful`) starts from
+    the state its streams carried and hands its final state on (`batch.carry` detaches it: the
+    gradient stays in the window, truncated BPTT)."""
+    if batch.carry is None:
+        return model(batch.x, record_states=record_states, lengths=batch.lengths)
+    output, states, final = model(batch.x, record_states=record_states, lengths=batch.lengths,
+                                  state=batch.state, return_state=True)  # fmt: skip
+    batch.carry(final)
+    return output, states
 
 
 def clip_gradients(params: Iterable[nn.Parameter], clip: Clip) -> tuple[float, bool]:
@@ -149,7 +161,7 @@ def measure_grad_norms(
     """A diagnostic snapshot at the current parameters, without updating them."""
     batch = task.sample(batch_size)
     model.train()
-    output, states = model(batch.x, record_states=True, lengths=batch.lengths)
+    output, states = forward(model, batch, record_states=True)
     loss = task.loss(output, batch)
     lags = LagProbe(states, task.sources(batch), lag_sources, output, loss, batch.lengths)
     model.zero_grad(set_to_none=True)

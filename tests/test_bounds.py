@@ -85,6 +85,9 @@ EDGES = [
      "only for sentiment and stocks: with task=chargen"),
     ("model.bidirectional", ("task=stocks", "model.engine=engine"), [False], [True],
      "the BPTT engine is unidirectional: use model.engine=auto or fused with it"),
+    ("task.stateful", ("task=stocks",), [True, False], [], None),
+    ("task.stateful", ("task=stocks", "model.bidirectional=true"), [False], [True],
+     "false with model.bidirectional=true: a backward direction reads each window from its end"),
     ("task.name", (), ["adding"], ["mnist"],
      "one of ['adding', 'chargen', 'copy', 'sentiment', 'stocks']"),
     ("task.name", ("model.bidirectional=true",), [], ["mnist"],  # no task: no other refusal

@@ -1,8 +1,9 @@
 """Engine edge cases found by an external check (issue #19), each against PyTorch's own layers
 (nn.RNN/LSTM/GRU and nn.*Cell with the same weights): a double backward is refused, not
 silently wrong; a sequence's gradient is not dropped because another sequence dominates the
-batch; norms below float64's normal range are 0, not imprecise subnormals; an initial state is
-refused with a message that names the way out."""
+batch; norms below float64's normal range are 0, not imprecise subnormals; a zero initial state
+is no initial state, and a malformed one is refused (initial states themselves:
+tests/test_stateful.py)."""
 
 from __future__ import annotations
 
@@ -176,16 +177,22 @@ def test_norms_below_float64_normal_range_are_zero(path):
 
 
 @pytest.mark.parametrize("cell", ENGINE_CELLS)
-def test_initial_state_is_refused_with_the_way_out(cell):
-    """PyTorch's layer takes h0 (and c0); the engine starts from zero, which equals PyTorch's
-    layer given a zero state, and refuses any initial state with a message naming
-    model.engine=fused (not a raw TypeError about an unexpected keyword)."""
+def test_a_zero_initial_state_is_no_initial_state_and_a_bad_one_is_refused(cell):
+    """The engine given a zero h0 (and c0) computes what it computes without one, which is
+    PyTorch's layer given that state; an initial state of the wrong shape, dtype or device, a
+    c0 without h0 (or h0 without c0) for a cell with a cell state, and a c0 for a cell without
+    one are refused with a ValueError naming the argument."""
     rnn = fused(cell, 2, 4)
     x = torch.randn(3, 5, 2, dtype=torch.float64)
     h0 = torch.zeros(1, 3, 4, dtype=torch.float64)
-    state = (h0, h0) if get_cell(cell).cell_state else h0
-    torch.testing.assert_close(run_engine(cell, rnn, x), rnn(x, state)[0], rtol=1e-12, atol=0)
-    for kw in ({"h0": h0}, {"c0": h0}, {"h0": h0, "c0": h0}):
-        with pytest.raises(NotImplementedError, match=r"model\.engine=fused") as refused:
+    with_cell = get_cell(cell).cell_state
+    state = {"h0": h0, "c0": h0} if with_cell else {"h0": h0}
+    plain = run_engine(cell, rnn, x)
+    assert torch.equal(run_engine(cell, rnn, x, **state), plain)
+    torch.testing.assert_close(plain, rnn(x, (h0, h0) if with_cell else h0)[0], rtol=1e-12, atol=0)
+    bad = [{**state, "h0": torch.zeros(2, 3, 4, dtype=torch.float64)},
+           {**state, "h0": h0.float()}]  # fmt: skip
+    bad += [{"h0": h0}, {"c0": h0}] if with_cell else [{"h0": h0, "c0": h0}]
+    for kw in bad:
+        with pytest.raises(ValueError, match=r"\b[hc]0\b"):
             run_engine(cell, rnn, x, **kw)
-        assert "h0/c0" in str(refused.value)

@@ -21,24 +21,45 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def one_pass(cell, weights, x, upstream, lengths, monkeypatch, loop: bool, **kw):
-    """Outputs, every gradient, the recorder's norms, rows and probe, with or without the loop."""
+def one_pass(cell, weights, x, upstream, lengths, monkeypatch, loop: bool, state=None, **kw):
+    """By name: outputs, every gradient, the recorder's norms, rows and probe, with or without
+    the loop. ``state``: (h0, c0 or None, dL/dh_n, dL/dc_n): run from that initial state, with
+    a loss that also reads the final state (then also its gradients and the final state)."""
     monkeypatch.setenv("SEQBENCH_NATIVE_LOOP", "1" if loop else "0")
     torch.manual_seed(5)  # the dropout masks
     x = x.detach().clone().requires_grad_()
     recorder = GradNormRecorder(track_log10=True)
     recorder.per_row = True
     recorder.probe = (torch.tensor([0, 1, 1]), torch.tensor([x.shape[1] - 1, 2, 4]))
+    starts, final = {}, {}
+    if state is not None:
+        h0, c0, g_h, g_c = state
+        starts = {"h0": h0.clone().requires_grad_()}
+        if c0 is not None:
+            starts["c0"] = c0.clone().requires_grad_()
+        kw = {**kw, **starts, "return_state": True}
     out = recurrent(get_cell(cell), x, weights, num_layers=2, hidden_size=upstream.shape[2],
                     lengths=lengths, recorder=recorder, **kw)  # fmt: skip
-    grads = torch.autograd.grad(out, [x, *weights], upstream)
-    return [out.detach(), *grads, recorder.norms, recorder.log10_norms, recorder.row_log10,
-            recorder.probe_log10]  # fmt: skip
+    if state is not None:
+        out, state_n = out
+        final = dict(zip(("h_n", "c_n"), state_n if "c0" in starts else (state_n,), strict=False))
+    loss = (out * upstream).sum()
+    if final:
+        loss = loss + (final["h_n"] * g_h).sum()
+        loss = loss + (final["c_n"] * g_c).sum() if "c_n" in final else loss
+    grads = torch.autograd.grad(loss, [x, *weights, *starts.values()])
+    names = ["dx", *(f"weight {i}" for i in range(len(weights))), *(f"d{k}" for k in starts)]
+    return {"output": out.detach(), **dict(zip(names, grads, strict=True)),
+            "norms": recorder.norms, "log10": recorder.log10_norms, "rows": recorder.row_log10,
+            "probe": recorder.probe_log10, **{k: v.detach() for k, v in final.items()}}  # fmt: skip
 
 
+@pytest.mark.parametrize("start", ["zero", "state"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell", ENGINE)
-def test_native_loop_is_the_python_loop_bit_for_bit(cell, dtype, monkeypatch):
+def test_native_loop_is_the_python_loop_bit_for_bit(cell, dtype, start, monkeypatch):
+    """start="state": from a given initial state (step 0's recurrent product, its share of
+    W_hh's gradient and the carry into h_0), with a loss on the final state as well."""
     torch.set_num_threads(1)
     B, T, n_in, H = 5, 17, 3, 6
     torch.manual_seed(2)
@@ -55,6 +76,9 @@ def test_native_loop_is_the_python_loop_bit_for_bit(cell, dtype, monkeypatch):
     upstream[2, 8:] *= 1e-25
     lengths = torch.tensor([T, 9, T, 4, 12])
     kw = dict(dropout=0.3, training=True)
+    if start == "state":
+        h0, c0, g_h, g_c = torch.randn(4, 2, B, H, generator=g, dtype=dtype)
+        kw["state"] = (h0, c0 if get_cell(cell).cell_state else None, g_h, g_c)
     calls = []
     nat = native.native()
     for kind in ("fwd_loop", "bwd_loop"):  # count the loops' calls: one per layer and pass
@@ -68,9 +92,9 @@ def test_native_loop_is_the_python_loop_bit_for_bit(cell, dtype, monkeypatch):
     assert calls == []
     native_ = one_pass(cell, weights, x, upstream, lengths, monkeypatch, loop=True, **kw)
     assert calls == ["fwd_loop"] * 2 + ["bwd_loop"] * 4  # 2 layers; training and probe
-    names = ["output", "dx", *(f"weight {i}" for i in range(len(weights))), "norms", "log10",
-             "rows", "probe"]  # fmt: skip
-    for name, a, b in zip(names, python, native_, strict=True):
+    assert python.keys() == native_.keys()
+    for name, a in python.items():
+        b = native_[name]
         assert a.dtype == b.dtype and torch.equal(a, b), name
 
 

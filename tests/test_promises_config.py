@@ -54,9 +54,10 @@ TASK_DEFAULTS = {
                   "max_vocab": 20000, "split_seed": 0, "val_fraction": 0.1,
                   "test_fraction": 0.1, "readout": "last", "path": None},
     "stocks": {"seq_len": 30, "horizon": 1, "ticker": "AAPL", "value_column": "Adj Close",
-               "val_fraction": 0.15, "test_fraction": 0.15, "path": None},
+               "val_fraction": 0.15, "test_fraction": 0.15, "path": None, "stateful": False},
     "chargen": {"seq_len": 100, "corpus": "shakespeare", "prompt": "The ", "temperature": 0.8,
-                "sample_len": 200, "val_fraction": 0.05, "test_fraction": 0.05, "path": None},
+                "sample_len": 200, "val_fraction": 0.05, "test_fraction": 0.05, "path": None,
+                "stateful": False},
 }  # fmt: skip
 
 

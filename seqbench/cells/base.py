@@ -40,8 +40,11 @@ IDENTITY_INPUT_STD = 1e-3
 class LayerForward(Protocol):
     """What the engine hands a cell's forward kernel (seqbench.engine.forward.LayerForward):
     one layer over ``steps`` x ``batch`` with ``hidden`` units; the kernel fills ``h_all``
-    (T+1, B, H; ``h_all[0]`` is zero). ``lens``: pointer to the int64 lengths or 0; ``valid``:
-    (T, B, 1) 0/1 mask or None; ``native``: whether to use the C++ kernel."""
+    (T+1, B, H; ``h_all[0]`` is the initial state). ``lens``: pointer to the int64 lengths or 0;
+    ``valid``: (T, B, 1) 0/1 mask or None; ``native``: whether to use the C++ kernel;
+    ``from_h0``: ``h_all[0]`` is a given state, so step 0 makes the recurrent product too (from
+    zero it is skipped); ``c0``: the initial cell state (B, H) of a cell that carries one, or
+    None (zero)."""
 
     steps: int
     batch: int
@@ -49,6 +52,8 @@ class LayerForward(Protocol):
     dtype: torch.dtype
     device: torch.device
     native: bool
+    from_h0: bool
+    c0: Tensor | None
     lens: int
     valid: Tensor | None
     h_all: Tensor
@@ -126,6 +131,9 @@ class EngineKernels:
             native kernel sums their gradient per step (``DIAG_W`` of its ``Bwd`` struct), and
             ``diagonal_grad(state, t, dG_t) -> (B, diag_blocks*H)`` gives the pure-torch path
             each sequence's contribution at step t.
+        cell_states: a cell that carries a cell state (``Cell.cell_state``): the forward's
+            saved tensors -> its c_0..c_T (T+1, B, H) (``c_0`` is the given initial cell state),
+            from which the engine reads the final cell state.
 
     A cell without a full recurrent matrix writes the whole recurrent carry in its backward
     kernel (``carry_in_kernel``): the engine makes no product with ``weight_hh``.
@@ -143,6 +151,7 @@ class EngineKernels:
     gate_blocks: tuple[int, ...] = ()
     diag_blocks: int = 0
     diagonal_grad: Callable[[BackwardState, int, Tensor], Tensor] | None = None
+    cell_states: Callable[[tuple[Tensor, ...]], Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -222,15 +231,20 @@ class Cell:
         seq: Tensor,
         weights: tuple[Tensor, Tensor, Tensor, Tensor],
         gates: list[Tensor] | None = None,
+        state: tuple[Tensor, Tensor | None] | None = None,
+        final: list[Tensor] | None = None,
     ) -> list[Tensor]:
-        """One layer over seq (B, T, I), step by step, from zero state. Returns h_1..h_T; with
-        ``gates`` (a list), also appends each step's gate activations (B, n, H), detached."""
+        """One layer over seq (B, T, I), step by step, from ``state`` = (h_0, c_0) (None: zero;
+        c_0 None: zero; c is the cell state of a cell that carries one). Returns h_1..h_T; with
+        ``gates`` (a list), also appends each step's gate activations (B, n, H), detached; with
+        ``final`` (a list), appends the final h_T and c_T."""
         w_ih, w_hh, b_ih, b_hh = weights
         batch, steps, _ = seq.shape
         hidden = w_ih.shape[0] // self.gates
         x_proj = F.linear(seq, w_ih, b_ih)  # (B, T, G*H): the input path of every step at once
-        h = seq.new_zeros(batch, hidden)
-        c = seq.new_zeros(batch, hidden)
+        h, c = state if state is not None else (None, None)
+        h = seq.new_zeros(batch, hidden) if h is None else h
+        c = seq.new_zeros(batch, hidden) if c is None else c
         hs = []
         for t in range(steps):
             h_proj = self.recurrent_projection(h, w_hh, b_hh)
@@ -238,6 +252,8 @@ class Cell:
                 gates.append(self.gate_activations(x_proj[:, t], h_proj).detach())
             h, c = self.step(x_proj[:, t], h_proj, h, c)
             hs.append(h)
+        if final is not None:
+            final += [h, c]
         return hs
 
     def initialise(

@@ -47,7 +47,7 @@ def forward(layer: LayerForward) -> tuple[Tensor, ...]:
         hs = h_all.unbind(0)
         for t in range(T):
             project(t)
-            if t:
+            if t or layer.from_h0:  # from a zero state step 0's recurrent term is b_hh
                 torch.addmm(layer.b_hh, hs[t], layer.w_hh_t, out=gh)
             else:
                 gh.copy_(layer.b_hh.expand(B, 3 * H))

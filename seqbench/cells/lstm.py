@@ -31,7 +31,10 @@ def forward(layer: LayerForward) -> tuple[Tensor, ...]:
     bias = layer.b_ih + layer.b_hh
     project = layer.projector(act, bias)
     c_all = layer.empty((T + 1, B, H))
-    c_all[0].zero_()
+    if layer.c0 is None:
+        c_all[0].zero_()
+    else:
+        c_all[0].copy_(layer.c0)
     if layer.native:
         fn = layer.kernel()
         P = layer.params(B, H, act.data_ptr(), c_all.data_ptr(), h_all.data_ptr(), layer.lens)
@@ -40,14 +43,14 @@ def forward(layer: LayerForward) -> tuple[Tensor, ...]:
         acts, hs = act.unbind(0), h_all.unbind(0)
         for t in range(T):
             project(t)
-            if t:
+            if t or layer.from_h0:  # from a zero state step 0 has no recurrent term
                 acts[t].addmm_(hs[t], layer.w_hh_t)
             fn(P, t)
     else:
         project(0)
         for t in range(T):
             g = act[t]
-            if t:
+            if t or layer.from_h0:
                 g.addmm_(h_all[t], layer.w_hh_t)
             g[:, : 2 * H].sigmoid_()
             g[:, 2 * H : 3 * H].tanh_()
@@ -58,6 +61,11 @@ def forward(layer: LayerForward) -> tuple[Tensor, ...]:
             if layer.valid is not None:
                 h_all[t + 1].mul_(layer.valid[t])
     return act, c_all
+
+
+def cell_states(saved: tuple[Tensor, ...]) -> Tensor:
+    """c_0..c_T (T+1, B, H) from what the forward keeps."""
+    return saved[1]
 
 
 def backward_step(state: BackwardState, t: int, dh: Tensor, b: Tensor, d: Tensor) -> None:
@@ -92,6 +100,7 @@ CELL = Cell(
         native_source=kernel_file(__file__),
         saved_elements=lambda T, B, H: T * B * 4 * H + (T + 1) * B * H,
         gate_blocks=(0, 1, 3),  # act holds i, f, g, o
+        cell_states=cell_states,
     ),
     gate_names=("input", "forget", "output"),
     memory_gate="forget",

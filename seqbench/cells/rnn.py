@@ -44,14 +44,14 @@ def forward(layer: LayerForward, relu: bool = False) -> tuple[Tensor, ...]:
         hs = h_all.unbind(0)
         for t in range(T):
             project(t)
-            if t:
+            if t or layer.from_h0:  # from a zero state step 0 has no recurrent term
                 hs[t + 1].addmm_(hs[t], layer.w_hh_t)
             fn(P, t)
     else:
         project(0)
         for t in range(T):
             h = h_all[t + 1]
-            if t:
+            if t or layer.from_h0:
                 h.addmm_(h_all[t], layer.w_hh_t)
             if relu:
                 h.relu_()

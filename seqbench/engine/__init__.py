@@ -40,6 +40,10 @@ How it is fast (CPU)
   cost a page fault per 4 KiB page on first touch). A buffer is reused only once nothing else
   references its storage; up to ``SEQBENCH_BUFFER_CACHE_MB`` (default 1024) MiB of them are
   kept; :func:`clear_buffer_cache` drops them.
+* ``states.py``: an initial state ``h0``/``c0`` and the final state (stateful truncated BPTT):
+  the gradient of the final state enters where it was read (the upstream of each sequence's
+  last real step, the cell-state carry), the gradients of ``h0``/``c0`` are the carries after
+  step 0, exact like every other input's.
 
 Numerical contract
 ------------------
@@ -63,10 +67,15 @@ resolution (``CUT`` = 60 in float32, 200 in float64; ``csrc/seqbench.h``):
   size (a sequence more than ``2**CUT`` below the largest enters both with its own scale);
 * the float32 forward sigmoid clamps its argument at -80 (result >= 1.8e-35).
 
-Not supported, each refused with a message that names ``model.engine=fused`` (PyTorch's own
+Not supported, refused with a message that names ``model.engine=fused`` (PyTorch's own
 layers): a double backward (``create_graph=True``, e.g. a gradient penalty: the hand-written
-backward's gradients carry no graph, so the penalty would silently vanish), and an initial
-state ``h0``/``c0`` (every sequence starts from zero and no final state is returned).
+backward's gradients carry no graph, so the penalty would silently vanish).
+
+Initial and final states: :func:`recurrent` takes ``h0``/``c0`` and returns the final state
+(``return_state=True``) as PyTorch's layers do, the same on every path; a loss may read the
+final state, and the gradients of ``h0``/``c0`` are exact. The per-timestep norms are those of
+the window (``||dL/dh_t||`` for its steps): with the state detached between windows, as
+stateful training does, that is what truncated BPTT trains on.
 """
 
 from seqbench.engine.buffers import clear_buffer_cache

@@ -27,6 +27,7 @@ from seqbench.cells import Cell
 from seqbench.engine.buffers import cache
 from seqbench.engine.constants import BLOOP_SLOTS, BWD_SLOTS, CUT, NEG
 from seqbench.engine.native import Native, bwd_plan, params, ptr
+from seqbench.engine.states import normalised_rows, unscaled_rows
 
 
 class LayerGrads:
@@ -34,7 +35,8 @@ class LayerGrads:
     (true ``d_in[t, b] = row * 2**d_in_exp[t, b]``)."""
 
     __slots__ = (
-        "d_in", "d_in_exp", "db_hh", "db_ih", "dw_hh", "dw_ih", "log10", "norms", "row_log10",
+        "d_c0", "d_h0", "d_in", "d_in_exp", "db_hh", "db_ih", "dw_hh", "dw_ih", "log10", "norms",
+        "row_log10",
     )  # fmt: skip
 
 
@@ -60,13 +62,16 @@ def bwd_params(**slots: int) -> ctypes.Array:
 
 def layer_backward_native(
     nat: Native, cell: Cell, up, up_ts, up_rs, up_exp, inp, h_all, saved, w_ih, w_hh, lens_cpu,
-    need_wgrad, need_din, want_norms, per_row=False,
+    need_wgrad, need_din, want_norms, per_row=False, from_h0=False, final_c=None, want_h0=False,
 ):  # fmt: skip
     """up (B,T,H) or (T,B,H) upstream gradient with strides up_ts, up_rs; up_exp: int32 (T, B)
     exponents of its rows (overwritten with this layer's, returned as ``d_in_exp``) or None
     (exponent 0). ``per_row`` (with ``want_norms``): also each sequence's log10 ||dL/dh_t||,
     float64 (T, B), in ``row_log10``; ``inp`` is read only for the weight gradients (its shape
-    otherwise)."""
+    otherwise). ``from_h0``: ``h_all[0]`` is a given initial state (step 0 adds to W_hh's
+    gradient and makes the carry into it); ``final_c`` (B, H): dL/dc_T of a cell with a cell
+    state, or None; ``want_h0``: return dL/dh_0 (and dL/dc_0) in ``d_h0`` (``d_c0``), see
+    ``states.py``."""
     k = cell.engine
     T, B, n_in = inp.shape
     H = h_all.shape[2]
@@ -78,6 +83,10 @@ def layer_backward_native(
     rec = torch.zeros(B, H, dtype=dt, device=dev)
     cc = torch.zeros(B, H, dtype=dt, device=dev) if cell.cell_state else None
     st = torch.zeros(1 + B, dtype=torch.int32)  # the step's exponent, then each sequence's
+    if final_c is not None:  # dL/dc_T starts the cell-state carry, in each sequence's exponent
+        rows, exps = normalised_rows(final_c)
+        cc.copy_(rows)
+        st[1:] = exps.to(torch.int32)
     # in: the upstream's per-sequence exponents; out, step by step: this layer's e[t, b]
     eb = up_exp if up_exp is not None else torch.zeros(T, B, dtype=torch.int32)
     sq = torch.empty(T, dtype=torch.float64)
@@ -112,12 +121,13 @@ def layer_backward_native(
             BL_NIN=n_in, BL_WHH=ptr(w_hh_c), BL_WIN=w_in_c.data_ptr(), BL_DIN=ptr(d_in),
             BL_NEEDW=int(need_wgrad), BL_ACCHH=acc_hh.data_ptr(), BL_ACCIH=acc_ih.data_ptr(),
             BL_HALL=h_all.data_ptr(), BL_X=inp.data_ptr(), BL_CARRY=int(k.carry_in_kernel),
-            BL_CUT=cut, BL_R=NEG, BL_GEMM=gemm,
+            BL_CUT=cut, BL_R=NEG, BL_GEMM=gemm, BL_H0=int(from_h0),
         )  # fmt: skip
         nat.fns[(f"{cell.name}_bwd_loop", dt)](P, plan)
         reached = plan[BLOOP_SLOTS.index("BL_R")]  # the reference exponent the loop reached
         R = None if reached == NEG else reached
-        return _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, R)
+        out = _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, R)
+        return _initial(out, want_h0, rec, cc, eb, dt)
     dg_h_t, dg_in_t = dg_h.t(), dg_in.t()
     hs, xs = h_all.unbind(0), inp.unbind(0) if need_wgrad else None
     d_ins = d_in.unbind(0) if d_in is not None else None
@@ -130,7 +140,7 @@ def layer_backward_native(
             if d_ins is not None:
                 d_ins[t].zero_()
             continue
-        if t and full:
+        if (t or from_h0) and full:  # from a zero state, nothing is carried into h_0
             if k.carry_in_kernel:
                 rec.addmm_(dg_h, w_hh)
             else:
@@ -150,10 +160,20 @@ def layer_backward_native(
                 if nz == 2:  # sequences far below M_t: out of the weight gradients
                     dGs.masked_fill_((eb[t] != m)[:, None], 0.0)
                 alpha = math.ldexp(1.0, d)
-                if t and full:
+                if (t or from_h0) and full:
                     acc_hh.addmm_(dg_h_t, hs[t], alpha=alpha)
                 acc_ih.addmm_(dg_in_t, xs[t], alpha=alpha)
-    return _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, R)
+    out = _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, R)
+    return _initial(out, want_h0, rec, cc, eb, dt)
+
+
+def _initial(out: LayerGrads, want_h0: bool, rec, cc, eb, dt) -> LayerGrads:
+    """dL/dh_0 (and dL/dc_0): the carries after step 0, in the exponents e[0, b]."""
+    out.d_h0 = out.d_c0 = None
+    if want_h0:
+        out.d_h0 = unscaled_rows(rec, eb[0], dt)
+        out.d_c0 = None if cc is None else unscaled_rows(cc, eb[0], dt)
+    return out
 
 
 def _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, R) -> LayerGrads:

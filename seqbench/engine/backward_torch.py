@@ -12,6 +12,7 @@ from torch import Tensor
 from seqbench.cells import Cell
 from seqbench.engine.backward_native import LayerGrads
 from seqbench.engine.constants import CUT, NEG
+from seqbench.engine.states import normalised_rows, unscaled_rows
 
 
 class BackwardState:
@@ -32,14 +33,17 @@ class BackwardState:
 
 def layer_backward_torch(
     cell: Cell, up_bt, up_exp, inp, h_all, saved, w_ih, w_hh, valid, need_wgrad, need_din,
-    want_norms, per_row=False,
+    want_norms, per_row=False, from_h0=False, final_c=None, want_h0=False,
 ):  # fmt: skip
     """up_bt(t) -> (B,H) upstream at step t; up_exp: (T, B) float64 exponents or None;
-    ``per_row`` (with ``want_norms``): also each sequence's log10 ||dL/dh_t|| in ``row_log10``.
+    ``per_row`` (with ``want_norms``): also each sequence's log10 ||dL/dh_t|| in ``row_log10``;
+    ``from_h0``, ``final_c``, ``want_h0``: as on the native path (``layer_backward_native``).
 
     The exponents are per sequence, as on the native path (``csrc/seqbench.h``): ``E[t, b]``
     is the step's ``M_t`` for sequences within ``2**CUT`` of the largest, else the sequence's
-    own; the scales ``a``, ``b`` passed to the cell are (B, 1)."""
+    own; the scales ``a``, ``b`` passed to the cell are (B, 1). At a padded step a sequence's
+    gate gradients and recurrent carry are zero and its cell-state carry passes unchanged, as
+    the native kernels' ``skip``."""
     k = cell.engine
     T, B, n_in = inp.shape
     H = h_all.shape[2]
@@ -58,6 +62,9 @@ def layer_backward_torch(
     )  # fmt: skip
     s_step = zero64.clone()  # the step's exponent M of the step after t
     s = torch.zeros(B, dtype=torch.float64, device=dev)  # each sequence's exponent after t
+    if final_c is not None:  # dL/dc_T starts the cell-state carry, in each sequence's exponent
+        rows, s = normalised_rows(final_c)
+        state.cc = rows.to(dt)
     sq = torch.zeros(T, dtype=torch.float64, device=dev)
     sqb = torch.zeros(T, B, dtype=torch.float64, device=dev) if want_norms and per_row else None
     ms = torch.zeros(T, dtype=torch.float64, device=dev)
@@ -95,7 +102,14 @@ def layer_backward_torch(
         es[t] = e
         nzs[t] = nz
         s, s_step = e, m
+        cc_after = state.cc
         k.backward_step(state, t, dh, b, dG[t])
+        if valid is not None:  # padding: no gate gradient, the cell-state carry passes on
+            real = valid[t] > 0  # (B, 1)
+            dG[t].masked_fill_(~real, 0.0)
+            state.rec = torch.where(real, state.rec, 0.0)
+            if cc_after is not None:
+                state.cc = torch.where(real, state.cc, (cc_after.double() * b).to(dt))
         if diag is not None:
             diag[t] = k.diagonal_grad(state, t, dG[t])
     out = LayerGrads()
@@ -107,6 +121,12 @@ def layer_backward_torch(
     dg_in, dg_h, w_in = k.split_dgates(dG, w_ih, H)
     out.d_in = dg_in @ w_in if need_din else None  # normalised rows; true = row * 2**es
     out.d_in_exp = es
+    out.d_h0 = out.d_c0 = None
+    if want_h0:  # the carries after step 0, in the exponents e[0, b]
+        if cell.recurrence == "full" and not k.carry_in_kernel:  # its step 0 made no carry
+            state.rec = k.split_dgates(dG[0], w_ih, H)[1] @ w_hh
+        out.d_h0 = unscaled_rows(state.rec, s, dt)
+        out.d_c0 = None if state.cc is None else unscaled_rows(state.cc, s, dt)
     out.dw_hh = out.dw_ih = out.db_hh = out.db_ih = None
     if need_wgrad:
         big = torch.where(nzs, ms, neg).amax()
@@ -116,8 +136,9 @@ def layer_backward_torch(
         rel_h = dg_h * wts.to(dt)[:, :, None]
         rel_i = dg_in * wts.to(dt)[:, :, None]
         scale = torch.exp2(torch.clamp(big, -1100.0, 1100.0))
-        if cell.recurrence == "full":
-            dw_hh = rel_h[1:].reshape(-1, rel_h.shape[-1]).t() @ h_all[1:T].reshape(-1, H)
+        if cell.recurrence == "full":  # step 0 reads h_0: zero unless from_h0
+            first = 0 if from_h0 else 1
+            dw_hh = rel_h[first:].reshape(-1, rel_h.shape[-1]).t() @ h_all[first:T].reshape(-1, H)
             out.dw_hh = (dw_hh.double() * scale).to(dt)
         elif cell.recurrence == "diagonal":
             out.dw_hh = (((diag.double() * keep[:, :, None]).sum(1) * torch.exp2(ms)[:, None])

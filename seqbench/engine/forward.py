@@ -28,11 +28,13 @@ def chunk_steps(steps: int, row_bytes: int) -> int:
 class LayerForward:
     """One layer's forward pass over ``inp`` (T, B, I), time-major.
 
-    A cell's ``forward(layer)`` fills ``h_all`` (T+1, B, H; ``h_all[0]`` is the zero initial
-    state) and returns what its backward needs. It reads the weights (``w_ih``, ``w_hh``,
-    ``b_ih``, ``b_hh``, and ``w_hh_t = w_hh.t()``), ``lens`` (pointer to the int64 lengths, or
-    0) and ``valid`` ((T, B, 1) 0/1 mask, or None) for padding, and ``native`` (whether to use
-    its C++ kernel).
+    A cell's ``forward(layer)`` fills ``h_all`` (T+1, B, H; ``h_all[0]`` is the initial state:
+    ``h0`` when given, else zero) and returns what its backward needs. It reads the weights
+    (``w_ih``, ``w_hh``, ``b_ih``, ``b_hh``, and ``w_hh_t = w_hh.t()``), ``lens`` (pointer to the
+    int64 lengths, or 0) and ``valid`` ((T, B, 1) 0/1 mask, or None) for padding, ``native``
+    (whether to use its C++ kernel), ``from_h0`` (h_all[0] is a given state: step 0 makes the
+    recurrent product too; from zero it is skipped) and ``c0`` (B, H), the initial cell state
+    of a cell that carries one (None: zero).
     """
 
     params = staticmethod(params)
@@ -45,6 +47,8 @@ class LayerForward:
         lens_cpu: Tensor | None,
         valid: Tensor | None,
         nat: Native | None,
+        h0: Tensor | None = None,
+        c0: Tensor | None = None,
     ) -> None:
         self.cell, self.inp, self.nat = cell, inp, nat
         self.steps, self.batch, _ = inp.shape
@@ -54,7 +58,12 @@ class LayerForward:
         self.native = nat is not None
         self.lens, self.valid = ptr(lens_cpu), valid
         self.h_all = self.empty((self.steps + 1, self.batch, self.hidden))
-        self.h_all[0].zero_()
+        self.from_h0 = h0 is not None
+        if h0 is None:
+            self.h_all[0].zero_()
+        else:
+            self.h_all[0].copy_(h0)
+        self.c0 = c0
         self.full = cell.recurrence == "full"  # a recurrent matrix: a product per step
         self.w_hh_t = self.w_hh.t() if self.full else None
         self.w_ih_t = self.w_ih.t()
@@ -80,8 +89,8 @@ class LayerForward:
         per chunk of steps ``proj[t:t1] = inp[t:t1] @ w_ih.T + bias`` (``proj`` (T, B, G)
         contiguous), per step ``rec_bias`` copied to ``rec + t * rec_stride`` (when given), the
         recurrent product ``h_all[t] @ w_hh.T`` added there (t > 0), then the cell's kernel
-        ``fn(P, t)``: the Python loop's calls in the same order. False: not available (the cell
-        runs its Python loop)."""
+        ``fn(P, t)``: the Python loop's calls in the same order (the product at t = 0 too when
+        ``from_h0``). False: not available (the cell runs its Python loop)."""
         gemm = self.nat.loop(self.dtype) if self.nat is not None else None
         if gemm is None:
             return False
@@ -93,7 +102,7 @@ class LayerForward:
             L_WIH=w_ih.data_ptr(), L_PBIAS=bias.data_ptr(), L_POUT=proj.data_ptr(), L_PCOLS=G,
             L_K=chunk_steps(T, B * G * self.inp.element_size()), L_HALL=self.h_all.data_ptr(),
             L_WHH=ptr(w_hh), L_ROUT=rec.data_ptr(), L_RSTRIDE=rec_stride,
-            L_RCOLS=rec.shape[-1], L_RBIAS=ptr(rec_bias), L_GEMM=gemm,
+            L_RCOLS=rec.shape[-1], L_RBIAS=ptr(rec_bias), L_GEMM=gemm, L_H0=int(self.from_h0),
         )  # fmt: skip
         self.nat.fns[(f"{self.cell.name}_fwd_loop", self.dtype)](P, plan)
         return True
@@ -123,8 +132,11 @@ def layer_forward(
     lens_cpu: Tensor | None,
     valid: Tensor | None,
     nat: Native | None,
+    h0: Tensor | None = None,
+    c0: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """(h_all (T+1, B, H) with h_all[0] = 0, the cell's saved tensors)."""
-    layer = LayerForward(cell, inp, weights, lens_cpu, valid, nat)
+    """(h_all (T+1, B, H) with h_all[0] = h0, or 0 without it; the cell's saved tensors).
+    ``c0``: the initial cell state of a cell that carries one (None: zero)."""
+    layer = LayerForward(cell, inp, weights, lens_cpu, valid, nat, h0, c0)
     saved = cell.engine.forward(layer)
     return layer.h_all, saved

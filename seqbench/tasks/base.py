@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from omegaconf import MISSING
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from seqbench.tasks.streams import StreamWalk
 
 # How a task reports a bad value: need(ok, "task.key", "what is allowed"). check_config passes
 # its own reporter, which collects every problem into one ConfigError.
@@ -27,6 +30,14 @@ class TaskConfig:
 
 
 @dataclass
+class StreamTaskConfig(TaskConfig):
+    # false: independent windows of seq_len, each from a zero state; true: the training split
+    # as train.batch_size contiguous streams, walked a window at a time with the state carried
+    # (detached) from one window to the next, and val/test scored by the same walk
+    stateful: bool = False
+
+
+@dataclass
 class SyntheticTaskConfig(TaskConfig):
     val_size: int = 1024  # fixed validation set, drawn once from val_seed
     val_seed: int = 1234  # the validation set's own seed: the same set for every run seed
@@ -37,6 +48,10 @@ class Batch:
     x: Tensor  # (B, T, input_size) float features, or (B, T) token ids when vocab_size is set
     y: Tensor  # task-specific target
     lengths: Tensor | None = None  # (B,) real lengths when sequences are padded at the end
+    # stateful windows of streams (`task.stateful`): the state the window starts from (the
+    # model's form; None: zero), and where its final state goes for the stream's next window
+    state: Any = None
+    carry: Callable[[Any], None] | None = None
 
 
 class Task(Protocol):
@@ -59,6 +74,9 @@ class Task(Protocol):
     splits: tuple[str, ...]  # ("val",) or ("val", "test"); test is evaluated once, at the end
     info: dict[str, Any]  # extra facts for metrics.json (data sizes, more baselines, ...)
     generator: torch.Generator  # draws every training batch: its state is the data position
+    # `task.stateful=true`: the walk along the training streams (its place and carried state
+    # are checkpointed); None for a task that draws independent windows
+    stream: StreamWalk | None
 
     @classmethod
     def check(cls, cfg: Any, need: Need) -> None:
@@ -120,6 +138,7 @@ class SyntheticTask:
 
     vocab_size = None
     splits = ("val",)
+    stream = None  # independent windows, never a stream
 
     def __init__(self, device: torch.device, seed: int, val_size: int, val_seed: int) -> None:
         self.generator = make_generator(device, seed)

@@ -18,9 +18,19 @@ window[:-1] and predicts y = window[1:]. Example with seq_len=6 (ids of the defa
     x       48  72  3   59  62  11
     y           72  3   59  62  11  3
 
+With `stateful=true` the training split is laid out as `train.batch_size` contiguous streams
+instead (`seqbench.tasks.streams`): each step takes the next window of `seq_len` characters of
+every stream and starts from the state the stream's previous window ended in (truncated BPTT
+with the state carried). Example, a split of 13 characters "To be, or not" as 2 streams of 6
+inputs, seq_len=3: stream 0 reads "To " then "be,", stream 1 " or" then " no"; the second
+window of each starts from the state after the first.
+
 Metric: bits per character (cross-entropy / ln 2) over every character of the split but its
-first, predicted once each from at most `seq_len` preceding characters of the same split (the
-split is cut into consecutive windows, state reset at each, as in training). Baseline: the
+first, predicted once each. Windowed (the default): from at most `seq_len` preceding characters
+of the same split (the split is cut into consecutive windows, state reset at each, as in
+training). Stateful: the split is cut into at most `EVAL_STREAMS` contiguous streams, each read
+from its start window by window with the state carried, so a character is predicted from every
+preceding character of its stream. Baseline: the
 unigram distribution of the training split (add-one smoothed over the vocabulary so an unseen
 character costs finite bits), as cross-entropy on the same characters. After each validation
 `report` samples `sample_len` characters after `prompt` at `temperature`.
@@ -41,21 +51,23 @@ from seqbench.errors import ConfigError
 from seqbench.tasks.base import (
     Batch,
     Need,
-    TaskConfig,
+    StreamTaskConfig,
     check_seq_len,
     check_split_fractions,
     make_generator,
 )
 from seqbench.tasks.data import package_file, read_text, split_sizes, user_file
+from seqbench.tasks.streams import StreamWalk
 
 PAD, UNK = 0, 1
 EVAL_CHUNK = 256  # windows per forward pass at evaluation
+EVAL_STREAMS = 256  # stateful scoring: the split as this many streams, read side by side
 EXPECTED = "a UTF-8 plain-text file"
 CORPORA = ("shakespeare", "hamlet")
 
 
 @dataclass
-class CharGenConfig(TaskConfig):
+class CharGenConfig(StreamTaskConfig):
     name: str = "chargen"
     seq_len: int = 100  # characters per training window (truncated BPTT length)
     corpus: str = "shakespeare"  # shakespeare (42 works) | hamlet; ignored when path is set
@@ -141,6 +153,7 @@ class CharGenTask:
         prompt: str,
         temperature: float,
         sample_len: int,
+        stateful: bool = False,
     ) -> None:
         self.seq_len, self.seed = seq_len, seed
         self.prompt, self.temperature, self.sample_len = prompt, temperature, sample_len
@@ -186,7 +199,11 @@ class CharGenTask:
             "vocab_size": self.vocab_size,
             "unk_fraction_val": float((self.data["val"] == UNK).float().mean().item()),
             "baseline_test": self.unigram_bpc("test"),
+            "stateful": stateful,
         }
+        # stateful: the items are the training inputs, character i predicting character i + 1
+        items = len(self.data["train"]) - 1
+        self.stream = StreamWalk(items, seq_len, "characters", self.info) if stateful else None
 
     @classmethod
     def check(cls, cfg: Any, need: Need) -> None:
@@ -199,6 +216,10 @@ class CharGenTask:
 
     def sample(self, batch_size: int) -> Batch:
         train = self.data["train"]
+        if self.stream is not None:  # the next window of every stream, from its carried state
+            at = self.stream.next(batch_size, train.device)  # (B, T) input positions
+            return Batch(train[at], train[at + 1], state=self.stream.state,
+                         carry=self.stream.carry)  # fmt: skip
         starts = torch.randint(
             0, len(train) - self.seq_len, (batch_size,), generator=self.generator,
             device=train.device,
@@ -215,13 +236,14 @@ class CharGenTask:
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         ids = self.data[split]
         n = len(ids) - 1  # every character but the first is predicted once
-        rows = math.ceil(n / self.seq_len)
-        x = F.pad(ids[:-1], (0, rows * self.seq_len - n), value=PAD).view(rows, self.seq_len)
-        y = F.pad(ids[1:], (0, rows * self.seq_len - n), value=PAD).view(rows, self.seq_len)
+        # windowed: rows of seq_len, each from a zero state; stateful: at most EVAL_STREAMS
+        # rows, each read window by window with the state carried (padding ends the last row)
+        span = self.seq_len if self.stream is None else math.ceil(n / EVAL_STREAMS)
+        rows = math.ceil(n / span)
+        x = F.pad(ids[:-1], (0, rows * span - n), value=PAD).view(rows, span)
+        y = F.pad(ids[1:], (0, rows * span - n), value=PAD).view(rows, span)
         nats, correct = 0.0, 0
-        for start in range(0, rows, EVAL_CHUNK):
-            output, _ = model(x[start : start + EVAL_CHUNK])  # (chunk, T, V)
-            target = y[start : start + EVAL_CHUNK]
+        for output, target in self._scored(model, x, y):
             nats += F.cross_entropy(
                 output.flatten(0, 1), target.flatten(), ignore_index=PAD, reduction="sum"
             ).item()
@@ -231,6 +253,19 @@ class CharGenTask:
             "accuracy": correct / n,
             "baseline_bpc": self.unigram_bpc(split),
         }
+
+    def _scored(self, model: nn.Module, x: Tensor, y: Tensor):
+        """(output (rows, T, V), target (rows, T)) pieces of the rows: windowed, chunks of
+        EVAL_CHUNK rows; stateful, the windows of seq_len of all rows, the state carried."""
+        if self.stream is None:
+            for start in range(0, len(x), EVAL_CHUNK):
+                yield model(x[start : start + EVAL_CHUNK])[0], y[start : start + EVAL_CHUNK]
+            return
+        state = None
+        for start in range(0, x.shape[1], self.seq_len):
+            window = slice(start, start + self.seq_len)
+            output, _, state = model(x[:, window], state=state, return_state=True)
+            yield output, y[:, window]
 
     def solved(self, metrics: dict[str, float]) -> bool:
         return metrics["bpc"] <= metrics["baseline_bpc"] - 0.5  # half a bit below unigram

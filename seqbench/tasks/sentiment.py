@@ -144,6 +144,7 @@ class SentimentTask:
     mode = "max"
     baseline_name = "majority class of the training split"
     splits = ("val", "test")
+    stream = None  # independent snippets, never a stream
 
     def __init__(
         self,

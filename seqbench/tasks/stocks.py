@@ -22,6 +22,16 @@ inside its days (inputs may reach back into the previous split: the past is know
 (mean and standard deviation of the daily returns, and of the targets) are fitted on the training
 split only; the loss is the MSE of the standardized target, the metrics are in log-return units.
 
+With `stateful=true` the model reads the series as a stream instead (`seqbench.tasks.streams`):
+the training days (each with a defined return and a target in the training split) are laid
+out as `train.batch_size` contiguous streams, each step takes the next `seq_len` days of every
+stream from the state the stream's previous window ended in, and the target is read at every
+step (the MSE over the window). Validation and test read one stream, from the series' first
+return to the split's last day, window by window with the state carried, and score the
+predictions on the split's days: the same targets as the windowed mode. Example, seq_len=3, 2
+streams of 6 training days: stream 0 reads days 1-3 then 4-6, stream 1 days 7-9 then 10-12,
+each window predicting the next day's return on each of its days.
+
 Metrics: RMSE (the validation metric) and MAE of the predicted return and the accuracy of its
 direction (up: > 0), each next to two naive baselines on the same windows: a zero return, and
 yesterday's return (the last h-day return, log(p_t / p_{t-h})). `rmse_vs_zero` < 1 means the
@@ -43,13 +53,14 @@ from seqbench.errors import ConfigError
 from seqbench.tasks.base import (
     Batch,
     Need,
-    TaskConfig,
+    StreamTaskConfig,
     check_seq_len,
     check_split_fractions,
     last_step_sources,
     make_generator,
 )
 from seqbench.tasks.data import package_file, read_csv, split_sizes, user_file
+from seqbench.tasks.streams import StreamWalk
 
 EVAL_CHUNK = 4096  # windows per forward pass at evaluation
 EXPECTED = (
@@ -60,7 +71,7 @@ EXPECTED = (
 
 
 @dataclass
-class StocksConfig(TaskConfig):
+class StocksConfig(StreamTaskConfig):
     name: str = "stocks"
     seq_len: int = 30  # trading days of log returns per input window (about six weeks)
     path: str | None = None  # a CSV file; null = the packaged daily prices (bokeh_sampledata)
@@ -150,6 +161,7 @@ class StocksTask:
         horizon: int,
         val_fraction: float,
         test_fraction: float,
+        stateful: bool = False,
     ) -> None:
         self.seq_len, self.horizon = seq_len, horizon
         prices, source = load_prices(path, ticker, ticker_column, date_column, value_column)
@@ -206,7 +218,15 @@ class StocksTask:
             "input_scaler": {"mean": self.input_mean, "std": self.input_std},
             "target_scaler": {"mean": self.target_mean, "std": self.target_std},
             "baseline_test": self.naive_metrics("test"),
+            "stateful": stateful,
         }
+        self.stream = None
+        if stateful:  # every day from the first return whose target is a training day
+            self.stream_days = torch.arange(1, n_train - horizon, device=device)
+            self.day_targets = torch.as_tensor(
+                log_price[horizon:] - log_price[:-horizon], dtype=torch.float32, device=device
+            )  # (N - horizon,): the target of each day
+            self.stream = StreamWalk(len(self.stream_days), seq_len, "trading days", self.info)
 
     @classmethod
     def check(cls, cfg: Any, need: Need) -> None:
@@ -219,6 +239,10 @@ class StocksTask:
         return self.returns[days[:, None] + self.offsets].unsqueeze(-1)
 
     def sample(self, batch_size: int) -> Batch:
+        if self.stream is not None:  # the next window of every stream, from its carried state
+            days = self.stream_days[self.stream.next(batch_size, self.returns.device)]  # (B, T)
+            return Batch(self.returns[days].unsqueeze(-1), self.day_targets[days],
+                         state=self.stream.state, carry=self.stream.carry)  # fmt: skip
         train = self.days["train"]
         pick = torch.randint(
             0, len(train), (batch_size,), generator=self.generator, device=train.device
@@ -226,14 +250,26 @@ class StocksTask:
         return Batch(self.window(train[pick]), self.targets["train"][pick])
 
     def loss(self, output: Tensor, batch: Batch) -> Tensor:
+        if self.stream is not None:  # a target on every day of the window
+            return F.mse_loss(output[..., 0], (batch.y - self.target_mean) / self.target_std)
         return F.mse_loss(output[:, -1, 0], (batch.y - self.target_mean) / self.target_std)
 
     def sources(self, batch: Batch) -> Tensor:
+        if self.stream is not None:  # every day of a stream's window is read
+            return torch.ones(batch.x.shape[:2], dtype=torch.bool, device=batch.x.device)
         return last_step_sources(batch)  # the next return is read at the last day
 
     def predict(self, model: nn.Module, split: str) -> Tensor:
         """Predicted log returns (N,) for every window of `split`, in log-return units."""
         days = self.days[split]
+        if self.stream is not None:  # one stream from day 1 to the split's last day
+            series = self.returns[1 : int(days[-1]) + 1].view(1, -1, 1)
+            state, outputs = None, []
+            for start in range(0, series.shape[1], self.seq_len):
+                window = series[:, start : start + self.seq_len]
+                output, _, state = model(window, state=state, return_state=True)
+                outputs.append(output[0, :, 0])
+            return torch.cat(outputs)[days - 1] * self.target_std + self.target_mean
         scaled = [
             model(self.window(days[start : start + EVAL_CHUNK]))[0][:, -1, 0]
             for start in range(0, len(days), EVAL_CHUNK)

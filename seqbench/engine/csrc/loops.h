@@ -15,9 +15,11 @@ namespace {
 // width; the input (T,B,I), W_ih (G,I) and the projection's bias (G); where the projection goes
 // (T,B,G contiguous) and its width G; K: steps per projection chunk; h_all (T+1,B,H); W_hh
 // (R,H; 0 for a cell without a recurrent matrix: no product); where step t's recurrent product
-// goes (base + t * stride, R columns) and the bias copied there first (0 = none); the gemm.
+// goes (base + t * stride, R columns) and the bias copied there first (0 = none); the gemm;
+// H0: h_all[0] holds a given initial state (1: step 0 makes the recurrent product too; 0: the
+// state starts at zero and step 0 skips it).
 enum Loop { L_T = 0, L_B, L_H, L_NIN, L_INP, L_WIH, L_PBIAS, L_POUT, L_PCOLS, L_K, L_HALL,
-            L_WHH, L_ROUT, L_RSTRIDE, L_RCOLS, L_RBIAS, L_GEMM, LOOP_SLOTS };
+            L_WHH, L_ROUT, L_RSTRIDE, L_RCOLS, L_RBIAS, L_GEMM, L_H0, LOOP_SLOTS };
 
 // Backward plan: steps; the columns of dG that feed W_hh (count, offset in a row of dG) and
 // those that feed W_ih; the input width; W_hh (R,H), W_in (G_in, I: W_ih's rows in dG's
@@ -25,10 +27,11 @@ enum Loop { L_T = 0, L_B, L_H, L_NIN, L_INP, L_WIH, L_PBIAS, L_POUT, L_PCOLS, L_
 // wanted and their accumulators (R,H), (G_in,I); h_all and the input; whether the cell writes
 // its own part of the recurrent carry (GRU; all of it when W_hh is 0, a cell without a
 // recurrent matrix); the dropping exponent CUT; the running reference exponent R (in and out;
-// NEG: none yet); the gemm's address.
+// NEG: none yet); the gemm's address; H0: h_all[0] is a given initial state, so step 0 also
+// makes the recurrent product (the carry into h_0: dL/dh_0) and adds to W_hh's gradient.
 enum BLoop { BL_T = 0, BL_GH, BL_HOFF, BL_GIN, BL_INOFF, BL_NIN, BL_WHH, BL_WIN, BL_DIN,
              BL_NEEDW, BL_ACCHH, BL_ACCIH, BL_HALL, BL_X, BL_CARRY, BL_CUT, BL_R, BL_GEMM,
-             BLOOP_SLOTS };
+             BL_H0, BLOOP_SLOTS };
 
 typedef void (*sgemm_fn)(const char*, const char*, const int*, const int*, const int*,
                          const float*, const float*, const int*, const float*, const int*,
@@ -81,7 +84,8 @@ void fwd_loop(const i64* P, const i64* L) {
     }
     T* rout = (T*)L[L_ROUT] + t * L[L_RSTRIDE];
     if (rbias) fill_rows(rout, rbias, B, R);
-    if (t && L[L_WHH]) times_wt(g, hall + t * B * H, (const T*)L[L_WHH], B, H, R, rout);
+    if ((t || L[L_H0]) && L[L_WHH])
+      times_wt(g, hall + t * B * H, (const T*)L[L_WHH], B, H, R, rout);
     Fwd(P, t);
   }
 }
@@ -105,7 +109,7 @@ void bwd_loop(const i64* P, i64* BL) {
   T* acc_ih = (T*)BL[BL_ACCIH];
   const T* hall = (const T*)BL[BL_HALL];
   const T* x = (const T*)BL[BL_X];
-  const bool carry = BL[BL_CARRY] != 0, needw = BL[BL_NEEDW] != 0;
+  const bool carry = BL[BL_CARRY] != 0, needw = BL[BL_NEEDW] != 0, h0 = BL[BL_H0] != 0;
   const int cut = (int)BL[BL_CUT];
   i64 R = BL[BL_R];
   for (i64 t = steps - 1; t >= 0; --t) {
@@ -116,7 +120,7 @@ void bwd_loop(const i64* P, i64* BL) {
       continue;
     }
     const bool product = BL[BL_WHH] != 0;  // a recurrent matrix (else the kernel did the carry)
-    if (t && product)
+    if ((t || h0) && product)
       gemm<T>(g, 'N', 'N', H, B, gh, (T)1, (const T*)BL[BL_WHH], H, dgh, ld, (T)(carry ? 1 : 0),
               rec, H);
     if (din)
@@ -138,7 +142,7 @@ void bwd_loop(const i64* P, i64* BL) {
       for (i64 b = 0; b < B; ++b)
         if (eb[t * B + b] != m) std::memset(dG + b * ld, 0, ld * sizeof(T));
     const T alpha = (T)std::ldexp(1.0, (int)d);
-    if (t && product)
+    if ((t || h0) && product)
       gemm<T>(g, 'N', 'T', H, gh, B, alpha, hall + t * B * H, H, dgh, ld, (T)1, acc_hh, H);
     gemm<T>(g, 'N', 'T', n_in, gin, B, alpha, x + t * B * n_in, n_in, dgin, ld, (T)1, acc_ih,
             n_in);
