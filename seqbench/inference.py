@@ -53,8 +53,11 @@ def compare_inference(model: nn.Module, task: Task, repeats: int = 3) -> dict:
         if ".quantized" in type(m).__module__ and "Packed" not in type(m).__name__
     )
     state = task.generator.get_state()
+    walk = task.stream.state_dict() if task.stream is not None else None  # task.stateful
     one = task.sample(1).x  # one sequence from the training distribution, for the latency
     task.generator.set_state(state)  # leave the data stream where training left it
+    if walk is not None:  # and the streams: their layout, place and carried state
+        task.stream.load_state_dict(walk)
 
     results: dict = {}
     for name, variant in (("float32", model), ("int8_dynamic", quantized)):

@@ -491,6 +491,21 @@ def test_the_tables_and_metrics_say_which_mode_a_run_used(text, tmp_path):
     assert (table["runs"] == 1).all()
 
 
+def test_the_int8_comparison_leaves_the_walk_where_training_left_it(text, tmp_path):
+    """inference.compare=true draws one sequence for its latency: on a stateful run that must
+    not lay the streams out again (metrics.json keeps the training layout), and both variants
+    score by the stateful walk."""
+    from tests.conftest import run_small
+
+    metrics = run_small(tmp_path / "run", *RUN, f"task.path={text}", "train.steps=4",
+                        "inference.compare=true", "inference.repeats=1", base=BASE)  # fmt: skip
+    streams = metrics["task_info"]["streams"]
+    assert streams["streams"] == 4 and streams["windows_per_pass"] == 12
+    scores = [metrics["inference"][v]["bpc"] for v in ("float32", "int8_dynamic")]
+    assert scores[0] == pytest.approx(metrics["final_metric"], rel=1e-6)
+    assert scores[1] == pytest.approx(scores[0], rel=0.05)
+
+
 def test_the_diagnostics_are_within_the_window_and_say_so(text, tmp_path):
     """A stateful run's per-timestep norms and gradient by lag cover the window's task.seq_len
     steps (no gradient reaches past its first step: the carried state is detached), and every
