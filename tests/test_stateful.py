@@ -281,7 +281,7 @@ def test_the_walk_is_contiguous_streams_that_start_over_from_zero():
     """StreamWalk, its docstring's example: 10 items as 2 streams of 5, windows of 2: rows
     [0 1] [5 6], then [2 3] [7 8], then (no whole window left) [0 1] [5 6] again, with the
     carried state reset to zero; a window's final state is carried detached. Streams shorter
-    than a window are refused, naming the keys to change."""
+    than two windows (no state would ever be carried) are refused, naming the keys to change."""
     walk = StreamWalk(10, 2, "items", info := {})
     states = []
     for _ in range(5):
@@ -294,9 +294,20 @@ def test_the_walk_is_contiguous_streams_that_start_over_from_zero():
                       ([[0, 1], [5, 6]], None), ([[2, 3], [7, 8]], 0.0),
                       ([[0, 1], [5, 6]], None)]  # fmt: skip
     assert info["streams"] == {"streams": 2, "items_per_stream": 5, "windows_per_pass": 2}
-    with pytest.raises(ConfigError, match=r"train\.batch_size=3 streams of 3, fewer than one "
-                       r"window of task\.seq_len=4"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"train\.batch_size=3 streams of 3, fewer than two "
+                       r"windows of task\.seq_len=4, .*; use train\.batch_size=1 or fewer, or a "
+                       r"smaller task\.seq_len\.$"):  # fmt: skip
         StreamWalk(10, 4, "items", {}).layout(3)
+    with pytest.raises(ConfigError, match=r"streams of 10, .*; use a smaller task\.seq_len\.$"):
+        StreamWalk(10, 6, "items", {}).layout(1)  # no number of streams holds two windows
+    # one window per stream: nothing would ever be carried; 1 stream holds two
+    with pytest.raises(
+        ConfigError,
+        match=r"streams of 5, fewer than two windows of task\."
+        r"seq_len=5, so no state would be carried.*train\.batch_size=1 or fewer",
+    ):
+        StreamWalk(10, 5, "items", {}).layout(2)
+    StreamWalk(10, 5, "items", {}).layout(1)
 
 
 def test_chargen_batches_are_the_next_window_of_each_stream(text):
@@ -455,9 +466,10 @@ def test_a_run_interrupted_mid_stream_resumes_to_the_same_bits(text, tmp_path, m
         assert without_wall_time(texts[0]) == without_wall_time(texts[1]), name
 
 
-def test_streams_shorter_than_a_window_are_refused_before_training(tmp_path):
-    """task.stateful=true with more streams than the training split can fill with one window
-    each: exit status 2 before any training, naming the keys to change."""
+def test_streams_shorter_than_two_windows_are_refused_before_training(tmp_path):
+    """task.stateful=true with more streams than the training split can fill with two windows
+    each (with one, no state would ever be carried): exit status 2 before any training, naming
+    the keys to change and the largest batch size that works."""
     from tests.conftest import seqbench_main
 
     done = seqbench_main("task=chargen", "task.corpus=hamlet", "task.stateful=true",
@@ -467,6 +479,12 @@ def test_streams_shorter_than_a_window_are_refused_before_training(tmp_path):
     message = " ".join(done.stderr.split())
     assert "task.stateful=true" in message and "train.batch_size=20000 streams" in message
     assert "task.seq_len=100" in message and not (tmp_path / "metrics.json").exists()
+    assert "use train.batch_size=788 or fewer" in message  # 157,657 characters // 200
+    # stocks at its defaults (train.batch_size=64, task.seq_len=30): 2,288 training days
+    with pytest.raises(ConfigError, match=r"2,288 trading days out as train\.batch_size=64 "
+                       r"streams of 35, .*use train\.batch_size=38 or fewer"):  # fmt: skip
+        stream_task("task=stocks", "task.stateful=true", batch_size=64)
+    assert stream_task("task=stocks", "task.stateful=true", batch_size=32).stream.windows == 2
 
 
 def test_the_tables_and_metrics_say_which_mode_a_run_used(text, tmp_path):

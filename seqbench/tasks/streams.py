@@ -55,11 +55,16 @@ class StreamWalk:
     def layout(self, rows: int) -> None:
         """Lay the items out as `rows` streams (the batch size); start at their beginning."""
         span = self.items // rows
-        if span < self.window:
+        if span < 2 * self.window:  # one window per stream would never carry a state
+            most = self.items // (2 * self.window)
+            fix = "a smaller task.seq_len"
+            if most:
+                fix = f"train.batch_size={most} or fewer, or {fix}"
             raise ConfigError(
                 f"task.stateful=true lays the training split's {self.items:,} {self.what} out "
-                f"as train.batch_size={rows} streams of {span:,}, fewer than one window of "
-                f"task.seq_len={self.window}; use a smaller train.batch_size or task.seq_len."
+                f"as train.batch_size={rows} streams of {span:,}, fewer than two windows of "
+                f"task.seq_len={self.window}, so no state would be carried from one window to "
+                f"the next; use {fix}."
             )
         self.rows, self.span, self.windows = rows, span, span // self.window
         self.position, self.state = 0, None
