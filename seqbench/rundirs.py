@@ -67,6 +67,11 @@ def load_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
             for k, v in parse_overrides(overrides).items()
             if not k.startswith("hydra.")
         }
+        # a stream task's mode (task.stateful) even where the default left it out of the
+        # overrides, so that a windowed run and a stateful one differ in the table
+        stateful = (metrics.get("task_info") or {}).get("stateful")
+        if stateful is not None:
+            row.setdefault("task.stateful", "true" if stateful else "false")
         row.update(_run_numbers(metrics))
         row["run_dir"] = str(run_dir)
         rows.append(row)

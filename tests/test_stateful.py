@@ -489,21 +489,35 @@ def test_streams_shorter_than_two_windows_are_refused_before_training(tmp_path):
 
 def test_the_tables_and_metrics_say_which_mode_a_run_used(text, tmp_path):
     """metrics.json's task_info says stateful or not (and the streams' layout); the comparison
-    of a windowed and a stateful run (the command's own overrides) groups them by
-    task.stateful."""
+    of a windowed run (the default, task.stateful not among its overrides) and a stateful one
+    groups them by task.stateful; the run's closing summary (console and TensorBoard) names
+    the stateful mode."""
+    import io
     import json
 
+    from rich.console import Console
+
     from seqbench.compare import aggregate, load_runs
+    from seqbench.loggers.console import summary_table
+    from seqbench.loggers.tensorboard import summary_markdown
     from tests.conftest import seqbench_main
 
     short = [*BASE, *RUN, f"task.path={text}", "train.steps=2", "train.eval_every=2"]
     for mode in ("false", "true"):
         run_dir = tmp_path / mode
-        args = [o for o in short if not o.startswith("task.stateful")] + [f"task.stateful={mode}"]
+        args = [o for o in short if not o.startswith("task.stateful")]
+        if mode == "true":  # the windowed run keeps the default
+            args.append("task.stateful=true")
         done = seqbench_main(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
-        info = json.loads((run_dir / "metrics.json").read_text())["task_info"]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        info = metrics["task_info"]
         assert info["stateful"] == (mode == "true") and ("streams" in info) == (mode == "true")
+        console = Console(file=io.StringIO(), width=100)
+        console.print(summary_table(metrics, str(run_dir)))
+        said = "chargen (stateful)" in console.file.getvalue()
+        assert said == (mode == "true"), console.file.getvalue()
+        assert ("chargen (stateful)" in summary_markdown(metrics)) == (mode == "true")
     table = aggregate(load_runs([tmp_path / "false", tmp_path / "true"]))
     assert table["task.stateful"].map(str).tolist() == ["false", "true"]
     assert (table["runs"] == 1).all()

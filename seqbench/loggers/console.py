@@ -145,7 +145,8 @@ def summary_table(metrics: dict, run_dir: str) -> Table:
     if metrics.get("diverged_step") is not None:
         status += f" at step {metrics['diverged_step']}"
     table.add_row("status", Text(status, style=status_style.get(metrics["status"], "yellow")))
-    table.add_row("model / task", f"{metrics['model']} / {metrics['task']}")
+    stateful = " (stateful)" if (metrics.get("task_info") or {}).get("stateful") else ""
+    table.add_row("model / task", f"{metrics['model']} / {metrics['task']}{stateful}")
     table.add_row("seed", str(metrics["seed"]))
     table.add_row("parameters", f"{metrics['num_parameters']:,}")
     table.add_row("steps", f"{metrics['steps']:,} ({metrics['steps_per_s'] or 0:.1f} steps/s)")

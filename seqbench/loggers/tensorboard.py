@@ -311,9 +311,11 @@ def summary_markdown(metrics: dict) -> str:
     if metrics.get("diverged_step") is not None:
         status += f" at step {metrics['diverged_step']}"
     best = _number(metrics.get("best_metric"))
+    stateful = (metrics.get("task_info") or {}).get("stateful")  # task.stateful=true
+    task = f"{metrics['task']} (stateful)" if stateful else metrics["task"]
     rows = [
         ("status", status),
-        ("model / task / seed", f"{metrics['model']} / {metrics['task']} / {metrics['seed']}"),
+        ("model / task / seed", f"{metrics['model']} / {task} / {metrics['seed']}"),
         ("steps", f"{metrics.get('steps', 0):,} of {metrics.get('steps_planned', 0):,}"),
         (f"final val {name}", _number(metrics.get("final_metric"))),
         (f"best val {name}", f"{best} at step {metrics.get('best_step')}"),
