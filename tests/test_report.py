@@ -252,6 +252,12 @@ def test_the_command_runs_as_a_process(sweeps, tmp_path: Path) -> None:
         ("file", "is not a directory"),
         ("no_parent", "the directory"),
         ("output_is_dir", "is a directory; give a file name"),
+        (
+            "vs_unknown",
+            "--vs 'task.seq_len' is not a key that varies in the sweeps; the keys "
+            "that vary: model.",
+        ),
+        ("no_history", "history.csv (No such file or directory). A run directory holds"),
     ],
 )
 def test_bad_input_exits_2_with_one_message(case, message, sweeps, tmp_path, capsys) -> None:
@@ -259,14 +265,20 @@ def test_bad_input_exits_2_with_one_message(case, message, sweeps, tmp_path, cap
     (tmp_path / "file").write_text("x")
     out = tmp_path / "report.html"
     out.write_text("an earlier report")
-    path, output = str(sweeps[0]), str(out)
+    path, output, extra = str(sweeps[0]), str(out), []
     if case in ("missing", "empty", "file"):
         path = str(tmp_path / case)
     elif case == "no_parent":
         output = str(tmp_path / "file" / "report.html")
+    elif case == "vs_unknown":
+        extra = ["--vs", "task.seq_len"]  # a key of the table that does not vary
+    elif case == "no_history":  # a run directory that lost a file: named, not blamed on -o
+        path = str(tmp_path / "cells")
+        shutil.copytree(sweeps[0], path)
+        next(Path(path).glob("*/history.csv")).unlink()
     else:
         output = str(tmp_path)
-    assert main([path, "-o", output]) == 2
+    assert main([path, "-o", output, *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("seqbench-report: error: ") and message in err
     assert "Traceback" not in err and err.count("\n") == 1
@@ -320,3 +332,21 @@ def test_who_wins_gives_each_setting_its_own_paragraph() -> None:
     section = text.split("### Who wins\n\n", 1)[1].split("\n\n| setting")[0]
     assert [p.split(":")[0] for p in section.split("\n\n")] == [
         "seq_len=25", "seq_len=50", "seq_len=100"]  # fmt: skip
+
+
+def test_vs_compares_another_key_per_model() -> None:
+    """`--vs KEY` adds a Who wins section for KEY's values (named key=value), one paragraph per
+    model."""
+    from seqbench.report.collect import load_sweep
+    from seqbench.report.content import _verdict_blocks
+    from seqbench.report.render import to_markdown
+    from tests.conftest import ROOT
+
+    sweep = load_sweep(ROOT / "tests" / "fixtures" / "presets" / "adding_lengths")
+    text = to_markdown(_verdict_blocks(sweep, "task.seq_len"), Path("."))[0]
+    section = text.split("### Who wins: seq_len\n\n", 1)[1].split("\n\n| setting")[0]
+    paragraphs = section.split("\n\n")
+    assert [p.split(":")[0] for p in paragraphs] == ["model=gru", "model=lstm", "model=rnn"]
+    # the tanh RNN's MSE grows with T: 25 beats 50 beats 100 (the kept runs' numbers)
+    assert paragraphs[2].startswith("model=rnn: seq_len=25 better than seq_len=50")
+    assert "| model=rnn | seq_len=25 | seq_len=100 |" in text

@@ -45,6 +45,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "OUTPUT_STEM_files/ beside it (default: from the output's suffix)",
     )
     parser.add_argument("--title", default="seqbench report", help="the page's title")
+    parser.add_argument(
+        "--vs",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="also compare the values of KEY pair by pair, in each setting of the other keys "
+        "(e.g. task.stateful: windowed against stateful, per model); repeatable; the model is "
+        "always compared",
+    )
     return parser.parse_args(argv)
 
 
@@ -57,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_writable(output)
         sections = [d for path in args.paths for d in sweep_dirs(path)]
         sweeps = [load_sweep(d) for d in dict.fromkeys(sections)]
-        blocks = report_blocks(sweeps, args.title, output.parent)
+        check_vs(args.vs, sweeps)
+        try:
+            blocks = report_blocks(sweeps, args.title, output.parent, args.vs)
+        except OSError as err:  # a run directory's file is missing or unreadable
+            raise ReportError(_cannot_read(err)) from None
         written = write_report(blocks, args.title, output, fmt)
     except ReportError as err:
         print(f"seqbench-report: error: {err}", file=sys.stderr)
@@ -72,6 +85,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ")"
     )
     return 0
+
+
+def check_vs(keys: Sequence[str], sweeps: list) -> None:
+    """Every `--vs` key varies in at least one sweep, else one message naming what does."""
+    varying = {k for s in sweeps for k in s.by if s.runs[k].map(str).nunique() > 1}
+    for key in keys:
+        if key not in varying:
+            allowed = ", ".join(sorted(varying)) or "none"
+            raise ReportError(
+                f"--vs {key!r} is not a key that varies in the sweeps; the keys that vary: "
+                f"{allowed}."
+            )
 
 
 def figures_dir(output: Path) -> Path:
@@ -126,6 +151,15 @@ def check_writable(output: Path) -> None:
         os.unlink(probe)
     except OSError as err:
         raise ReportError(_cannot_write(output, err)) from None
+
+
+def _cannot_read(err: OSError) -> str:
+    reason = err.strerror or type(err).__name__
+    return (
+        f"cannot read {err.filename or 'a run directory file'} ({reason}). A run directory "
+        "holds metrics.json, history.csv and the norms' CSV files as seqbench wrote them; "
+        "re-run that run, or leave its directory out of the report."
+    )
 
 
 def _cannot_write(output: Path, err: OSError) -> str:

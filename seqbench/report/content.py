@@ -5,6 +5,7 @@ the runs that did not complete, and the config."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,10 +25,13 @@ from seqbench.report.tables import (
 from seqbench.report.views import figure_blocks
 
 
-def report_blocks(sweeps: list[Sweep], title: str, where: Path | None = None) -> list:
+def report_blocks(
+    sweeps: list[Sweep], title: str, where: Path | None = None, vs: Sequence[str] = ()
+) -> list:
     """The whole report: a title, a table of contents, then one section per sweep. Paths are
     shown relative to `where` (the report's folder) when they lie below it, else by the sweep
-    directory's name: a report sent to someone else carries no path of this machine."""
+    directory's name: a report sent to someone else carries no path of this machine. Who wins
+    compares the models, and also the values of each key of `vs` where a sweep varies it."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runs = sum(len(s.runs) for s in sweeps)
     blocks: list = [
@@ -42,7 +46,7 @@ def report_blocks(sweeps: list[Sweep], title: str, where: Path | None = None) ->
         items = "; ".join(f"{i}. {_title(s)}" for i, s in enumerate(sweeps, 1))
         blocks.append(Text(f"Contents: {items}."))
     for index, sweep in enumerate(sweeps, 1):
-        blocks += sweep_blocks(sweep, index, where)
+        blocks += sweep_blocks(sweep, index, where, vs)
     return blocks
 
 
@@ -74,7 +78,9 @@ def shown(path: Path, where: Path | None) -> str:
     return path.name
 
 
-def sweep_blocks(sweep: Sweep, index: int, where: Path | None = None) -> list:
+def sweep_blocks(
+    sweep: Sweep, index: int, where: Path | None = None, vs: Sequence[str] = ()
+) -> list:
     blocks: list = [Heading(f"{index}. {_title(sweep)}", 2, f"sweep-{index}")]
     blocks.append(Text(_header(sweep, where)))
     if sweep.command:
@@ -85,6 +91,9 @@ def sweep_blocks(sweep: Sweep, index: int, where: Path | None = None) -> list:
         blocks += [Text(f"The sweep's command{typed}:"), Code(sweep.command, "bash")]
     blocks += [Heading("Results", 3), Text(_headline(sweep)), results_table(sweep)]
     blocks += _verdict_blocks(sweep)
+    for key in vs:
+        if key in sweep.by and sweep.runs[key].map(str).nunique() > 1:
+            blocks += _verdict_blocks(sweep, key)
     blocks += [Text(_table_note(sweep)), Heading("Gradients", 3), gradient_table(sweep)]
     gates = gate_table(sweep)
     if gates is not None:
@@ -218,16 +227,30 @@ def _headline(sweep: Sweep) -> str:
     return "; ".join(text) + "."
 
 
-def _verdict_blocks(sweep: Sweep) -> list:
-    """Who wins, per setting: the verdict lines and every pair (`seqbench.verdicts`)."""
-    from seqbench.verdicts import pair_frame, verdict_lines
+def compared_pairs(sweep: Sweep, vs: str | None = None):
+    """Every pair of the models (`seqbench.verdicts.pair_frame`), or of the values of `vs`,
+    named `key=value` (e.g. stateful=True) so that a verdict line reads on its own."""
+    from seqbench.verdicts import pair_frame
 
-    pairs = pair_frame(sweep.runs, sweep.by)
+    pairs = pair_frame(sweep.runs, sweep.by, vs)
+    if vs is not None and vs != "model" and not pairs.empty:
+        short = vs.rsplit(".", 1)[-1]
+        pairs[["a", "b"]] = pairs[["a", "b"]].map(lambda v: f"{short}={v}")
+    return pairs
+
+
+def _verdict_blocks(sweep: Sweep, vs: str | None = None) -> list:
+    """Who wins, per setting: the verdict lines and every pair (`seqbench.verdicts`); the
+    models, or the values of `vs`."""
+    from seqbench.verdicts import verdict_lines
+
+    pairs = compared_pairs(sweep, vs)
     if pairs.empty:
         return []
     lines = verdict_lines(pairs, width=10**6)
+    short = str(vs).rsplit(".", 1)[-1]
     return [
-        Heading("Who wins", 3),
+        Heading("Who wins" if vs is None else f"Who wins: {short}", 3),
         *(Text(line) for line in lines[:-1]),  # one paragraph per setting
         pairs_table(pairs),
         Text(lines[-1]),
