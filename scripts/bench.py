@@ -176,6 +176,9 @@ def floor_step(cell, B, T, H):
     return step
 
 
+ROW_BUDGET_S = 60.0  # a reference row's timed rounds, about (see run_reference_bench)
+
+
 def reference_cells() -> list[str]:
     """The registered cells with engine kernels and no PyTorch layer (IndRNN, minGRU,
     minLSTM): timed against the autograd path through their own step equations."""
@@ -221,21 +224,30 @@ def run_reference_bench(shapes, repeats: int, cells) -> list[dict]:
     backward) on the autograd path through the cell's step equations (``reference``, what
     model.engine=fused runs for them), on the engine with norms and without, and the step's
     matrix products alone (``floor``: the input projection and its weight gradient; such a
-    cell has no recurrent product). Round-robin, medians."""
+    cell has no recurrent product). Round-robin, medians. The autograd path through the step
+    equations is slow at long T (minLSTM: ~30 s a step at T=1000 on 2 cores): a row whose
+    warm-up round took more than ROW_BUDGET_S / `repeats` gets fewer rounds (at least 3), so
+    that no row takes much more than ROW_BUDGET_S."""
     rows = []
     for B, T, H in shapes:
         for cell in cells:
             variants = _reference_variants(cell, B, T, H)
             times = {k: [] for k in variants}
-            for r in range(repeats + 1):  # the first round warms up
+            rounds, r = repeats, 0
+            while r <= rounds:  # round 0 warms up
                 order = list(variants)
                 random.Random(r).shuffle(order)
+                start = time.perf_counter()
                 for name in order:
                     took = timed(variants[name])
                     if r:
                         times[name].append(took)
+                if r == 0:
+                    warm = time.perf_counter() - start
+                    rounds = max(3, min(repeats, int(ROW_BUDGET_S / warm)))
+                r += 1
             med = {k: statistics.median(v) for k, v in times.items()}
-            row = {"cell": cell, "B": B, "T": T, "H": H, "rounds": repeats,
+            row = {"cell": cell, "B": B, "T": T, "H": H, "rounds": rounds,
                    **{f"{k}_s": v for k, v in med.items()}}  # fmt: skip
             row["reference/engine_norms"] = med["reference"] / med["engine_norms"]
             row["norms_overhead_%"] = 100 * (med["engine_norms"] / med["engine"] - 1)

@@ -127,6 +127,20 @@ def test_the_bench_times_every_engine_cell_and_the_relu_rnn() -> None:
     assert isinstance(head, nn.Linear) and head.in_features == 5 and y.shape[0] == 4
 
 
+def test_slow_reference_rows_get_fewer_rounds(monkeypatch) -> None:
+    """performance.md: a reference row (a cell without a PyTorch layer, under autograd) whose
+    warm-up round took long gets fewer rounds, at least 3; its `rounds` column says how many."""
+    import scripts.bench as bench
+
+    cell = bench.reference_cells()[0]
+    monkeypatch.setattr(bench, "ROW_BUDGET_S", 1e-9)  # every row is "slow"
+    (slow,) = bench.run_reference_bench([(2, 3, 4)], 6, [cell])
+    monkeypatch.setattr(bench, "ROW_BUDGET_S", 1e9)
+    (fast,) = bench.run_reference_bench([(2, 3, 4)], 6, [cell])
+    assert (slow["rounds"], fast["rounds"]) == (3, 6)
+    assert slow["engine_norms_s"] > 0 and slow["reference/engine_norms"] > 0
+
+
 def test_the_threading_threshold_and_the_config_store_copies() -> None:
     """performance.md: the engine's kernels run serially below THREADING_MIN_WORK (32,768,
     in csrc/seqbench.h); Hydra no longer deep-copies its whole config store for every group it
