@@ -67,6 +67,16 @@ class LayerForward(Protocol):
     def kernel(self) -> Callable[[Any, int], Any]: ...
     def projector(self, proj: Tensor, bias: Tensor) -> Callable[[int], None]: ...
     def params(self, *values: int) -> Any: ...
+    def run_native(
+        self,
+        P: Any,
+        proj: Tensor,
+        bias: Tensor,
+        rec: Tensor,
+        rec_stride: int,
+        rec_bias: Tensor | None = None,
+        recurrent: Callable[[int], None] | None = None,
+    ) -> None: ...
 
 
 class BackwardState(Protocol):

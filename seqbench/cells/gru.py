@@ -34,26 +34,24 @@ def forward(layer: LayerForward) -> tuple[Tensor, ...]:
     T, B, H = layer.steps, layer.batch, layer.hidden
     h_all = layer.h_all
     gi = layer.empty((T, B, 3 * H))  # x-projection + b_ih in, activations r, z, n out
-    project = layer.projector(gi, layer.b_ih)  # b_hn sits inside r * (...): added per step
     ghn = layer.empty((T, B, H))
     gh = torch.empty(B, 3 * H, dtype=layer.dtype, device=layer.device)
+    # b_hn sits inside r * (...): b_hh is added per step, with the recurrent product
     if layer.native:
-        fn = layer.kernel()
-        P = layer.params(
-            B, H, gi.data_ptr(), gh.data_ptr(), ghn.data_ptr(), h_all.data_ptr(), layer.lens
-        )
-        if layer.loop(P, gi, layer.b_ih, gh, 0, layer.b_hh):  # the loop below, in native code
-            return gi, ghn
         hs = h_all.unbind(0)
-        for t in range(T):
-            project(t)
+
+        def recurrent(t: int) -> None:
             if t or layer.from_h0:  # from a zero state step 0's recurrent term is b_hh
                 torch.addmm(layer.b_hh, hs[t], layer.w_hh_t, out=gh)
             else:
                 gh.copy_(layer.b_hh.expand(B, 3 * H))
-            fn(P, t)
+
+        P = layer.params(
+            B, H, gi.data_ptr(), gh.data_ptr(), ghn.data_ptr(), h_all.data_ptr(), layer.lens
+        )
+        layer.run_native(P, gi, layer.b_ih, gh, 0, layer.b_hh, recurrent)
     else:
-        project(0)
+        layer.projector(gi, layer.b_ih)(0)
         for t in range(T):
             torch.addmm(layer.b_hh, h_all[t], layer.w_hh_t, out=gh)
             x = gi[t]

@@ -26,17 +26,11 @@ def step(x_proj: Tensor, h_proj: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, 
 def forward(layer: LayerForward) -> tuple[Tensor, ...]:
     T, B, H = layer.steps, layer.batch, layer.hidden
     h_all = layer.h_all
-    project = layer.projector(h_all[1:], layer.b_ih)
     if layer.native:
-        fn = layer.kernel()
         P = layer.params(B, H, h_all.data_ptr(), layer.lens, layer.w_hh.data_ptr())
-        if layer.loop(P, h_all[1:], layer.b_ih, h_all[1:], 0):  # the loop below, native
-            return ()
-        for t in range(T):
-            project(t)
-            fn(P, t)
+        layer.run_native(P, h_all[1:], layer.b_ih, h_all[1:], 0)
     else:
-        project(0)
+        layer.projector(h_all[1:], layer.b_ih)(0)
         for t in range(T):
             h = h_all[t + 1]
             h.addcmul_(layer.w_hh, h_all[t]).relu_()

@@ -29,25 +29,22 @@ def forward(layer: LayerForward) -> tuple[Tensor, ...]:
     h_all = layer.h_all
     act = layer.empty((T, B, 4 * H))  # pre-activations in, activations i, f, g, o out
     bias = layer.b_ih + layer.b_hh
-    project = layer.projector(act, bias)
     c_all = layer.empty((T + 1, B, H))
     if layer.c0 is None:
         c_all[0].zero_()
     else:
         c_all[0].copy_(layer.c0)
     if layer.native:
-        fn = layer.kernel()
-        P = layer.params(B, H, act.data_ptr(), c_all.data_ptr(), h_all.data_ptr(), layer.lens)
-        if layer.loop(P, act, bias, act, B * 4 * H):  # the loop below, in native code
-            return act, c_all
         acts, hs = act.unbind(0), h_all.unbind(0)
-        for t in range(T):
-            project(t)
+
+        def recurrent(t: int) -> None:
             if t or layer.from_h0:  # from a zero state step 0 has no recurrent term
                 acts[t].addmm_(hs[t], layer.w_hh_t)
-            fn(P, t)
+
+        P = layer.params(B, H, act.data_ptr(), c_all.data_ptr(), h_all.data_ptr(), layer.lens)
+        layer.run_native(P, act, bias, act, B * 4 * H, recurrent=recurrent)
     else:
-        project(0)
+        layer.projector(act, bias)(0)
         for t in range(T):
             g = act[t]
             if t or layer.from_h0:

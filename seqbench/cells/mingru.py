@@ -35,17 +35,11 @@ def forward(layer: LayerForward) -> tuple[Tensor, ...]:
     T, B, H = layer.steps, layer.batch, layer.hidden
     h_all = layer.h_all
     act = layer.empty((T, B, 2 * H))  # projections in, keep and h~ out
-    project = layer.projector(act, layer.b_ih)
     if layer.native:
-        fn = layer.kernel()
         P = layer.params(B, H, act.data_ptr(), h_all.data_ptr(), layer.lens)
-        if layer.loop(P, act, layer.b_ih, act, 0):  # the loop below, in native code
-            return (act,)
-        for t in range(T):
-            project(t)
-            fn(P, t)
+        layer.run_native(P, act, layer.b_ih, act, 0)
     else:
-        project(0)
+        layer.projector(act, layer.b_ih)(0)
         for t in range(T):
             keep, candidate = act[t].chunk(2, 1)
             keep.neg_().sigmoid_()  # 1 - sigmoid(x) = sigmoid(-x)

@@ -39,17 +39,11 @@ def forward(layer: LayerForward) -> tuple[Tensor, ...]:
     h_all = layer.h_all
     proj = layer.empty((T, B, 3 * H))  # the projections x_f, x_i, x_h
     act = layer.empty((T, B, 4 * H))  # f', i', h~, f
-    project = layer.projector(proj, layer.b_ih)
     if layer.native:
-        fn = layer.kernel()
         P = layer.params(B, H, proj.data_ptr(), act.data_ptr(), h_all.data_ptr(), layer.lens)
-        if layer.loop(P, proj, layer.b_ih, proj, 0):  # the loop below, in native code
-            return (act,)
-        for t in range(T):
-            project(t)
-            fn(P, t)
+        layer.run_native(P, proj, layer.b_ih, proj, 0)
     else:
-        project(0)
+        layer.projector(proj, layer.b_ih)(0)
         for t in range(T):
             x_f, x_i, candidate = proj[t].chunk(3, 1)
             f, i = torch.sigmoid(x_f), torch.sigmoid(x_i)

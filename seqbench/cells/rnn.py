@@ -35,20 +35,17 @@ def forward(layer: LayerForward, relu: bool = False) -> tuple[Tensor, ...]:
     T, B, H = layer.steps, layer.batch, layer.hidden
     h_all = layer.h_all
     bias = layer.b_ih + layer.b_hh
-    project = layer.projector(h_all[1:], bias)
     if layer.native:
-        fn = layer.kernel()
-        P = layer.params(B, H, h_all.data_ptr(), layer.lens, int(relu))
-        if layer.loop(P, h_all[1:], bias, h_all[1:], B * H):  # the loop below, in native code
-            return ()
         hs = h_all.unbind(0)
-        for t in range(T):
-            project(t)
+
+        def recurrent(t: int) -> None:
             if t or layer.from_h0:  # from a zero state step 0 has no recurrent term
                 hs[t + 1].addmm_(hs[t], layer.w_hh_t)
-            fn(P, t)
+
+        P = layer.params(B, H, h_all.data_ptr(), layer.lens, int(relu))
+        layer.run_native(P, h_all[1:], bias, h_all[1:], B * H, recurrent=recurrent)
     else:
-        project(0)
+        layer.projector(h_all[1:], bias)(0)
         for t in range(T):
             h = h_all[t + 1]
             if t or layer.from_h0:

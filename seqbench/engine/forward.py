@@ -107,6 +107,29 @@ class LayerForward:
         self.nat.fns[(f"{self.cell.name}_fwd_loop", self.dtype)](P, plan)
         return True
 
+    def run_native(
+        self,
+        P: ctypes.Array,
+        proj: Tensor,
+        bias: Tensor,
+        rec: Tensor,
+        rec_stride: int,
+        rec_bias: Tensor | None = None,
+        recurrent: Callable[[int], None] | None = None,
+    ) -> None:
+        """The layer's whole forward on the native kernel ``fn(P, t)``: the native time loop
+        (`loop`) where it is available, else the same calls from Python, per step
+        ``project(t)``, the cell's ``recurrent(t)`` (its recurrent product; None: the kernel
+        needs none) and ``fn(P, t)``."""
+        if self.loop(P, proj, bias, rec, rec_stride, rec_bias):
+            return
+        fn, project = self.kernel(), self.projector(proj, bias)
+        for t in range(self.steps):
+            project(t)
+            if recurrent is not None:
+                recurrent(t)
+            fn(P, t)
+
     def projector(self, proj: Tensor, bias: Tensor) -> Callable[[int], None]:
         """``project(t)`` writes ``inp @ w_ih.T + bias`` into ``proj`` (T, B, G) for the chunk
         of steps starting at t when t starts a chunk; the pure-torch path does all steps at
