@@ -15,6 +15,7 @@ import yaml
 
 from seqbench.compare import to_display
 from seqbench.report.collect import load_sweep
+from seqbench.report.content import compared_pairs
 from seqbench.report.render import to_markdown
 from seqbench.report.tables import gate_table, gradient_table, pairs_table, results_table
 from seqbench.verdicts import pair_frame
@@ -25,22 +26,28 @@ KEPT = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
 # in the README and the docs pages, a table produced by seqbench-report follows a marker naming
 # its preset and kind
 MARKER = re.compile(
-    r"<!-- seqbench-report (\w+) (results|gradients|gates|pairs) -->\n+((?:\|.*\n)+)"
+    r"<!-- seqbench-report (\w+) (results|gradients|gates|pairs|pairs_vs) -->\n+((?:\|.*\n)+)"
 )
 # the pages that may show such tables: the README and docs/*.md (the reports in docs/presets are
 # checked whole, below)
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
+# the presets whose report also compares another key (`seqbench-report --vs KEY`)
+ALSO_VS = {"chargen_cells": "task.stateful"}
+
+
 def computed(name: str, root: Path = FIXTURES) -> dict[str, str]:
     """The report's Markdown tables for the kept sweep NAME: results, gradients, gates, and who
-    wins (pairs) where the sweep has pairs to compare."""
+    wins (pairs) where the sweep has pairs to compare; `pairs_vs`, the pairs of ALSO_VS's key."""
     sweep = load_sweep(root / name)
     tables = {"results": results_table(sweep), "gradients": gradient_table(sweep)}
     if (gates := gate_table(sweep)) is not None:
         tables["gates"] = gates
     if not (pairs := pair_frame(sweep.runs, sweep.by)).empty:
         tables["pairs"] = pairs_table(pairs)
+    if name in ALSO_VS:
+        tables["pairs_vs"] = pairs_table(compared_pairs(sweep, ALSO_VS[name]))
     return {kind: to_markdown([table], Path("."))[0] for kind, table in tables.items()}
 
 
@@ -107,3 +114,22 @@ def test_the_test_column_is_the_runs_own_test_split() -> None:
     assert "test" not in computed("long_adding")["results"]
     assert "test_metric" not in to_display(load_sweep(FIXTURES / "long_adding").table).columns
     assert "test_metric" in to_display(sweep.table).columns
+
+
+def test_the_stateful_claims_are_the_kept_runs() -> None:
+    """README and presets.md: on chargen_cells the GRU reaches 2.17 bits per character on
+    validation windowed and 2.16 stateful, and stateful ties windowed for every cell (each
+    scored its own way): recomputed from the kept runs, so a re-run that changes either fails
+    here."""
+    sweep = load_sweep(FIXTURES / "chargen_cells")
+    done = sweep.runs[sweep.runs["status"] == "completed"]
+    gru = done[done["model"] == "gru"].groupby(done["task.stateful"].map(str))["best_metric"]
+    assert {mode: f"{v:.2f}" for mode, v in gru.mean().items()} == {"False": "2.17", "True": "2.16"}
+    pairs = compared_pairs(sweep, "task.stateful")
+    assert sorted(pairs["setting"]) == ["model=gru", "model=lstm", "model=rnn"]
+    assert set(pairs["verdict"]) == {"tie"}
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "the GRU reaches 2.17 bits per character on validation windowed and 2.16" in readme
+    assert "stateful ties windowed for every cell" in readme
+    presets = " ".join((ROOT / "docs" / "presets.md").read_text().split())
+    assert "the stateful runs tie the windowed ones for every cell" in presets

@@ -24,7 +24,9 @@ def shrunk(name: str) -> tuple[list[str], dict[str, list[str]]]:
     """The overrides that shrink preset `name`, and its sweep's parameters after them (each
     value list as the strings Hydra passes on)."""
     cfg = compose_config([f"experiment={name}"], hydra=True)
-    params = {key: str(values).split(",") for key, values in cfg.hydra.sweeper.params.items()}
+    spelt = {"true": "True", "false": "False"}  # a boolean as Hydra passes it on to the job
+    params = {key: [spelt.get(v.lower(), v) for v in str(values).split(",")]
+              for key, values in cfg.hydra.sweeper.params.items()}  # fmt: skip
     shrink = list(SHRINK)
     if "seed" in params:  # one seed
         shrink.append("hydra.sweeper.params.seed=0")
