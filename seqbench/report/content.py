@@ -91,8 +91,8 @@ def sweep_blocks(
         blocks += [Text(f"The sweep's command{typed}:"), Code(sweep.command, "bash")]
     blocks += [Heading("Results", 3), Text(_headline(sweep)), results_table(sweep)]
     blocks += _verdict_blocks(sweep)
-    for key in vs:
-        if key in sweep.by and sweep.runs[key].map(str).nunique() > 1:
+    for key in dict.fromkeys(vs):  # the model's section is always there
+        if key != "model" and key in sweep.by and sweep.runs[key].map(str).nunique() > 1:
             blocks += _verdict_blocks(sweep, key)
     blocks += [Text(_table_note(sweep)), Heading("Gradients", 3), gradient_table(sweep)]
     gates = gate_table(sweep)
