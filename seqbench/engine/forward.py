@@ -72,41 +72,6 @@ class LayerForward:
         """A work buffer of the layer's dtype and device (recycled between calls)."""
         return cache.empty(shape, self.dtype, self.device)
 
-    def kernel(self) -> ctypes._CFuncPtr:
-        """The cell's native forward kernel ``fn(P, t)`` for this dtype."""
-        return self.nat.fns[(f"{self.cell.name}_fwd", self.dtype)]
-
-    def loop(
-        self,
-        P: ctypes.Array,
-        proj: Tensor,
-        bias: Tensor,
-        rec: Tensor,
-        rec_stride: int,
-        rec_bias: Tensor | None = None,
-    ) -> bool:
-        """Run the whole layer in the native time loop (``csrc/loops.h``) when it is available:
-        per chunk of steps ``proj[t:t1] = inp[t:t1] @ w_ih.T + bias`` (``proj`` (T, B, G)
-        contiguous), per step ``rec_bias`` copied to ``rec + t * rec_stride`` (when given), the
-        recurrent product ``h_all[t] @ w_hh.T`` added there (t > 0), then the cell's kernel
-        ``fn(P, t)``: the Python loop's calls in the same order (the product at t = 0 too when
-        ``from_h0``). False: not available (the cell runs its Python loop)."""
-        gemm = self.nat.loop(self.dtype) if self.nat is not None else None
-        if gemm is None:
-            return False
-        T, B, G = self.steps, self.batch, proj.shape[-1]
-        w_ih = self.w_ih.contiguous()
-        w_hh = self.w_hh.contiguous() if self.full else None  # 0 in the plan: no product
-        plan = fwd_plan(
-            L_T=T, L_B=B, L_H=self.hidden, L_NIN=self.inp.shape[2], L_INP=self.inp.data_ptr(),
-            L_WIH=w_ih.data_ptr(), L_PBIAS=bias.data_ptr(), L_POUT=proj.data_ptr(), L_PCOLS=G,
-            L_K=chunk_steps(T, B * G * self.inp.element_size()), L_HALL=self.h_all.data_ptr(),
-            L_WHH=ptr(w_hh), L_ROUT=rec.data_ptr(), L_RSTRIDE=rec_stride,
-            L_RCOLS=rec.shape[-1], L_RBIAS=ptr(rec_bias), L_GEMM=gemm, L_H0=int(self.from_h0),
-        )  # fmt: skip
-        self.nat.fns[(f"{self.cell.name}_fwd_loop", self.dtype)](P, plan)
-        return True
-
     def run_native(
         self,
         P: ctypes.Array,
@@ -117,13 +82,33 @@ class LayerForward:
         rec_bias: Tensor | None = None,
         recurrent: Callable[[int], None] | None = None,
     ) -> None:
-        """The layer's whole forward on the native kernel ``fn(P, t)``: the native time loop
-        (`loop`) where it is available, else the same calls from Python, per step
-        ``project(t)``, the cell's ``recurrent(t)`` (its recurrent product; None: the kernel
-        needs none) and ``fn(P, t)``."""
-        if self.loop(P, proj, bias, rec, rec_stride, rec_bias):
+        """The layer's whole forward on the cell's native kernel ``fn(P, t)``.
+
+        Where the native time loop (``csrc/loops.h``) is available it runs the whole layer: per
+        chunk of steps ``proj[t:t1] = inp[t:t1] @ w_ih.T + bias`` (``proj`` (T, B, G)
+        contiguous), per step ``rec_bias`` copied to ``rec + t * rec_stride`` (when given), the
+        recurrent product ``h_all[t] @ w_hh.T`` added there (t > 0, and t = 0 when
+        ``from_h0``), then ``fn(P, t)``. Otherwise the same calls run from Python, in the same
+        order: per step ``project(t)``, the cell's ``recurrent(t)`` (its recurrent product;
+        None: the kernel needs none) and ``fn(P, t)``."""
+        gemm = self.nat.loop(self.dtype)
+        if gemm is not None:
+            T, B, G = self.steps, self.batch, proj.shape[-1]
+            w_ih = self.w_ih.contiguous()
+            w_hh = self.w_hh.contiguous() if self.full else None  # 0 in the plan: no product
+            plan = fwd_plan(
+                L_T=T, L_B=B, L_H=self.hidden, L_NIN=self.inp.shape[2],
+                L_INP=self.inp.data_ptr(), L_WIH=w_ih.data_ptr(), L_PBIAS=bias.data_ptr(),
+                L_POUT=proj.data_ptr(), L_PCOLS=G,
+                L_K=chunk_steps(T, B * G * self.inp.element_size()),
+                L_HALL=self.h_all.data_ptr(), L_WHH=ptr(w_hh), L_ROUT=rec.data_ptr(),
+                L_RSTRIDE=rec_stride, L_RCOLS=rec.shape[-1], L_RBIAS=ptr(rec_bias),
+                L_GEMM=gemm, L_H0=int(self.from_h0),
+            )  # fmt: skip
+            self.nat.fns[(f"{self.cell.name}_fwd_loop", self.dtype)](P, plan)
             return
-        fn, project = self.kernel(), self.projector(proj, bias)
+        fn = self.nat.fns[(f"{self.cell.name}_fwd", self.dtype)]
+        project = self.projector(proj, bias)
         for t in range(self.steps):
             project(t)
             if recurrent is not None:
