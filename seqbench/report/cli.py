@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from seqbench.compare import varies
 from seqbench.errors import EXIT_USAGE
 from seqbench.files import atomic_write
 from seqbench.report.collect import ReportError, counted, load_sweep, sweep_dirs
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def check_vs(keys: Sequence[str], sweeps: list) -> None:
     """Every `--vs` key varies in at least one sweep, else one message naming what does."""
-    varying = {k for s in sweeps for k in s.by if s.runs[k].map(str).nunique() > 1}
+    varying = {k for s in sweeps for k in s.by if varies(s.runs[k])}
     for key in keys:
         if key not in varying:
             allowed = ", ".join(sorted(varying)) or "none"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seqbench.compare import varies
 from seqbench.report.collect import Sweep, counted, differing_keys, finished_between, run_config
 from seqbench.report.render import Code, Details, Heading, Text
 from seqbench.report.tables import (
@@ -92,7 +93,7 @@ def sweep_blocks(
     blocks += [Heading("Results", 3), Text(_headline(sweep)), results_table(sweep)]
     blocks += _verdict_blocks(sweep)
     for key in dict.fromkeys(vs):  # the model's section is always there
-        if key != "model" and key in sweep.by and sweep.runs[key].map(str).nunique() > 1:
+        if key != "model" and key in sweep.by and varies(sweep.runs[key]):
             blocks += _verdict_blocks(sweep, key)
     blocks += [Text(_table_note(sweep)), Heading("Gradients", 3), gradient_table(sweep)]
     gates = gate_table(sweep)
@@ -248,9 +249,8 @@ def _verdict_blocks(sweep: Sweep, vs: str | None = None) -> list:
     if pairs.empty:
         return []
     lines = verdict_lines(pairs, width=10**6)
-    short = str(vs).rsplit(".", 1)[-1]
     return [
-        Heading("Who wins" if vs is None else f"Who wins: {short}", 3),
+        Heading("Who wins" if vs is None else f"Who wins: {vs.rsplit('.', 1)[-1]}", 3),
         *(Text(line) for line in lines[:-1]),  # one paragraph per setting
         pairs_table(pairs),
         Text(lines[-1]),
