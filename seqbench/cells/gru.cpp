@@ -30,7 +30,7 @@ void gru_fwd(const i64* P, i64 t) {
       continue;
     }
     IVDEP
-    for (i64 j = 0; j < H; ++j) {
+    for (i64 j = 0; j < H; ++j) {  // vectorised (tests/test_vectorised.py)
       T r = Num<T>::sigm(x[j] + y[j]);
       T z = Num<T>::sigm(x[H + j] + y[H + j]);
       T n = Num<T>::tnh(x[2 * H + j] + r * y[2 * H + j]);

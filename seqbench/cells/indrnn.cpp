@@ -22,7 +22,7 @@ void indrnn_fwd(const i64* P, i64 t) {
       continue;
     }
     IVDEP  // `x < 0 ? 0 : x` keeps a NaN a NaN (as torch.relu)
-    for (i64 j = 0; j < H; ++j) {
+    for (i64 j = 0; j < H; ++j) {  // vectorised (tests/test_vectorised.py)
       const T x = hb[j] + u[j] * pb[j];
       hb[j] = x < 0 ? (T)0 : x;
     }

@@ -31,7 +31,7 @@ void lstm_fwd(const i64* P, i64 t) {
       continue;
     }
     IVDEP
-    for (i64 j = 0; j < H; ++j) {
+    for (i64 j = 0; j < H; ++j) {  // vectorised (tests/test_vectorised.py)
       T i = Num<T>::sigm(gi[j]), f = Num<T>::sigm(gf[j]);
       T g = Num<T>::tnh(gg[j]), o = Num<T>::sigm(go[j]);
       T c = f * cpb[j] + i * g;

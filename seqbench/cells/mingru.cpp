@@ -25,7 +25,7 @@ void mingru_fwd(const i64* P, i64 t) {
       continue;
     }
     IVDEP
-    for (i64 j = 0; j < H; ++j) {
+    for (i64 j = 0; j < H; ++j) {  // vectorised (tests/test_vectorised.py)
       const T keep = Num<T>::sigm(-a[j]);  // 1 - sigmoid(x)
       const T cand = a[H + j];
       a[j] = keep;

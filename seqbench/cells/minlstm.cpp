@@ -27,7 +27,7 @@ void minlstm_fwd(const i64* P, i64 t) {
       continue;
     }
     IVDEP
-    for (i64 j = 0; j < H; ++j) {
+    for (i64 j = 0; j < H; ++j) {  // vectorised (tests/test_vectorised.py)
       const T f = Num<T>::sigm(x[j]), i = Num<T>::sigm(x[H + j]), cand = x[2 * H + j];
       const T kept = f / (f + i), written = i / (f + i);
       a[j] = kept;

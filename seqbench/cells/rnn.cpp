@@ -20,10 +20,14 @@ void rnn_fwd_rows(const i64* P, i64 t) {
     }
     if constexpr (RELU) {
       IVDEP  // `x < 0 ? 0 : x` keeps a NaN a NaN (as torch.relu), so divergence stays visible
-      for (i64 j = 0; j < H; ++j) hb[j] = hb[j] < 0 ? (T)0 : hb[j];
+      for (i64 j = 0; j < H; ++j) {  // vectorised (tests/test_vectorised.py)
+        hb[j] = hb[j] < 0 ? (T)0 : hb[j];
+      }
     } else {
       IVDEP
-      for (i64 j = 0; j < H; ++j) hb[j] = Num<T>::tnh(hb[j]);
+      for (i64 j = 0; j < H; ++j) {  // vectorised (tests/test_vectorised.py)
+        hb[j] = Num<T>::tnh(hb[j]);
+      }
     }
   }
 }

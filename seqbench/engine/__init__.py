@@ -28,8 +28,9 @@ How it is fast (CPU)
   float64 sums of squares for the norms, the bias-gradient column sums) are C++: each cell's
   ``seqbench/cells/<cell>.cpp`` and ``csrc/engine.cpp``, sharing ``csrc/seqbench.h`` (the
   backward loop every cell plugs its equations into, and the constants Python reads:
-  ``constants.py``). ``native.py`` compiles them on first use with the system C++ compiler and
-  loads them with :mod:`ctypes` (cached under ``$SEQBENCH_CACHE_DIR`` or
+  ``constants.py``). ``native.py`` compiles them on first use with the system C++ compiler
+  (with ``-fno-trapping-math``, so that GCC vectorises the clamped sigmoid and tanh; it changes
+  no result) and loads them with :mod:`ctypes` (cached under ``$SEQBENCH_CACHE_DIR`` or
   ``~/.cache/seqbench``). When torch runs on GNU OpenMP, steps with ``B * columns >=
   THREADING_MIN_WORK`` are split over torch's own intra-op threads
   (``torch.get_num_threads()``); ``SEQBENCH_NATIVE_OPENMP=0`` keeps them serial. Without a

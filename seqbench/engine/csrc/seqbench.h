@@ -116,7 +116,7 @@ inline typename Num<T>::U maxabs(const T* RS x, i64 n) {
   typedef typename Num<T>::U U;
   U m = 0;
   IVDEP
-  for (i64 i = 0; i < n; ++i) {
+  for (i64 i = 0; i < n; ++i) {  // vectorised (tests/test_vectorised.py)
     U u;
     std::memcpy(&u, x + i, sizeof(U));
     u &= Num<T>::MASK;
@@ -355,7 +355,7 @@ void bwd_rows(const i64* P, i64 t, const Scale& sc) {
       const typename Cell::Row row = cell.row(b);
       if (eb[b] == sc.m) {
         IVDEP
-        for (i64 j = 0; j < H; ++j) {
+        for (i64 j = 0; j < H; ++j) {  // vectorised (tests/test_vectorised.py)
           T dh = (T)(a * (C)ub[j] + bb * (C)rb[j]);
           T g[W];
           Cell::template unit<C>(row, j, dh, bb, rb, g);
@@ -372,7 +372,7 @@ void bwd_rows(const i64* P, i64 t, const Scale& sc) {
       } else {
         const double w2 = pow2(2 * (eb[b] - sc.m));
         IVDEP
-        for (i64 j = 0; j < H; ++j) {
+        for (i64 j = 0; j < H; ++j) {  // vectorised (tests/test_vectorised.py)
           T dh = (T)(a * (C)ub[j] + bb * (C)rb[j]);
           T g[W];
           Cell::template unit<C>(row, j, dh, bb, rb, g);
