@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from seqbench.cells import CELLS, get_cell
-from seqbench.engine import GradNormRecorder, native, recurrent
+from seqbench.engine import GradNormRecorder, backward_native, native, recurrent
 from seqbench.model import ReferenceStack
 
 ENGINE = sorted(name for name, c in CELLS.items() if c.engine is not None)
@@ -54,13 +54,18 @@ def one_pass(cell, weights, x, upstream, lengths, monkeypatch, loop: bool, state
             "probe": recorder.probe_log10, **{k: v.detach() for k, v in final.items()}}  # fmt: skip
 
 
+@pytest.mark.parametrize("chunk", [None, 3], ids=["one-chunk", "chunks-of-3"])
 @pytest.mark.parametrize("start", ["zero", "state"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell", ENGINE)
-def test_native_loop_is_the_python_loop_bit_for_bit(cell, dtype, start, monkeypatch):
+def test_native_loop_is_the_python_loop_bit_for_bit(cell, dtype, start, chunk, monkeypatch):
     """start="state": from a given initial state (step 0's recurrent product, its share of
-    W_hh's gradient and the carry into h_0), with a loss on the final state as well."""
+    W_hh's gradient and the carry into h_0), with a loss on the final state as well. chunk=3:
+    the weight-gradient products in chunks of 3 steps (by default all 17 steps are one), so
+    that the reference exponent moves up between chunks and the accumulators are rescaled."""
     torch.set_num_threads(1)
+    if chunk is not None:
+        monkeypatch.setattr(backward_native, "chunk_steps", lambda *shape: chunk)
     B, T, n_in, H = 5, 17, 3, 6
     torch.manual_seed(2)
     stack = ReferenceStack(get_cell(cell), n_in, H, 2).to(dtype)

@@ -1,8 +1,11 @@
 """Backward, one layer, on the native path.
 
 Per step: one call of the cell's fused backward kernel (gate derivatives, the rescaled signal,
-its float64 sum of squares for the norms, the bias-gradient column sums), one matrix product for
-the recurrence, one for the input gradient, and the weight-gradient accumulation (``addmm_``).
+its float64 sum of squares for the norms, the bias-gradient column sums) and one matrix product
+for the recurrence. The gate gradients of K steps (about 2,048 rows, :func:`chunk_steps`) are
+kept, and each chunk makes one product for the input gradient and one per weight gradient
+(``addmm_``): per-step products of B rows paid BLAS's packing and the accumulator's memory
+traffic every step.
 
 Vanishing gradients would turn float32 values into denormals, on which x86 matrix products are
 10-100x slower. The engine never produces them: the backward signal is carried as
@@ -11,8 +14,11 @@ Vanishing gradients would turn float32 values into denormals, on which x86 matri
 (``e[t, b]``, see ``csrc/seqbench.h``): sequences within ``2**CUT`` of the step's largest share
 its exponent ``M_t``; one further below keeps its own, so that its gradient (its rows of
 ``dL/dx`` and of the signal passed to the layer below) is not lost to the others' scale.
-Weight gradients are accumulated with the factor ``2**(M_t - R)`` for a running reference
-exponent ``R``; the rows of a sequence more than ``2**CUT`` below ``M_t`` stay out of them.
+Weight gradients are accumulated from rows scaled by ``2**(M_t - R)`` (exact; a result below
+the smallest normal number is flushed to zero) for a running reference exponent ``R``, which
+moves up, rescaling the accumulators, when a chunk's largest ``M_t`` is more than ``2**30``
+above it; a step more than ``2**CUT`` below ``R``, and the rows of a sequence more than
+``2**CUT`` below ``M_t``, stay out of them.
 """
 
 from __future__ import annotations
@@ -79,7 +85,6 @@ def layer_backward_native(
     dt, dev = inp.dtype, inp.device
     G = k.dgate_blocks * H
     cut = CUT[dt]
-    dGs = torch.empty(B, G, dtype=dt, device=dev)
     rec = torch.zeros(B, H, dtype=dt, device=dev)
     cc = torch.zeros(B, H, dtype=dt, device=dev) if cell.cell_state else None
     st = torch.zeros(1 + B, dtype=torch.int32)  # the step's exponent, then each sequence's
@@ -95,76 +100,114 @@ def layer_backward_native(
     cs = torch.empty(T, G + k.diag_blocks * H, dtype=dt)
     sqrow = torch.empty(H, dtype=torch.float64)
     sqb = torch.zeros(T, B, dtype=torch.float64) if want_norms and per_row else None
-    ms_c = (ctypes.c_int * T).from_address(ms.data_ptr())
+    # the dG rows of K steps are kept for one batch of products (csrc/loops.h: bwd_chunk)
+    K = chunk_steps(T, B, G, inp.element_size())
+    buf = cache.empty((K, B, G), dt, dev)
     act, aux1, aux2 = k.native_saved(saved, h_all)
     if cell.recurrence == "diagonal":  # the kernel reads the diagonal weight_hh in AUX2
         aux2 = w_hh.contiguous()
     P = bwd_params(
         B_=B, H_=H, UP=up.data_ptr(), UP_TS=up_ts, UP_RS=up_rs, UP_EXP=eb.data_ptr(),
         REC=rec.data_ptr(), CC=ptr(cc), ST=st.data_ptr(), ACT=ptr(act), AUX1=ptr(aux1),
-        AUX2=ptr(aux2), DG=dGs.data_ptr(), SQ=sq.data_ptr(), MS=ms.data_ptr(), CS=cs.data_ptr(),
+        AUX2=ptr(aux2), DG=buf.data_ptr(), SQ=sq.data_ptr(), MS=ms.data_ptr(), CS=cs.data_ptr(),
         LEN=ptr(lens_cpu), SQROW=sqrow.data_ptr() if want_norms else 0, SQB=ptr(sqb),
     )  # fmt: skip
     fn = nat.fns[(f"{cell.name}_bwd", dt)]
-    dg_in, dg_h, w_in = k.split_dgates(dGs, w_ih, H)
+    rexp = torch.empty(K * B, dtype=torch.int32)
+    nzs = torch.zeros(T, dtype=torch.int32)
+    dg_in, dg_h, w_in = k.split_dgates(buf.view(K * B, G), w_ih, H)
     acc_hh = torch.zeros(dg_h.shape[1] if full else 0, H, dtype=dt, device=dev)
-    acc_ih = torch.zeros(dg_in.shape[1], n_in, dtype=dt, device=dev)
+    acc_ih = torch.zeros(n_in, dg_in.shape[1], dtype=dt, device=dev)  # transposed (loops.h)
     d_in = cache.empty((T, B, n_in), dt, dev) if need_din else None
-    gemm = nat.loop(dt)
-    if gemm is not None:  # the loop below, in native code (csrc/loops.h)
-        w_hh_c = w_hh.contiguous() if full else None  # 0 in the plan: no product with it
-        w_in_c = w_in.contiguous()
-        size = dGs.element_size()
-        plan = bwd_plan(
-            BL_T=T, BL_GH=acc_hh.shape[0], BL_HOFF=(dg_h.data_ptr() - dGs.data_ptr()) // size,
-            BL_GIN=dg_in.shape[1], BL_INOFF=(dg_in.data_ptr() - dGs.data_ptr()) // size,
-            BL_NIN=n_in, BL_WHH=ptr(w_hh_c), BL_WIN=w_in_c.data_ptr(), BL_DIN=ptr(d_in),
-            BL_NEEDW=int(need_wgrad), BL_ACCHH=acc_hh.data_ptr(), BL_ACCIH=acc_ih.data_ptr(),
-            BL_HALL=h_all.data_ptr(), BL_X=inp.data_ptr(), BL_CARRY=int(k.carry_in_kernel),
-            BL_CUT=cut, BL_R=NEG, BL_GEMM=gemm, BL_H0=int(from_h0),
-        )  # fmt: skip
+    w_hh_c = w_hh.contiguous() if full else None  # 0 in the plan: no product with it
+    w_in_c = w_in.contiguous()
+    size = buf.element_size()
+    plan = bwd_plan(
+        BL_T=T, BL_GH=acc_hh.shape[0], BL_HOFF=(dg_h.data_ptr() - buf.data_ptr()) // size,
+        BL_GIN=dg_in.shape[1], BL_INOFF=(dg_in.data_ptr() - buf.data_ptr()) // size,
+        BL_NIN=n_in, BL_WHH=ptr(w_hh_c), BL_WIN=w_in_c.data_ptr(), BL_DIN=ptr(d_in),
+        BL_NEEDW=int(need_wgrad), BL_ACCHH=acc_hh.data_ptr(), BL_ACCIH=acc_ih.data_ptr(),
+        BL_HALL=h_all.data_ptr(), BL_X=inp.data_ptr(), BL_CARRY=int(k.carry_in_kernel),
+        BL_CUT=cut, BL_R=NEG, BL_GEMM=nat.loop(dt) or 0, BL_H0=int(from_h0), BL_CHUNK=K,
+        BL_DGBUF=buf.data_ptr(), BL_REXP=rexp.data_ptr(), BL_NZ=nzs.data_ptr(),
+    )  # fmt: skip
+    if nat.loop(dt) is not None:  # the loop below, in native code (csrc/loops.h)
         nat.fns[(f"{cell.name}_bwd_loop", dt)](P, plan)
-        reached = plan[BLOOP_SLOTS.index("BL_R")]  # the reference exponent the loop reached
-        R = None if reached == NEG else reached
-        out = _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, R)
-        return _initial(out, want_h0, rec, cc, eb, dt)
-    dg_h_t, dg_in_t = dg_h.t(), dg_in.t()
-    hs, xs = h_all.unbind(0), inp.unbind(0) if need_wgrad else None
-    d_ins = d_in.unbind(0) if d_in is not None else None
-    R = None
+    else:
+        _python_loop(nat, fn, P, plan, cell, T, B, G, K, buf, rec, dg_in, dg_h, w_in_c, w_hh_c,
+                     acc_hh, acc_ih, d_in, h_all, inp, ms, eb, nzs, rexp)  # fmt: skip
+    reached = plan[BLOOP_SLOTS.index("BL_R")]  # the reference exponent the loop reached
+    R = None if reached == NEG else reached
+    out = _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, R)
+    return _initial(out, want_h0, rec, cc, eb, dt)
+
+
+def chunk_steps(T: int, B: int, G: int, size: int) -> int:
+    """K: the steps whose dG rows are kept for one batch of weight-gradient products, about
+    2,048 rows (per-step products of B rows pay BLAS's packing and the accumulator's traffic
+    every step) within 4 MiB."""
+    return max(1, min(T, 2048 // B, (4 << 20) // (B * G * size)))
+
+
+def _python_loop(nat, fn, P, plan, cell, T, B, G, K, buf, rec, dg_in, dg_h, w_in, w_hh,
+                 acc_hh, acc_ih, d_in, h_all, inp, ms, eb, nzs, rexp):  # fmt: skip
+    """``bwd_loop`` of csrc/loops.h in Python around the same kernels: the same products with
+    the same arguments, so the same bits on one thread."""
+    k = cell.engine
+    slot = {name: i for i, name in enumerate(BLOOP_SLOTS)}
+    P_DG = BWD_SLOTS.index("DG")
+    from_h0 = plan[slot["BL_H0"]] != 0
+    cut, n_in = plan[slot["BL_CUT"]], inp.shape[2]
+    step_rows = buf.view(K, B, G)
+    ms_c = (ctypes.c_int * T).from_address(ms.data_ptr())
+    nz_c = (ctypes.c_int * T).from_address(nzs.data_ptr())
+    scale = nat.fns[("scale_rows", buf.dtype)]
+    t1 = T
     for t in range(T - 1, -1, -1):
+        t0 = t - t % K
+        P[P_DG] = step_rows[t - t0].data_ptr()
         nz = fn(P, t)
+        nz_c[t] = nz
         if not nz:  # no signal at or after this step (e.g. padding): everything is zero
             if not k.carry_in_kernel:
                 rec.zero_()
-            if d_ins is not None:
-                d_ins[t].zero_()
-            continue
-        if (t or from_h0) and full:  # from a zero state, nothing is carried into h_0
+            step_rows[t - t0].zero_()
+        elif (t or from_h0) and w_hh is not None:  # from a zero state, nothing goes into h_0
+            dgh = dg_h[(t - t0) * B : (t - t0 + 1) * B]
             if k.carry_in_kernel:
-                rec.addmm_(dg_h, w_hh)
+                rec.addmm_(dgh, w_hh)
             else:
-                torch.mm(dg_h, w_hh, out=rec)
-        if d_ins is not None:
-            torch.mm(dg_in, w_in, out=d_ins[t])
-        if need_wgrad:
-            m = ms_c[t]
-            if R is None:
-                R = m
-            elif m > R + 30:
-                acc_hh.mul_(math.ldexp(1.0, R - m))
-                acc_ih.mul_(math.ldexp(1.0, R - m))
-                R = m
-            d = m - R
-            if d >= -cut:
-                if nz == 2:  # sequences far below M_t: out of the weight gradients
-                    dGs.masked_fill_((eb[t] != m)[:, None], 0.0)
-                alpha = math.ldexp(1.0, d)
-                if (t or from_h0) and full:
-                    acc_hh.addmm_(dg_h_t, hs[t], alpha=alpha)
-                acc_ih.addmm_(dg_in_t, xs[t], alpha=alpha)
-    out = _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, R)
-    return _initial(out, want_h0, rec, cc, eb, dt)
+                torch.mm(dgh, w_hh, out=rec)
+        if t != t0:
+            continue
+        rows = (t1 - t0) * B
+        if d_in is not None:
+            torch.mm(dg_in[:rows], w_in, out=d_in[t0:t1].view(rows, n_in))
+        top = max((ms_c[s] for s in range(t0, t1) if nz_c[s]), default=NEG)
+        if plan[slot["BL_NEEDW"]] and top != NEG:
+            R = plan[slot["BL_R"]]
+            if R == NEG:
+                R = top
+            elif top > R + 30:  # rescale the accumulators to the larger reference
+                acc_hh.mul_(math.ldexp(1.0, R - top))
+                acc_ih.mul_(math.ldexp(1.0, R - top))
+                R = top
+            plan[slot["BL_R"]] = R
+            d = ms[t0:t1].to(torch.int64) - R
+            step_kept = (nzs[t0:t1] != 0) & (d >= -cut)
+            keep = step_kept[:, None] & (eb[t0:t1] == ms[t0:t1, None])
+            rexp[:rows] = torch.where(keep, d[:, None], NEG).reshape(-1).to(torch.int32)
+            kept = step_kept.nonzero()
+            if len(kept):  # only the steps from the first to the last kept one
+                lo, hi = t0 + int(kept[0]), t0 + int(kept[-1]) + 1
+                a, n = (lo - t0) * B, (hi - lo) * B
+                scale(buf[lo - t0].data_ptr(), n, G, rexp[a:].data_ptr())
+                skip = B if lo == 0 and not from_h0 else 0  # from a zero state, h_0 adds nothing
+                if w_hh is not None and n > skip:
+                    hs = h_all[lo:hi].reshape(n, -1)
+                    acc_hh.addmm_(dg_h[a + skip : a + n].t(), hs[skip:])
+                acc_ih.addmm_(inp[lo:hi].reshape(n, n_in).t(), dg_in[a : a + n])
+        t1 = t0
 
 
 def _initial(out: LayerGrads, want_h0: bool, rec, cc, eb, dt) -> LayerGrads:
@@ -188,7 +231,7 @@ def _finish(cell, dt, H, need_wgrad, sq, ms, cs, sqb, eb, d_in, acc_hh, acc_ih, 
     out.dw_hh = out.dw_ih = out.db_hh = out.db_ih = None
     if need_wgrad:
         R = 0 if R is None else R
-        dw_ih = ldexp_tensor(acc_ih, R, dt)
+        dw_ih = ldexp_tensor(acc_ih.t(), R, dt).contiguous()
         sums = (cs.double() * torch.exp2(ms64)[:, None]).sum(0)  # the steps' sums, rescaled
         G = k.dgate_blocks * H
         out.dw_ih, out.db_ih, out.db_hh = k.pytorch_grads(dw_ih, sums[:G], H, dt)

@@ -19,7 +19,7 @@
 #endif
 
 // ---- shared with Python (parsed: one `#define NAME integer` per line) ----
-#define SEQBENCH_ABI 6                      // seqbench_abi_version() of a matching library
+#define SEQBENCH_ABI 7                      // seqbench_abi_version() of a matching library
 #define SEQBENCH_NEG -536870912             // -(2**29): "no signal" exponent sentinel
 #define SEQBENCH_CUT_F32 60                 // within a sequence, a contribution 2**CUT below
 #define SEQBENCH_CUT_F64 200                //   its dominant one is dropped (float32 / float64)
