@@ -13,8 +13,9 @@ How it is fast (CPU)
   matrix products (in chunks of about 1 MiB, just ahead of the recurrence, so the kernels find
   them in cache). Per time step the forward pass does one in-place ``addmm_`` (recurrent
   product) and one call of the cell's fused elementwise kernel.
-* ``backward_native.py``: per step one fused kernel call, one matrix product for the recurrence
-  and the weight-gradient accumulation (``addmm_``). Vanishing gradients would turn float32
+* ``backward_native.py``: per step one fused kernel call and one matrix product for the
+  recurrence; the gate gradients of about 2,048 rows of steps are kept, and each such chunk
+  makes one product per weight gradient (and one for the input gradient). Vanishing gradients would turn float32
   values into denormals, on which x86 matrix products are 10-100x slower; the engine never
   produces them: the backward signal of sequence ``b`` is carried as ``2**e[t,b] * g[t,b]``
   with an integer exponent per sequence and step and ``g`` renormalised so that its largest
