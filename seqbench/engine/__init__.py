@@ -14,17 +14,17 @@ How it is fast (CPU)
   them in cache). Per time step the forward pass does one in-place ``addmm_`` (recurrent
   product) and one call of the cell's fused elementwise kernel.
 * ``backward_native.py``: per step one fused kernel call and one matrix product for the
-  recurrence; the gate gradients of about 2,048 rows of steps are kept, and each such chunk
-  makes one product per weight gradient (and one for the input gradient). Vanishing gradients would turn float32
-  values into denormals, on which x86 matrix products are 10-100x slower; the engine never
-  produces them: the backward signal of sequence ``b`` is carried as ``2**e[t,b] * g[t,b]``
-  with an integer exponent per sequence and step and ``g`` renormalised so that its largest
-  entry is about 1 (rows of the matrix products stay rows, so each keeps its own exponent).
-  Scaling by a power of two is exact, so the result equals ordinary BPTT up to float rounding.
-  The exponents are found in the same pass over the rows that finds the step's maximum, and
-  sequences within ``2**CUT`` of the largest share its exponent, so such a batch runs the same
-  arithmetic as with one exponent per step. The engine does *not* touch the floating-point
-  environment (no ``torch.set_flush_denormal``).
+  recurrence; the gate gradients of about 2,048 rows of steps are kept, and each such chunk makes
+  one product per weight gradient (and one for the input gradient). Vanishing gradients would turn
+  float32 values into denormals, on which x86 matrix products are 10-100x slower; the engine never
+  produces them: the backward signal of sequence ``b`` is carried as ``2**e[t,b] * g[t,b]`` with
+  an integer exponent per sequence and step and ``g`` renormalised so that its largest entry is
+  about 1 (rows of the matrix products stay rows, so each keeps its own exponent). Scaling by a
+  power of two is exact, so the result equals ordinary BPTT up to float rounding. The exponents
+  are found in the same pass over the rows that finds the step's maximum, and sequences within
+  ``2**CUT`` of the largest share its exponent, so such a batch runs the same arithmetic as with
+  one exponent per step. The engine does *not* touch the floating-point environment (no
+  ``torch.set_flush_denormal``).
 * The fused elementwise kernels (gate nonlinearities, cell update, their derivatives, the
   float64 sums of squares for the norms, the bias-gradient column sums) are C++: each cell's
   ``seqbench/cells/<cell>.cpp`` and ``csrc/engine.cpp``, sharing ``csrc/seqbench.h`` (the
