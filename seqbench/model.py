@@ -3,8 +3,10 @@ linear head on every step."""
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -268,11 +270,15 @@ class SequenceModel(nn.Module):
                 recorder.valid = valid_mask(lengths, x.shape[1])
             weights = [w for layer in range(self.rnn.num_layers)
                        for w in _layer_weights(self.rnn, layer) if w is not None]  # fmt: skip
-            seq = recurrent(
-                self.spec, x, weights, num_layers=self.rnn.num_layers,
+            run = functools.partial(
+                recurrent, self.spec, weights=weights, num_layers=self.rnn.num_layers,
                 hidden_size=self.rnn.hidden_size, dropout=self.rnn.dropout,
-                training=self.training, recorder=recorder, h0=h0, c0=c0, return_state=want_state,
+                training=self.training, recorder=recorder, return_state=want_state,
             )  # fmt: skip
+            if torch.is_grad_enabled() or x.shape[0] <= EVAL_SLICE:
+                seq = run(x=x, h0=h0, c0=c0)
+            else:  # validation in slices: the engine keeps every step's activations
+                seq = _in_slices(run, x, h0, c0, want_state)
             seq, final = seq if want_state else (seq, None)
             return seq, recorder if recorder is not None else [], final
         if not record_states and self.spec.fused is not None:
@@ -387,6 +393,30 @@ def _cell_of(rnn: nn.Module) -> Cell:
             if variant.fused is not None and type(rnn) is variant.fused:
                 return variant
     raise ValueError(f"{type(rnn).__name__} is not the layer stack of a registered cell")
+
+
+#: sequences per engine call in a forward without gradients (validation): the engine keeps
+#: every step's activations, so a 1,024-sequence validation set at once kept about 120 MiB more
+#: resident in the default job than slices of 256 do (the work buffers are reused)
+EVAL_SLICE = 256
+
+
+def _in_slices(run: Callable, x: Tensor, h0: Any, c0: Any, want_state: bool) -> Any:
+    """``run(x=..., h0=..., c0=...)`` (the engine's ``recurrent``) over slices of EVAL_SLICE
+    sequences, joined: the outputs along the batch, a final state along its batch dimension."""
+    parts = []
+    for start in range(0, x.shape[0], EVAL_SLICE):
+        b = slice(start, start + EVAL_SLICE)
+        parts.append(
+            run(x=x[b], h0=None if h0 is None else h0[:, b], c0=None if c0 is None else c0[:, b])
+        )
+    if not want_state:
+        return torch.cat(parts)
+    seq = torch.cat([p[0] for p in parts])
+    finals = [p[1] for p in parts]
+    if isinstance(finals[0], tuple):  # (h_n, c_n)
+        return seq, tuple(torch.cat(f, dim=1) for f in zip(*finals, strict=True))
+    return seq, torch.cat(finals, dim=1)
 
 
 def _layer_weights(

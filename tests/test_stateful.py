@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from seqbench import model as model_module
 from seqbench.cells import CELLS, get_cell
 from seqbench.checks import check_config
 from seqbench.engine import GradNormRecorder, recurrent
@@ -252,6 +253,42 @@ def test_the_model_carries_a_state_the_same_on_every_path(cell):
     assert not torch.allclose(model(x)[0], ref_out)  # from zero, not the same
     with pytest.raises(ValueError, match="unidirectional"):
         model(x, lengths=torch.tensor([6, 6, 6, 6]), return_state=True)
+
+
+@pytest.mark.parametrize("cell", ENGINE)
+def test_without_gradients_the_engine_runs_in_slices(cell, monkeypatch):
+    """A forward without gradients (validation) runs on the engine, in slices of EVAL_SLICE
+    sequences: outputs and final state equal one call over the whole batch and the cell's
+    reference equations within float64 rounding (BLAS may round a product of 4 rows and one
+    of 11 differently)."""
+    torch.manual_seed(0)
+    model = SequenceModel(cell, 3, 2, hidden_size=5, num_layers=2, engine=True).double().eval()
+    x = torch.randn(11, 6, 3, dtype=torch.float64)
+    h0, c0 = initial_state(cell, 2, 11, 5, torch.float64)
+    state = (h0.detach(), c0.detach()) if c0 is not None else h0.detach()
+    calls = []
+    real = model_module.recurrent
+
+    def counted(*args, **kw):
+        calls.append(kw["x"].shape[0])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(model_module, "recurrent", counted)
+
+    def run(slice_size):
+        monkeypatch.setattr(model_module, "EVAL_SLICE", slice_size)
+        with torch.no_grad():
+            out, _, final = model(x, state=state, return_state=True)
+        return out, torch.cat(final) if isinstance(final, tuple) else final
+
+    sliced, whole = run(4), run(100)
+    assert calls == [4, 4, 3, 11]
+    for a, b in zip(sliced, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    out, _, final = model(x, record_states=True, state=state, return_state=True)  # unrolled
+    final = torch.cat(final) if isinstance(final, tuple) else final
+    torch.testing.assert_close(sliced[0], out.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sliced[1], final.detach(), rtol=1e-10, atol=1e-12)
 
 
 # ------------------------------------------------------------------ the stateful walk
