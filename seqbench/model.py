@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 from seqbench.cells import CELLS, INITS, Cell, get_cell
 from seqbench.engine import GradNormRecorder, recurrent
 from seqbench.engine.recorder import batch_means
+from seqbench.engine.slices import in_slices
 
 __all__ = [
     "CELLS",
@@ -221,8 +221,7 @@ class SequenceModel(nn.Module):
         """Map inputs (B, T, I), or token ids (B, T), to outputs (B, T, O), and a trace from which
         `diagnostics.grad_norms` reads ||dL/dh_t|| after ``backward()`` when `record_states`.
 
-        - engine (when gradients are on, or without ``record_states``): the trace is the
-          engine's `GradNormRecorder` (empty without gradients or ``record_states``).
+        - engine (with gradients, or without ``record_states``): the trace is its recorder.
         - otherwise, with ``record_states``: the stack is unrolled step by step through the same
           parameters and every h_t of every layer is kept with ``retain_grad()``, so each
           ``h_t.grad`` is the total derivative through the recurrence; the trace is those states.
@@ -261,8 +260,7 @@ class SequenceModel(nn.Module):
         """The unidirectional stack over x (B, T, I): its last layer's outputs (B, T, H), the
         trace (see `forward`) and the final state (None unless `want_state`)."""
         h0, c0 = state if isinstance(state, tuple) else (state, None)
-        # without gradients too (validation): the engine's forward took 0.35-0.55x the time of
-        # the fused layer's on a 1,024-sequence validation set (B=1024, T=100, H=64, 1 thread)
+        # without gradients too (validation): 0.35-0.55x the fused layer's time (performance.md)
         if self.engine and (torch.is_grad_enabled() or not record_states):
             recorder = None
             if record_states:  # the gate means over real positions come with the norms
@@ -275,10 +273,7 @@ class SequenceModel(nn.Module):
                 hidden_size=self.rnn.hidden_size, dropout=self.rnn.dropout,
                 training=self.training, recorder=recorder, return_state=want_state,
             )  # fmt: skip
-            if torch.is_grad_enabled() or x.shape[0] <= EVAL_SLICE:
-                seq = run(x=x, h0=h0, c0=c0)
-            else:  # validation in slices: the engine keeps every step's activations
-                seq = _in_slices(run, x, h0, c0, want_state)
+            seq = in_slices(run, x, h0, c0, want_state)  # one call when gradients are on
             seq, final = seq if want_state else (seq, None)
             return seq, recorder if recorder is not None else [], final
         if not record_states and self.spec.fused is not None:
@@ -393,30 +388,6 @@ def _cell_of(rnn: nn.Module) -> Cell:
             if variant.fused is not None and type(rnn) is variant.fused:
                 return variant
     raise ValueError(f"{type(rnn).__name__} is not the layer stack of a registered cell")
-
-
-#: sequences per engine call in a forward without gradients (validation): the engine keeps
-#: every step's activations, so a 1,024-sequence validation set at once kept about 120 MiB more
-#: resident in the default job than slices of 256 do (the work buffers are reused)
-EVAL_SLICE = 256
-
-
-def _in_slices(run: Callable, x: Tensor, h0: Any, c0: Any, want_state: bool) -> Any:
-    """``run(x=..., h0=..., c0=...)`` (the engine's ``recurrent``) over slices of EVAL_SLICE
-    sequences, joined: the outputs along the batch, a final state along its batch dimension."""
-    parts = []
-    for start in range(0, x.shape[0], EVAL_SLICE):
-        b = slice(start, start + EVAL_SLICE)
-        parts.append(
-            run(x=x[b], h0=None if h0 is None else h0[:, b], c0=None if c0 is None else c0[:, b])
-        )
-    if not want_state:
-        return torch.cat(parts)
-    seq = torch.cat([p[0] for p in parts])
-    finals = [p[1] for p in parts]
-    if isinstance(finals[0], tuple):  # (h_n, c_n)
-        return seq, tuple(torch.cat(f, dim=1) for f in zip(*finals, strict=True))
-    return seq, torch.cat(finals, dim=1)
 
 
 def _layer_weights(

@@ -15,7 +15,7 @@ import torch
 from seqbench import model as model_module
 from seqbench.cells import CELLS, get_cell
 from seqbench.checks import check_config
-from seqbench.engine import GradNormRecorder, recurrent
+from seqbench.engine import GradNormRecorder, recurrent, slices
 from seqbench.errors import ConfigError
 from seqbench.model import ReferenceStack, SequenceModel
 from seqbench.tasks import build_task
@@ -276,7 +276,7 @@ def test_without_gradients_the_engine_runs_in_slices(cell, monkeypatch):
     monkeypatch.setattr(model_module, "recurrent", counted)
 
     def run(slice_size):
-        monkeypatch.setattr(model_module, "EVAL_SLICE", slice_size)
+        monkeypatch.setattr(slices, "EVAL_SLICE", slice_size)
         with torch.no_grad():
             out, _, final = model(x, state=state, return_state=True)
         return out, torch.cat(final) if isinstance(final, tuple) else final
