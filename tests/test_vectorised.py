@@ -11,9 +11,7 @@ cell is covered without editing this test.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -32,7 +30,7 @@ FLOAT32 = re.compile(r"<float|[a-z_]If[EfdN]")
 
 
 def _gcc() -> str:
-    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    compiler = native.find_compiler()
     if compiler is None:
         pytest.skip("no C++ compiler: the engine uses its pure-torch path")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout

@@ -122,16 +122,17 @@ def layer_backward_native(
     w_hh_c = w_hh.contiguous() if full else None  # 0 in the plan: no product with it
     w_in_c = w_in.contiguous()
     size = buf.element_size()
+    gemm = nat.loop(dt)  # None: the same loop in Python (SEQBENCH_NATIVE_LOOP=0)
     plan = bwd_plan(
         BL_T=T, BL_GH=acc_hh.shape[0], BL_HOFF=(dg_h.data_ptr() - buf.data_ptr()) // size,
         BL_GIN=dg_in.shape[1], BL_INOFF=(dg_in.data_ptr() - buf.data_ptr()) // size,
         BL_NIN=n_in, BL_WHH=ptr(w_hh_c), BL_WIN=w_in_c.data_ptr(), BL_DIN=ptr(d_in),
         BL_NEEDW=int(need_wgrad), BL_ACCHH=acc_hh.data_ptr(), BL_ACCIH=acc_ih.data_ptr(),
         BL_HALL=h_all.data_ptr(), BL_X=inp.data_ptr(), BL_CARRY=int(k.carry_in_kernel),
-        BL_CUT=cut, BL_R=NEG, BL_GEMM=nat.loop(dt) or 0, BL_H0=int(from_h0), BL_CHUNK=K,
+        BL_CUT=cut, BL_R=NEG, BL_GEMM=gemm or 0, BL_H0=int(from_h0), BL_CHUNK=K,
         BL_DGBUF=buf.data_ptr(), BL_REXP=rexp.data_ptr(), BL_NZ=nzs.data_ptr(),
     )  # fmt: skip
-    if nat.loop(dt) is not None:  # the loop below, in native code (csrc/loops.h)
+    if gemm is not None:  # the loop below, in native code (csrc/loops.h)
         nat.fns[(f"{cell.name}_bwd_loop", dt)](P, plan)
     else:
         _python_loop(nat, fn, P, plan, cell, T, B, G, K, buf, rec, dg_in, dg_h, w_in_c, w_hh_c,

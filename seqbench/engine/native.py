@@ -105,6 +105,11 @@ def unity_source(files: list | None = None) -> str:
     return "".join(f'#include "{f}"\n' for f in (sources() if files is None else files))
 
 
+def find_compiler() -> str | None:
+    """The C++ compiler the kernels are built with: ``$CXX`` (default ``c++``), else ``g++``."""
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+
+
 def build(directory: str | None = None) -> ctypes.CDLL | None:
     """Build (or load from the cache) the kernel library; None, with one warning, if that fails.
 
@@ -113,9 +118,9 @@ def build(directory: str | None = None) -> ctypes.CDLL | None:
     """
     if sys.platform == "win32":
         return None
-    wanted = os.environ.get("CXX", "c++")
-    compiler = shutil.which(wanted) or shutil.which("g++")
+    compiler = find_compiler()
     if compiler is None:
+        wanted = os.environ.get("CXX", "c++")
         _warn(f"no C++ compiler found (looked for {wanted!r} and 'g++')", "Install g++ or set CXX")
         return None
     base, native = BASE_FLAGS, NATIVE_FLAGS

@@ -24,14 +24,14 @@ enum Loop { L_T = 0, L_B, L_H, L_NIN, L_INP, L_WIH, L_PBIAS, L_POUT, L_PCOLS, L_
 // Backward plan: steps; the columns of dG that feed W_hh (count, offset in a row of dG) and
 // those that feed W_ih; the input width; W_hh (R,H), W_in (G_in, I: W_ih's rows in dG's
 // order); dL/dinput out (T,B,I, rows in their own scale) or 0; whether weight gradients are
-// wanted and their accumulators (R,H), (I,G_in: transposed); h_all and the input; whether the cell writes
-// its own part of the recurrent carry (GRU; all of it when W_hh is 0, a cell without a
-// recurrent matrix); the dropping exponent CUT; the running reference exponent R (in and out;
-// NEG: none yet); the gemm's address; H0: h_all[0] is a given initial state, so step 0 also
-// makes the recurrent product (the carry into h_0: dL/dh_0) and adds to W_hh's gradient;
-// CHUNK: K, the steps whose dG rows are kept for one batch of products, and DGBUF, their
-// buffer (K,B,W*H); REXP: int32 (K*B) scratch, each kept row's exponent; NZ: int32 (T) out,
-// each step's bwd_step result.
+// wanted and their accumulators (R,H), (I,G_in: transposed); h_all and the input; whether the
+// cell writes its own part of the recurrent carry (GRU; all of it when W_hh is 0, a cell
+// without a recurrent matrix); the dropping exponent CUT; the running reference exponent R (in
+// and out; NEG: none yet); the gemm's address; H0: h_all[0] is a given initial state, so step
+// 0 also makes the recurrent product (the carry into h_0: dL/dh_0) and adds to W_hh's
+// gradient; CHUNK: K, the steps whose dG rows are kept for one batch of products, and DGBUF,
+// their buffer (K,B,W*H); REXP: int32 (K*B) scratch, each kept row's exponent; NZ: int32 (T)
+// out, each step's bwd_step result.
 enum BLoop { BL_T = 0, BL_GH, BL_HOFF, BL_GIN, BL_INOFF, BL_NIN, BL_WHH, BL_WIN, BL_DIN,
              BL_NEEDW, BL_ACCHH, BL_ACCIH, BL_HALL, BL_X, BL_CARRY, BL_CUT, BL_R, BL_GEMM,
              BL_H0, BL_CHUNK, BL_DGBUF, BL_REXP, BL_NZ, BLOOP_SLOTS };
