@@ -19,8 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import seqbench.files
 from seqbench.checkpoint import CHECKPOINT, PREVIOUS
+from seqbench.files import csv_rows
 from seqbench.results import RunRecorder, gate_unit_frame, grad_norm_frame
 from tests.conftest import run_small
 
@@ -141,11 +145,11 @@ def test_an_append_cut_short_is_rewritten_whole_at_the_next_write(tmp_path: Path
     recorder.on_eval(1, {"mse": 0.5})
     recorder.on_step(2, 1.0, 1.0, False)
 
-    def half_a_row_then_ctrl_c(self, f, *args, **kwargs):
+    def half_a_row_then_ctrl_c(f, rows):
         f.write("2,0.1")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", half_a_row_then_ctrl_c)
+    monkeypatch.setattr(seqbench.files, "write_rows", half_a_row_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         recorder.on_eval(2, {"mse": 0.25})
     monkeypatch.undo()
@@ -153,6 +157,26 @@ def test_an_append_cut_short_is_rewritten_whole_at_the_next_write(tmp_path: Path
     recorder.write("interrupted")
     assert on_disk(tmp_path)["history.csv"] == whole_files(recorder)["history.csv"]
     assert pd.read_csv(tmp_path / "history.csv")["val_mse"].tolist() == [0.5, 0.25]
+
+
+FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=64) | st.sampled_from(
+    [0.0, -0.0, 1e-300, 5e-324, 1e16, 1e15, 123456789.125, 1e-5, 1e-4, 0.1, 2.0, -3.5e22]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(FLOATS, FLOATS, st.integers(-(2**62), 2**62), st.booleans()),
+                max_size=12), st.sampled_from(["float64", "float32"]))  # fmt: skip
+def test_rows_are_formatted_as_pandas_writes_them(rows, float_dtype) -> None:
+    """The appended rows (seqbench.files.csv_rows, which skips pandas' writer) equal what
+    pandas' to_csv writes for them: floats of either width, NaN, infinities, tiny and huge
+    values, signed zeros, integers and bools; None (pandas writes it) for text or one column."""
+    frame = pd.DataFrame(rows, columns=["a", "b", "n", "flag"]).astype(
+        {"a": float_dtype, "b": "float64", "n": "int64", "flag": "bool"}
+    )
+    assert csv_rows(frame) == frame.to_csv(header=False, index=False)
+    assert csv_rows(frame[["a"]]) is None
+    assert csv_rows(frame.assign(name="x")) is None
 
 
 # --- resume after a kill -9: a half-written last line and rows after the checkpoint go --------
