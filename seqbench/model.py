@@ -1,5 +1,5 @@
 """Recurrent sequence models: a stack of one of seqbench's cells (:mod:`seqbench.cells`) with a
-linear head on every step."""
+linear head on every step (or where the loss reads)."""
 
 from __future__ import annotations
 
@@ -62,11 +62,8 @@ def engine_choice(
     cell: str, choice: str, device_type: str, bidirectional: bool
 ) -> tuple[bool, str | None]:
     """Whether a model runs on seqbench's BPTT engine, and a one-line notice when a cell without
-    engine kernels falls back.
-
-    ``choice`` is ``model.engine``: "engine" always, "auto" on the CPU for unidirectional
-    models (the fused cuDNN layer is faster on CUDA), "fused" never.
-    """
+    engine kernels falls back. ``choice`` is ``model.engine``: "engine" always, "auto" on the
+    CPU for unidirectional models (the fused cuDNN layer is faster on CUDA), "fused" never."""
     wanted = choice == "engine" or (choice == "auto" and device_type == "cpu" and not bidirectional)
     spec = get_cell(cell)
     if wanted and spec.engine is None:
@@ -116,13 +113,12 @@ class ReferenceStack(nn.Module):
 
 
 class SequenceModel(nn.Module):
-    """A stacked recurrent layer (the cell's fused PyTorch layer, batch first) and a linear
-    readout.
+    """A stacked recurrent layer (the cell's fused PyTorch layer, batch first), a linear head.
 
     Args:
         cell: a registered cell (:data:`seqbench.cells.CELLS`): "rnn" (tanh), "lstm", "gru".
         input_size: features per timestep.
-        output_size: outputs per timestep (the head is applied at every step).
+        output_size: outputs per timestep (the head runs at every step, or at `read`'s).
         hidden_size: units per layer.
         num_layers: stacked layers.
         dropout: dropout on the outputs of every layer but the last.
@@ -135,9 +131,8 @@ class SequenceModel(nn.Module):
             input weights, zero biases), "xavier" (Xavier-uniform weights, zero biases) or
             "identity" (IRNN: identity recurrent blocks, Gaussian input weights of std 1e-3,
             zero biases).
-        nonlinearity: the cell's nonlinearity, one of the cell's ``nonlinearities``, None for
-            its own (the first of them; the vanilla
-            RNN: "tanh" or "relu"; a gated cell: "tanh" only).
+        nonlinearity: one of the cell's ``nonlinearities``, None for its own (the first of
+            them; the vanilla RNN: "tanh" or "relu"; a gated cell: "tanh" only).
         recurrent_gain: scale every gate block of weight_hh to this spectral radius after
             ``init`` (None: leave it); above 1 the gradient grows going back in time.
         recurrent_max: a diagonal cell (IndRNN): clip every recurrent weight to
@@ -190,12 +185,8 @@ class SequenceModel(nn.Module):
             engine = False
         if recurrent_max is not None and spec.recurrence != "diagonal":
             raise ValueError(f"cell {cell!r} has no per-unit recurrent weight to clip")
-        self.cell = cell
-        self.nonlinearity = nonlinearity
-        self.recurrent_max = recurrent_max
-        self.spec = spec
-        self.engine = engine
-        self.track_log10 = track_log10
+        self.cell, self.nonlinearity, self.recurrent_max = cell, nonlinearity, recurrent_max
+        self.spec, self.engine, self.track_log10 = spec, engine, track_log10
         self.bidirectional = bidirectional
         self.input_dropout, self.output_dropout = input_dropout, output_dropout
         self.embed = None
@@ -217,6 +208,7 @@ class SequenceModel(nn.Module):
         lengths: Tensor | None = None,
         state: Any = None,
         return_state: bool = False,
+        read: Tensor | None = None,
     ) -> tuple[Tensor, Trace] | tuple[Tensor, Trace, Any]:
         """Map inputs (B, T, I), or token ids (B, T), to outputs (B, T, O), and a trace from which
         `diagnostics.grad_norms` reads ||dL/dh_t|| after ``backward()`` when `record_states`.
@@ -233,7 +225,9 @@ class SequenceModel(nn.Module):
         `state`: the initial state, as the fused layer takes it: ``h`` (L, B, H), or ``(h, c)``
         for a cell with a cell state; None: zero. `return_state`: also return the final state so
         (a third value; stateful truncated BPTT carries it, detached, to the next window). The
-        same on every path; unidirectional models, without `lengths`.
+        same on every path; unidirectional models, without `lengths`. `read` (B,): the one
+        position each sequence's loss reads (`Task.reads`); the head runs there only, and the
+        output is NaN at every other position.
         """
         if (state is not None or return_state) and (self.bidirectional or lengths is not None):
             raise ValueError("an initial or final state needs a unidirectional model, no lengths")
@@ -242,9 +236,9 @@ class SequenceModel(nn.Module):
         x = self._dropout(x, self.input_dropout)
         if self.bidirectional:
             unroll = record_states or self.spec.fused is None
-            return self._bidirectional(x, unroll, lengths, record_states)
+            return self._bidirectional(x, unroll, lengths, record_states, read)
         seq, trace, final = self._stack(x, record_states, lengths, state, return_state)
-        output = self._readout(seq)
+        output = self._readout(seq, read)
         return (output, trace, final) if return_state else (output, trace)
 
     def run(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
@@ -315,12 +309,18 @@ class SequenceModel(nn.Module):
         # contiguous() makes every path (fused, engine, unrolled) draw the same mask for a seed.
         return F.dropout(x.contiguous(), p, self.training) if p > 0 else x
 
-    def _readout(self, seq: Tensor) -> Tensor:
-        """The head on the last layer's outputs (B, T, H), after `output_dropout`."""
-        return self.head(self._dropout(seq, self.output_dropout))
+    def _readout(self, seq: Tensor, read: Tensor | None = None) -> Tensor:
+        """The head on the last layer's outputs (B, T, H), after `output_dropout` (over all of
+        them: the same mask), at every position or at `read`'s (see `forward`)."""
+        features = self._dropout(seq, self.output_dropout)
+        if read is None:
+            return self.head(features)
+        rows = torch.arange(len(features), device=features.device)
+        out = features.new_full((*features.shape[:2], self.head.out_features), math.nan)
+        return out.index_put((rows, read), self.head(features[rows, read]))
 
     def _bidirectional(
-        self, x: Tensor, unroll: bool, lengths: Tensor | None, record_states: bool
+        self, x: Tensor, unroll: bool, lengths: Tensor | None, record_states: bool, read: Any
     ) -> tuple[Tensor, Trace]:
         steps, hidden = x.shape[1], self.rnn.hidden_size
         states = UnrolledStates(directions=2)
@@ -356,7 +356,7 @@ class SequenceModel(nn.Module):
                 seq = torch.cat([torch.stack(forward, dim=1), backward_seq], dim=-1)
         # forward state at each step, backward state after the whole sequence (at step 1)
         features = torch.cat([seq[..., :hidden], seq[:, :1, hidden:].expand(-1, steps, -1)], -1)
-        return self._readout(features), states
+        return self._readout(features, read), states
 
 
 def reverse_padded(seq: Tensor, lengths: Tensor | None) -> Tensor:

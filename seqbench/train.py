@@ -80,7 +80,7 @@ def train(
         diagnose = step == 0 or (diagnostics_every > 0 and step % diagnostics_every == 0)
         batch = task.sample(batch_size)
         model.train()
-        output, states = forward(model, batch, diagnose)
+        output, states = forward(model, batch, diagnose, reads(task, batch))
         loss = task.loss(output, batch)
         if diagnose:  # before the backward: it asks the engine for what the profile needs
             lags = LagProbe(states, task.sources(batch), lag_sources, output, loss, batch.lengths)
@@ -110,16 +110,25 @@ def train(
             return
 
 
-def forward(model: SequenceModel, batch: Batch, record_states: bool) -> tuple[Tensor, Trace]:
-    """The model on a batch. A stateful batch (a window of streams, `task.stateful`) starts from
-    the state its streams carried and hands its final state on (`batch.carry` detaches it: the
-    gradient stays in the window, truncated BPTT)."""
+def forward(
+    model: SequenceModel, batch: Batch, record_states: bool, read: Tensor | None = None
+) -> tuple[Tensor, Trace]:
+    """The model on a batch (the head only at `read`, `Task.reads`, when given). A stateful
+    batch (a window of streams, `task.stateful`) starts from the state its streams carried and
+    hands its final state on (`batch.carry` detaches it: the gradient stays in the window,
+    truncated BPTT)."""
     if batch.carry is None:
-        return model(batch.x, record_states=record_states, lengths=batch.lengths)
+        return model(batch.x, record_states=record_states, lengths=batch.lengths, read=read)
     output, states, final = model(batch.x, record_states=record_states, lengths=batch.lengths,
-                                  state=batch.state, return_state=True)  # fmt: skip
+                                  state=batch.state, return_state=True, read=read)  # fmt: skip
     batch.carry(final)
     return output, states
+
+
+def reads(task: Task, batch: Batch) -> Tensor | None:
+    """Where the head runs: `Task.reads` (every position for a task without that method)."""
+    method = getattr(task, "reads", None)
+    return None if method is None else method(batch)
 
 
 def clip_gradients(params: Iterable[nn.Parameter], clip: Clip) -> tuple[float, bool]:
@@ -161,7 +170,7 @@ def measure_grad_norms(
     """A diagnostic snapshot at the current parameters, without updating them."""
     batch = task.sample(batch_size)
     model.train()
-    output, states = forward(model, batch, record_states=True)
+    output, states = forward(model, batch, True, reads(task, batch))
     loss = task.loss(output, batch)
     lags = LagProbe(states, task.sources(batch), lag_sources, output, loss, batch.lengths)
     model.zero_grad(set_to_none=True)

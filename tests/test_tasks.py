@@ -117,7 +117,7 @@ def test_schema_fields_are_the_constructor_arguments(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_every_task_implements_the_protocol(name: str) -> None:
     task = TASKS[name]
-    for method in ("check", "sample", "loss", "sources", "evaluate", "solved", "report"):
+    for method in ("check", "sample", "loss", "sources", "reads", "evaluate", "solved", "report"):
         assert callable(getattr(task, method)), method
     refusal = task.bidirectional_refusal
     assert refusal is None or (isinstance(refusal, str) and refusal)
@@ -139,6 +139,63 @@ def test_sources_are_where_the_loss_reads(name: str) -> None:
     assert sources.dtype == torch.bool and sources.shape == batch.x.shape[:2]
     assert sources.any(1).all()
     assert (grad.abs().sum(-1)[sources] > 0).all()
+
+
+READ_VARIANTS = [[f"task={name}"] for name in sorted(TASKS)] + [
+    ["task=sentiment", "task.readout=mean"],
+    ["task=stocks", "task.stateful=true"],
+]
+
+
+@pytest.mark.parametrize("overrides", READ_VARIANTS, ids=" ".join)
+def test_reads_are_all_the_loss_reads(overrides: list[str]) -> None:
+    """A task that names one read position per sequence (`Task.reads`: the model's head then
+    runs there only, the output is NaN elsewhere) has a loss whose gradient is at exactly those
+    positions, equal when every other output is NaN; the same loss and weight gradients from
+    a model whose head runs at them only, on the engine and on the fused layer."""
+    cfg = compose_config(overrides)
+    name = cfg.task.name
+    task = task_class(name)(device=CPU, seed=0, **{
+        k: v for k, v in dict(cfg.task).items() if k != "name"})  # fmt: skip
+    if task.stream is not None:
+        task.stream.layout(4)
+    batch = task.sample(4)
+    read = task.reads(batch)
+    expected = {"adding": True, "copy": False, "chargen": False,
+                "sentiment": cfg.task.get("readout") == "last",
+                "stocks": not cfg.task.get("stateful")}[name]  # fmt: skip
+    assert (read is not None) == expected
+    if read is None:
+        return
+    rows = torch.arange(len(read))
+    assert read.dtype == torch.int64 and read.shape == (len(batch.x),)
+    output = torch.randn(*batch.x.shape[:2], task.output_size, requires_grad=True)
+    (grad,) = torch.autograd.grad(task.loss(output, batch), output)
+    at = torch.zeros(batch.x.shape[:2], dtype=torch.bool)
+    at[rows, read] = True
+    assert (grad.abs().sum(-1)[at] > 0).all() and (grad[~at] == 0).all()
+    assert torch.equal(task.sources(batch), at)  # the lag profile starts there too
+    hidden = output.detach().clone()
+    hidden[~at] = math.nan
+    assert torch.equal(task.loss(hidden, batch), task.loss(output, batch))
+
+    from seqbench.model import SequenceModel
+
+    for engine in (True, False):
+        torch.manual_seed(0)
+        model = SequenceModel("lstm", task.input_size, task.output_size, hidden_size=8,
+                              vocab_size=task.vocab_size, engine=engine).double()  # fmt: skip
+        grads = []
+        for head_at in (None, read):
+            model.zero_grad()
+            out, _ = model(batch.x if task.vocab_size else batch.x.double(), read=head_at,
+                           lengths=batch.lengths)  # fmt: skip
+            loss = task.loss(out, batch)
+            loss.backward()
+            grads.append([loss.detach(), *(p.grad.clone() for p in model.parameters())])
+        assert torch.isnan(out[~at]).all() and not torch.isnan(out[at]).any()
+        for whole, picked in zip(*grads, strict=True):
+            torch.testing.assert_close(picked, whole, rtol=1e-12, atol=1e-15)
 
 
 def test_tasks_without_text_report_nothing() -> None:

@@ -143,3 +143,28 @@ def test_a_gradient_exactly_at_the_threshold_is_not_clipped() -> None:
     assert not clip_gradients([weight], Clip("value", 0.5))[1]
     assert clip_gradients([weight], Clip("value", 0.25))[1]
     assert weight.grad.tolist() == [0.25, -0.25]
+
+
+def test_the_head_runs_where_the_task_reads_and_the_step_is_the_same() -> None:
+    """A task that names where its loss reads (`Task.reads`) gets outputs there only (NaN at
+    every other position) in training steps and in a snapshot, and the same SGD step as the
+    head on every position (the task without `reads`, above)."""
+
+    class Reads(Padded):
+        def reads(self, batch: Batch) -> torch.Tensor:
+            return batch.lengths - 1
+
+    outputs: list[torch.Tensor] = []
+    nets = {}
+    for task in (Padded(), Reads()):
+        net = nets[type(task).__name__] = model()
+        hook = net.register_forward_hook(lambda m, args, out: outputs.append(out[0].detach()))
+        train(net, task, torch.optim.SGD(net.parameters(), lr=1.0), steps=1, batch_size=2,
+              eval_every=10, clip=Clip(threshold=None), diagnostics_every=0)  # fmt: skip
+        measure_grad_norms(net, task, 2)
+        hook.remove()
+    # per run: the step, its validation (no forward here), the snapshot
+    assert [int(torch.isnan(out).sum()) for out in outputs] == [0, 0, 6, 6]
+    whole, picked = (dict(nets[name].named_parameters()) for name in ("Padded", "Reads"))
+    for name, param in whole.items():
+        torch.testing.assert_close(picked[name], param, rtol=0, atol=1e-7, msg=name)

@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqbench.tasks.base import Batch, SyntheticTask, SyntheticTaskConfig, last_step_sources
+from seqbench.tasks.base import (
+    Batch,
+    SyntheticTask,
+    SyntheticTaskConfig,
+    last_step,
+    last_step_sources,
+)
 
 
 @dataclass
@@ -73,6 +79,9 @@ class AddingTask(SyntheticTask):
 
     def sources(self, batch: Batch) -> Tensor:
         return last_step_sources(batch)  # the sum is read at the last step
+
+    def reads(self, batch: Batch) -> Tensor:
+        return last_step(batch)
 
     def metrics(self, output: Tensor, batch: Batch) -> dict[str, float]:
         return {"mse": self.loss(output, batch).item()}

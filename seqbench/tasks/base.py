@@ -96,6 +96,12 @@ class Task(Protocol):
         (`seqbench.lags`): where the loss reads, or the part of it that needs memory."""
         ...
 
+    def reads(self, batch: Batch) -> Tensor | None:
+        """(B,) long: the one output position each sequence's loss reads, where the loss reads
+        nothing else (the model's head then runs there only); None where it reads more.
+        Optional: without it the head runs at every position (`seqbench.train.reads`)."""
+        ...
+
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         """Metrics (including `metric`) on a fixed split; called under torch.no_grad()."""
         ...
@@ -128,6 +134,11 @@ def last_step_sources(batch: Batch) -> Tensor:
     return mask
 
 
+def last_step(batch: Batch) -> Tensor:
+    """(B,) long, the last step of every sequence: where a loss read once, at the end, reads."""
+    return torch.full((len(batch.x),), batch.x.shape[1] - 1, device=batch.x.device)
+
+
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
@@ -158,6 +169,9 @@ class SyntheticTask:
 
     def sample(self, batch_size: int) -> Batch:
         return self.batch(batch_size, self.generator)
+
+    def reads(self, batch: Batch) -> Tensor | None:
+        return None
 
     def validation(self) -> Batch:
         return self._validation

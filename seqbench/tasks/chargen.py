@@ -237,6 +237,9 @@ class CharGenTask:
     def sources(self, batch: Batch) -> Tensor:
         return torch.ones(batch.y.shape, dtype=torch.bool, device=batch.y.device)  # every step
 
+    def reads(self, batch: Batch) -> None:
+        return None  # every step
+
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         ids = self.data[split]
         n = len(ids) - 1  # every character but the first is predicted once

@@ -239,6 +239,9 @@ class SentimentTask:
         last = batch.lengths[:, None] - 1
         return steps == last if self.readout == "last" else steps <= last
 
+    def reads(self, batch: Batch) -> Tensor | None:
+        return batch.lengths - 1 if self.readout == "last" else None
+
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         data = self.data[split]
         logits = []

@@ -56,6 +56,7 @@ from seqbench.tasks.base import (
     StreamTaskConfig,
     check_seq_len,
     check_split_fractions,
+    last_step,
     last_step_sources,
     make_generator,
 )
@@ -258,6 +259,9 @@ class StocksTask:
         if self.stream is not None:  # every day of a stream's window is read
             return torch.ones(batch.x.shape[:2], dtype=torch.bool, device=batch.x.device)
         return last_step_sources(batch)  # the next return is read at the last day
+
+    def reads(self, batch: Batch) -> Tensor | None:
+        return None if self.stream is not None else last_step(batch)
 
     def predict(self, model: nn.Module, split: str) -> Tensor:
         """Predicted log returns (N,) for every window of `split`, in log-return units."""
