@@ -3,7 +3,8 @@
 * ``vs_naive``    the command with TensorBoard on and a gradient-norm snapshot at every step
   (``diagnostics.every=1``), LSTM and GRU at (B, T, H) = (128, 200, 128) for 150 steps, against
   ``scripts/naive_loop.py`` (default-PyTorch nn.LSTM/nn.GRU, Adam, MSE on the last output, no
-  seqbench) of the same shapes and steps. Target: seqbench >= 4x faster.
+  seqbench) of the same shapes and steps. Goal: seqbench 2.0x faster for the LSTM, 2.5x for the
+  GRU, start-up included.
 * ``default_job`` the default job (LSTM, adding T=100, B=64, H=64, 3,000 steps, exact norms on
   every diagnostic step) on one thread, against the same job on PyTorch's fused nn.LSTM
   (``model.engine=fused``, denormals flushed as by default, diagnostics only at the start and
@@ -44,6 +45,7 @@ SHAPES = ["task=adding", "task.seq_len=200", "train.batch_size=128", "model.hidd
           "train.steps=150", "diagnostics.every=1", "hardware=cpu"]  # fmt: skip
 CONTENDED = ["train.steps=600", "log.tensorboard=false", "inference.compare=false"]
 ROWS = ("vs_naive", "default_job", "logging", "contention")
+GOALS = {"lstm": 2.0, "gru": 2.5}  # vs_naive: how many times faster than the plain loop
 SPEEDS: dict[str, list[float]] = {}  # steps/s of each timed seqbench run, by variant
 
 
@@ -100,10 +102,11 @@ def vs_naive(repeats: int, workdir: Path) -> list[dict]:
                  "--hidden-size", "128", "--steps", "150"]  # fmt: skip
         med = timed({"seqbench": [[*SEQBENCH, f"model={cell}", *SHAPES]], "naive": [naive]},
                     repeats, workdir)  # fmt: skip
-        speedup = med["naive"] / med["seqbench"]
+        speedup, goal = med["naive"] / med["seqbench"], GOALS[cell]
         rows.append(_row("vs_naive", f"{cell} B128 T200 H128, 150 steps, tb on, every=1",
                          "seqbench", med["seqbench"], "naive_loop", med["naive"],
-                         "naive/seqbench", speedup, ">= 4", speedup >= 4, load))  # fmt: skip
+                         "naive/seqbench", speedup, f">= {goal}", speedup >= goal,
+                         load))  # fmt: skip
     return rows
 
 
