@@ -320,7 +320,7 @@ class SequenceModel(nn.Module):
         return out.index_put((rows, read), self.head(features[rows, read]))
 
     def _bidirectional(
-        self, x: Tensor, unroll: bool, lengths: Tensor | None, record_states: bool, read: Any
+        self, x: Tensor, unroll: bool, lengths: Tensor | None, record: bool, read: Tensor | None
     ) -> tuple[Tensor, Trace]:
         steps, hidden = x.shape[1], self.rnn.hidden_size
         states = UnrolledStates(directions=2)
@@ -339,13 +339,13 @@ class SequenceModel(nn.Module):
             for layer in range(self.rnn.num_layers):
                 if layer > 0:
                     seq = F.dropout(seq, self.rnn.dropout, self.training)
-                gates = ([], []) if record_states and self.spec.gate_names else (None, None)
+                gates = ([], []) if record and self.spec.gate_names else (None, None)
                 forward = self.spec.unroll(seq, _layer_weights(self.rnn, layer), gates[0])
                 backward = self.spec.unroll(
                     reverse_padded(seq, lengths), _layer_weights(self.rnn, layer, "_reverse"),
                     gates[1],
                 )  # fmt: skip
-                if record_states:
+                if record:
                     for h in forward + backward:
                         h.retain_grad()
                     states += [forward, backward]

@@ -163,7 +163,7 @@ def test_the_head_runs_where_the_task_reads_and_the_step_is_the_same() -> None:
               eval_every=10, clip=Clip(threshold=None), diagnostics_every=0)  # fmt: skip
         measure_grad_norms(net, task, 2)
         hook.remove()
-    # per run: the step, its validation (no forward here), the snapshot
+    # per run: the training step, then the snapshot (Padded.evaluate runs no model)
     assert [int(torch.isnan(out).sum()) for out in outputs] == [0, 0, 6, 6]
     whole, picked = (dict(nets[name].named_parameters()) for name in ("Padded", "Reads"))
     for name, param in whole.items():

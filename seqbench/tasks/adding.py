@@ -24,7 +24,7 @@ from seqbench.tasks.base import (
     Batch,
     SyntheticTask,
     SyntheticTaskConfig,
-    last_step,
+    last_step_reads,
     last_step_sources,
 )
 
@@ -81,7 +81,7 @@ class AddingTask(SyntheticTask):
         return last_step_sources(batch)  # the sum is read at the last step
 
     def reads(self, batch: Batch) -> Tensor:
-        return last_step(batch)
+        return last_step_reads(batch)
 
     def metrics(self, output: Tensor, batch: Batch) -> dict[str, float]:
         return {"mse": self.loss(output, batch).item()}

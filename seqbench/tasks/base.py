@@ -134,7 +134,7 @@ def last_step_sources(batch: Batch) -> Tensor:
     return mask
 
 
-def last_step(batch: Batch) -> Tensor:
+def last_step_reads(batch: Batch) -> Tensor:
     """(B,) long, the last step of every sequence: where a loss read once, at the end, reads."""
     return torch.full((len(batch.x),), batch.x.shape[1] - 1, device=batch.x.device)
 

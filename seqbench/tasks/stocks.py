@@ -56,7 +56,7 @@ from seqbench.tasks.base import (
     StreamTaskConfig,
     check_seq_len,
     check_split_fractions,
-    last_step,
+    last_step_reads,
     last_step_sources,
     make_generator,
 )
@@ -261,7 +261,7 @@ class StocksTask:
         return last_step_sources(batch)  # the next return is read at the last day
 
     def reads(self, batch: Batch) -> Tensor | None:
-        return None if self.stream is not None else last_step(batch)
+        return None if self.stream is not None else last_step_reads(batch)
 
     def predict(self, model: nn.Module, split: str) -> Tensor:
         """Predicted log returns (N,) for every window of `split`, in log-return units."""
