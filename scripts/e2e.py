@@ -4,7 +4,13 @@
   (``diagnostics.every=1``), LSTM and GRU at (B, T, H) = (128, 200, 128) for 150 steps, against
   ``scripts/naive_loop.py`` (default-PyTorch nn.LSTM/nn.GRU, Adam, MSE on the last output, no
   seqbench) of the same shapes and steps. Goal: seqbench 2.0x faster for the LSTM, 2.5x for the
-  GRU, start-up included.
+  GRU, start-up included. Then, per cell, a step in that run against the engine's step on the
+  same model: the run's steps between its two validations (steps 100 to 150 in history.csv's
+  wall times: each with its snapshot, the optimizer, one validation among them) against
+  bench.py's engine step with norms and each sequence's own (the adding task's lag profile),
+  timed in this process on the run's final weights (checkpoint.pt). The engine's cost depends
+  on the weights: it skips the products of steps whose signal vanished 2**60 below the
+  largest, and a trained model's signal vanishes less. Goal: at most 1.15x.
 * ``default_job`` the default job (LSTM, adding T=100, B=64, H=64, 3,000 steps, exact norms on
   every diagnostic step) on one thread, against the same job on PyTorch's fused nn.LSTM
   (``model.engine=fused``, denormals flushed as by default, diagnostics only at the start and
@@ -28,6 +34,7 @@ Usage: ``python scripts/e2e.py [--rows vs_naive logging contention] [--repeats N
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -47,6 +54,8 @@ CONTENDED = ["train.steps=600", "log.tensorboard=false", "inference.compare=fals
 ROWS = ("vs_naive", "default_job", "logging", "contention")
 GOALS = {"lstm": 2.0, "gru": 2.5}  # vs_naive: how many times faster than the plain loop
 SPEEDS: dict[str, list[float]] = {}  # steps/s of each timed seqbench run, by variant
+STEADY: dict[str, list[float]] = {}  # s per step between a run's first and last validation
+FINAL: dict[str, dict] = {}  # the last run's final model weights (checkpoint.pt), by variant
 
 
 def _env() -> dict[str, str]:
@@ -72,6 +81,15 @@ def run_together(commands: list[list[str]], workdir: Path, name: str = "") -> li
             raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-2000:]}")
     for metrics in sorted(workdir.glob("run*/metrics.json")):
         SPEEDS.setdefault(name, []).append(json.loads(metrics.read_text())["steps_per_s"])
+        history = list(csv.DictReader((metrics.parent / "history.csv").open()))
+        if len(history) >= 2:
+            (s0, w0), (s1, w1) = ((float(r["step"]), float(r["wall_time"]))
+                                  for r in (history[0], history[-1]))  # fmt: skip
+            STEADY.setdefault(name, []).append((w1 - w0) / (s1 - s0))
+        if (checkpoint := metrics.parent / "checkpoint.pt").exists():
+            import torch
+
+            FINAL[name] = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
     for path in workdir.iterdir():
         shutil.rmtree(path, ignore_errors=True)
     return times
@@ -107,7 +125,29 @@ def vs_naive(repeats: int, workdir: Path) -> list[dict]:
                          "seqbench", med["seqbench"], "naive_loop", med["naive"],
                          "naive/seqbench", speedup, f">= {goal}", speedup >= goal,
                          load))  # fmt: skip
+        in_run = statistics.median(STEADY.pop("seqbench"))
+        step = engine_step_s(cell, 128, 200, 128, FINAL.pop("seqbench"))
+        rows.append(_row("vs_naive", f"{cell}: a step of steps 100-150 in that run (s)",
+                         "step in the run", in_run, "engine step, its final weights", step,
+                         "run/engine", in_run / step, "<= 1.15", in_run / step <= 1.15,
+                         os.getloadavg()[0]))  # fmt: skip
     return rows
+
+
+def engine_step_s(cell: str, B: int, T: int, H: int, weights: dict, rounds: int = 7) -> float:
+    """Median seconds of bench.py's engine step with norms and per-sequence norms (the adding
+    task's lag profile) with a run's model `weights` (its state dict: rnn.*, head.*), timed in
+    this process between the whole-process runs."""
+    from scripts.bench import build, engine_step
+    from scripts.bench import timed as time_step
+
+    mod, head, x, y = build(cell, B, T, H)
+    for name, module in (("rnn", mod), ("head", head)):
+        module.load_state_dict({k.split(".", 1)[1]: v for k, v in weights.items()
+                                if k.startswith(f"{name}.")})  # fmt: skip
+    step = engine_step(cell, mod, head, x, y, True, "rows")
+    step()  # warm-up: buffers, native kernels
+    return statistics.median(time_step(step) for _ in range(rounds))
 
 
 def default_job(repeats: int, workdir: Path) -> list[dict]:
@@ -171,11 +211,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows += globals()[name](args.repeats, Path(tmp))
     df = pd.DataFrame(rows)
     show(df, f"end to end, whole processes, median of {args.repeats}; {os.cpu_count()} cores")
-    csv = Path(args.csv)
-    csv.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.csv)
+    out.parent.mkdir(parents=True, exist_ok=True)
     df.insert(0, "date", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    df.to_csv(csv, mode="a", header=not csv.exists(), index=False)
-    print(f"appended to {csv}")
+    df.to_csv(out, mode="a", header=not out.exists(), index=False)
+    print(f"appended to {out}")
     return rows
 
 

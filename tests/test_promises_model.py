@@ -127,6 +127,22 @@ def test_the_bench_times_every_engine_cell_and_the_relu_rnn() -> None:
     assert isinstance(head, nn.Linear) and head.in_features == 5 and y.shape[0] == 4
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_the_benchs_run_row_starts_from_a_runs_weights(cell: str) -> None:
+    """performance.md: the bench's engine_norms_run times the engine on the model as a run
+    initialises it (ModelConfig's defaults: the LSTM's forget-gate bias), where that differs
+    from PyTorch's own initialisation; the other cells are PyTorch's as they are."""
+    from scripts.bench import build, run_init
+
+    mod, *_ = build(cell, 4, 7, 5)
+    changed = run_init(cell, mod)
+    torch.manual_seed(0)  # build's seed: the run's model draws the same weights first
+    model = SequenceModel(cell, input_size=2, output_size=1, hidden_size=5)
+    assert changed == (cell == "lstm")
+    for (name, ours), theirs in zip(mod.named_parameters(), model.rnn.parameters(), strict=True):
+        assert torch.equal(ours, theirs), name
+
+
 def test_slow_reference_rows_get_fewer_rounds(monkeypatch) -> None:
     """performance.md: a reference row (a cell without a PyTorch layer, under autograd) whose
     warm-up round took long gets fewer rounds, at least 3; its `rounds` column says how many."""
