@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from seqbench.config import register_configs
 from seqbench.errors import EXIT_IO, EXIT_USAGE, ConfigError
+from seqbench.hardware import release_collector
 from seqbench.resume import completed_before, prepare_sweep_job, run_status, write_failed
 
 register_configs()
@@ -45,6 +46,13 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    try:
+        return _job(cfg)
+    finally:  # a run that ends before its training (a refusal exits past Hydra's on_run_end)
+        release_collector()
+
+
+def _job(cfg: DictConfig) -> float | None:
     from seqbench.job import run  # torch and the rest: only when a job runs
 
     hydra_cfg = HydraConfig.get()

@@ -28,7 +28,13 @@ from seqbench.checkpoint import (
 from seqbench.checks import check_config
 from seqbench.config import diagnostics_every
 from seqbench.errors import EXIT_CODES, ConfigError
-from seqbench.hardware import configure, seed_everything, select_device, threads_for_step
+from seqbench.hardware import (
+    configure,
+    release_collector,
+    seed_everything,
+    select_device,
+    threads_for_step,
+)
 from seqbench.inference import compare_inference
 from seqbench.interrupt import stop_on_signals
 from seqbench.loggers.console import ConsoleLogger
@@ -133,6 +139,7 @@ def run(
 
     status, extra, stopped = "completed", {"diverged_step": None, "error": None}, None
     final_saved = False
+    release_collector()  # start-up is over (a single run's on_run_start held the collector)
     try:
         with stop_on_signals() as stop:
             train(

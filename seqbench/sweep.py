@@ -23,6 +23,7 @@ from seqbench.compare import (
     write_tables,
 )
 from seqbench.errors import EXIT_IO, EXIT_USAGE, ConfigError
+from seqbench.hardware import hold_collector, release_collector
 
 
 def summarize_sweep(sweep_dir: Path, console: bool = True) -> None:
@@ -88,8 +89,13 @@ class HydraHooks(HydraCallback):
     each CUDA job its own GPU, and summarize when it ends."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        refuse_impossible_values(config)  # before Hydra creates the run directory
-        ensure_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+        hold_collector()  # a single run's start-up (torch is imported here) until training
+        try:
+            refuse_impossible_values(config)  # before Hydra creates the run directory
+            ensure_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+        except BaseException:
+            release_collector()
+            raise
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         ensure_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")

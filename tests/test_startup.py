@@ -5,6 +5,7 @@ from the task modules' source) are the task modules' own. Times: scripts/startup
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -76,3 +77,70 @@ def test_source_schemas_are_the_task_modules_schemas() -> None:
     for name, task in TASKS.items():
         assert read[name] is not task.schema  # built from source, not imported
         assert _fields(read[name]) == _fields(task.schema), name
+
+
+# Runs the command's Hydra main in a fresh process and prints, as JSON, whether Python's cyclic
+# garbage collector was on when torch was imported and when training began, and after the run.
+COLLECTOR_PROBE = """
+import gc, importlib.machinery, json, sys
+
+seen = {}
+def watched(train):
+    def run(*args, **kwargs):
+        seen["training"] = [gc.isenabled(), gc.get_freeze_count() > 0]
+        return train(*args, **kwargs)
+    return run
+class Probe:  # notes the collector at torch's import; wraps seqbench.train.train once loaded
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and "torch_import" not in seen:
+            seen["torch_import"] = gc.isenabled()
+        if name != "seqbench.train":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load = spec.loader.exec_module
+        def exec_module(module):
+            load(module)
+            module.train = watched(module.train)
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, Probe())
+from seqbench.cli import main
+sys.argv = ["seqbench", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exit_:
+    seen["exit"] = exit_.code
+seen["after"] = gc.isenabled()
+print(json.dumps(seen))
+"""
+
+
+def _collector(tmp_path: Path, *args: str) -> dict:
+    if "MUTANT_UNDER_TEST" in os.environ:
+        pytest.skip("a real process imports the unmutated package")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(
+        [sys.executable, "-c", COLLECTOR_PROBE, *args, "log.progress=none",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_run_starts_without_the_garbage_collector_and_trains_with_it(tmp_path: Path) -> None:
+    """performance.md (Start-up): a single run's start-up (torch's import, the job's building)
+    runs with Python's cyclic garbage collector off; training with it on, start-up's objects
+    frozen; a run refused at start turns it back on too."""
+    args = ["train.steps=1", "train.batch_size=4", "task.seq_len=5", "model.hidden_size=4",
+            "log.tensorboard=false", "inference.compare=false"]  # fmt: skip
+    seen = _collector(tmp_path, *args)
+    assert seen == {"torch_import": False, "training": [True, True], "after": True}
+    refused = _collector(tmp_path, *args, "train.steps=-1")
+    assert refused == {"torch_import": False, "exit": 2, "after": True}
+    import torch
+
+    if not torch.cuda.is_available():  # refused inside the job, past Hydra's callbacks
+        refused = _collector(tmp_path, *args, "hardware=cuda")
+        assert refused == {"torch_import": False, "exit": 2, "after": True}
