@@ -54,6 +54,7 @@ Usage: ``python scripts/bench.py [--quick] [--csv PATH] [--repeats N] [--budget 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -511,7 +512,7 @@ def run_bench(shapes, repeats: int, cells, budget_s: float) -> list[dict]:
                     "engine_lag_probe": engine_step(cell, mod, head, x, y, True, "probe"),
                     "floor": floor_step(cell, B, T, H),
                 }
-                run_mod, *_ = build(cell, B, T, H)
+                run_mod = copy.deepcopy(mod)
                 if run_init(cell, run_mod):
                     local["engine_norms_run"] = engine_step(cell, run_mod, head, x, y, True)
                 configs.append(((cell, B, T, H), local))

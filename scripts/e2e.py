@@ -63,9 +63,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
 
 
-def run_together(commands: list[list[str]], workdir: Path, name: str = "") -> list[float]:
+def run_together(
+    commands: list[list[str]], workdir: Path, name: str = "", steps: bool = False
+) -> list[float]:
     """Start the commands at once; each one's wall time in seconds (it must exit 0). The steps
-    per second of each seqbench run (its metrics.json) go to SPEEDS[name]."""
+    per second of each seqbench run (its metrics.json) go to SPEEDS[name]; with `steps`, also
+    its seconds per step between its first and last validation (STEADY) and its final weights
+    (FINAL)."""
     start = time.perf_counter()
     procs = []
     for i, cmd in enumerate(commands):
@@ -81,26 +85,35 @@ def run_together(commands: list[list[str]], workdir: Path, name: str = "") -> li
             raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-2000:]}")
     for metrics in sorted(workdir.glob("run*/metrics.json")):
         SPEEDS.setdefault(name, []).append(json.loads(metrics.read_text())["steps_per_s"])
-        history = list(csv.DictReader((metrics.parent / "history.csv").open()))
-        if len(history) >= 2:
-            (s0, w0), (s1, w1) = ((float(r["step"]), float(r["wall_time"]))
-                                  for r in (history[0], history[-1]))  # fmt: skip
-            STEADY.setdefault(name, []).append((w1 - w0) / (s1 - s0))
-        if (checkpoint := metrics.parent / "checkpoint.pt").exists():
-            import torch
-
-            FINAL[name] = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+        if steps:
+            _steady_and_final(metrics.parent, name)
     for path in workdir.iterdir():
         shutil.rmtree(path, ignore_errors=True)
     return times
 
 
-def timed(variants: dict[str, list[list[str]]], repeats: int, workdir: Path) -> dict:
-    """Median (over repeats, variants alternating) of each variant's slowest process."""
+def _steady_and_final(run_dir: Path, name: str) -> None:
+    """A run's seconds per step between its first and last validation (history.csv's wall
+    times) to STEADY[name], its final model weights (checkpoint.pt) to FINAL[name]."""
+    import torch
+
+    history = list(csv.DictReader((run_dir / "history.csv").open()))
+    (s0, w0), (s1, w1) = ((float(r["step"]), float(r["wall_time"]))
+                          for r in (history[0], history[-1]))  # fmt: skip
+    STEADY.setdefault(name, []).append((w1 - w0) / (s1 - s0))
+    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    FINAL[name] = checkpoint["model"]
+
+
+def timed(
+    variants: dict[str, list[list[str]]], repeats: int, workdir: Path, steps: tuple = ()
+) -> dict:
+    """Median (over repeats, variants alternating) of each variant's slowest process; the
+    variants named in `steps` also leave their runs' steps and weights (run_together)."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, commands in variants.items():
-            times[name].append(max(run_together(commands, workdir, name)))
+            times[name].append(max(run_together(commands, workdir, name, name in steps)))
             print(f"    {name}: {times[name][-1]:.1f} s", flush=True)
     return {name: statistics.median(v) for name, v in times.items()}
 
@@ -119,7 +132,7 @@ def vs_naive(repeats: int, workdir: Path) -> list[dict]:
         naive = [*NAIVE, "--cell", cell, "--seq-len", "200", "--batch-size", "128",
                  "--hidden-size", "128", "--steps", "150"]  # fmt: skip
         med = timed({"seqbench": [[*SEQBENCH, f"model={cell}", *SHAPES]], "naive": [naive]},
-                    repeats, workdir)  # fmt: skip
+                    repeats, workdir, steps=("seqbench",))  # fmt: skip
         speedup, goal = med["naive"] / med["seqbench"], GOALS[cell]
         rows.append(_row("vs_naive", f"{cell} B128 T200 H128, 150 steps, tb on, every=1",
                          "seqbench", med["seqbench"], "naive_loop", med["naive"],
