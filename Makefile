@@ -64,8 +64,8 @@ bench-e2e: install ## Only the end-to-end rows: seqbench vs a plain script, logg
 # The default is the core the suite must guard (the training loop, resume and checkpoints, the
 # result files and the comparison table, the scheduler, config validation, the diagnostics, the
 # model's initialisation): 2,993 mutants, 25 min 35 s on 2 cores (docs/mutation.md). MUTANTS=
-# (empty) adds the job's assembly, the TensorBoard logger, the schemas and the tasks' shared rules
-# (pyproject's only_mutate), about 4,300 mutants.
+# (empty) adds the job's assembly, the TensorBoard logger, the schemas, the tasks' shared rules,
+# the lag profile, the intervals and the verdicts (pyproject's only_mutate), about 5,700 mutants.
 MUTATE_DIR ?= /tmp/seqbench-mutmut
 MUTANTS ?= seqbench.train.* seqbench.resume.* seqbench.checkpoint.* seqbench.results.* \
 	seqbench.compare.* seqbench.scheduler.* seqbench.checks.* seqbench.diagnostics.* \
@@ -73,8 +73,8 @@ MUTANTS ?= seqbench.train.* seqbench.resume.* seqbench.checkpoint.* seqbench.res
 
 mutate: install ## Mutation testing of the core modules (mutmut; not in CI; MUTANTS='seqbench.train.*' for one)
 	rm -rf $(MUTATE_DIR) && mkdir -p $(MUTATE_DIR)
-	cp -r seqbench conf hydra_plugins tests docs README.md CONTRIBUTING.md mkdocs.yml pyproject.toml \
-		$(MUTATE_DIR)/
+	cp -r seqbench conf hydra_plugins tests docs scripts .ci README.md CONTRIBUTING.md mkdocs.yml \
+		pyproject.toml Makefile constraints.txt $(MUTATE_DIR)/
 	cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut run $(foreach m,$(MUTANTS),'$(m)')
 	cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
 	@echo "Survivors: cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut results; one: mutmut show NAME"

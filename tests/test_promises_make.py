@@ -21,8 +21,10 @@ FAR_FUTURE = 4_000_000_000  # an mtime later than any file of the checkout
 def make(*args: str, venv: Path) -> str:
     """`make -n ARGS VENV=venv` in the checkout: the commands make would run, not run."""
     # run as its own make, not a sub-make of `make test` (whose MAKELEVEL and MAKEFLAGS would
-    # add "Entering directory" lines and the parent's flags)
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    # add "Entering directory" lines and the parent's flags), nor with the Makefile's own
+    # variables from the environment (`MUTANTS='seqbench.lags.*' make mutate` runs this test)
+    dropped = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "PYTHON", "MUTANTS", "MUTATE_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     done = subprocess.run(["make", "--no-print-directory", "-n", *args, f"VENV={venv}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**env, "LC_ALL": "C"})  # fmt: skip
