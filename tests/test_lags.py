@@ -183,6 +183,93 @@ def test_select_pairs_rule():
     assert rows.tolist() == [0, 2] and positions.tolist() == [5, 4]
 
 
+@pytest.mark.parametrize("shape", [(7, 3), (3, 7), (12, 12)])
+def test_select_pairs_rule_on_random_sources(shape):
+    """The rule, against a plain sort of every (row, position) source by (how many sources the
+    row has from that position on, row): batches wider and narrower than they are long."""
+    g = torch.Generator().manual_seed(sum(shape))
+    for _ in range(20):
+        sources = torch.rand(*shape, generator=g) < 0.4
+        every = [(b, s) for b, s in sources.nonzero().tolist()]
+        rank = {(b, s): int(sources[b, s:].sum()) for b, s in every}
+        expected = sorted(every, key=lambda pair: (rank[pair], pair[0]))
+        for limit in (len(every), 5, 1):
+            rows, positions = select_pairs(sources, limit)
+            got = list(zip(rows.tolist(), positions.tolist(), strict=True))
+            assert got == expected[:limit]
+
+
+def bidirectional_reference(
+    model: SequenceModel, batch: Batch, pairs: list[tuple[int, int]], weight: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(2L, K) log10 RMS over `pairs` (b, s) of ||d term(b, s) / d h||, and (2L, K) how many
+    pairs reach each lag: each sequence run alone and unpadded through torch's own cells in
+    float64. A bidirectional head reads, at step s, the forward state at s and the backward
+    direction's final state. Entries per layer: forward (lag k: the state k steps before s),
+    backward (lag k: the state k steps before its final one, in its own processing order,
+    whatever s is)."""
+    rnn, spec = model.rnn, CELLS[model.cell]
+    hidden, layers, steps = rnn.hidden_size, rnn.num_layers, batch.x.shape[1]
+    squares = [[[] for _ in range(steps)] for _ in range(2 * layers)]
+    head = torch.nn.Linear(2 * hidden, model.head.out_features).double()
+    head.load_state_dict({k: v.double() for k, v in model.head.state_dict().items()})
+    for b, length in enumerate(batch.lengths.tolist()):
+        seq = [batch.x[b : b + 1, t].double() for t in range(length)]
+        entries = []  # each direction's states in its processing order
+        for layer in range(layers):
+            at = []  # each direction's state after reading step t
+            for suffix, order in (("", range(length)), ("_reverse", range(length - 1, -1, -1))):
+                cell = spec.fused_cell(seq[0].shape[1], hidden).double()
+                with torch.no_grad():
+                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                        getattr(cell, name).copy_(getattr(rnn, f"{name}_l{layer}{suffix}"))
+                h = torch.zeros(1, hidden, dtype=torch.float64)
+                c = torch.zeros_like(h)
+                states = {}
+                for t in order:
+                    h, c = cell(seq[t], (h, c)) if spec.cell_state else (cell(seq[t], h), c)
+                    states[t] = h
+                entries.append([states[t] for t in order])
+                at.append(states)
+            seq = [torch.cat([at[0][t], at[1][t]], dim=1) for t in range(length)]
+        flat = [h for states in entries for h in states]
+        for s in [s for row, s in pairs if row == b]:
+            out = head(torch.cat([at[0][s], at[1][0]], dim=1))
+            value = weight * ((out - batch.y[b : b + 1, s]) ** 2).sum()
+            grads = torch.autograd.grad(value, flat, retain_graph=True, allow_unused=True)
+            for entry in range(2 * layers):
+                start = s if entry % 2 == 0 else length - 1  # where this entry's lags begin
+                for p in range(start + 1):  # processing step p is lag start - p
+                    g = grads[entry * length + p]
+                    squares[entry][start - p].append(float(g.square().sum()))
+    logs = np.array(
+        [[0.5 * math.log10(np.mean(v)) if v and np.mean(v) > 0 else -math.inf for v in entry]
+         for entry in squares]
+    )  # fmt: skip
+    return logs, np.array([[len(v) for v in entry] for entry in squares])
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", REFERENCE_CELLS)
+@pytest.mark.parametrize("read", ["last", "every"])
+def test_bidirectional_padded_batch(cell, layers, read):
+    """A bidirectional model (sentiment, stocks) on a padded batch, read at each sequence's last
+    real step (sentiment's `readout: last`) or at every real step (`readout: mean`): both
+    directions' entries, and how many pairs reach each lag, equal the reference that runs every
+    sequence alone, unpadded. Fails if the lengths are lost on the way (the backward direction
+    would start at the padding) or a direction's lags are counted from the wrong step."""
+    model = make_model(cell, "fused", layers, bidirectional=True)
+    batch, sources = padded_batch(6, 9, torch.float64)
+    if read == "every":
+        sources = torch.arange(9)[None, :] < batch.lengths[:, None]
+    profile = lag_norms(model, batch, sources, loss_at(sources, 0.5), pairs=1000)
+    pairs = [(b, s) for b, s in sources.nonzero().tolist()]
+    reference, reached = bidirectional_reference(model, batch, pairs, 0.5)
+    assert profile.log10.shape == (2 * layers, 9)
+    np.testing.assert_allclose(profile.log10, reference, atol=1e-9)
+    assert (profile.pairs == reached).all()
+
+
 @pytest.mark.parametrize("path", ["native", "torch"])
 def test_log10_exact_where_float32_underflows(path, on_path):
     """A tanh RNN whose gradient falls by ~30 orders of magnitude: in float32 the engine's

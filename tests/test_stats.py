@@ -127,6 +127,29 @@ def test_pairs_are_within_a_setting_and_ranked():
     assert table[0][6] == "a better" and table[-1][6].startswith("tie")
 
 
+def test_the_pairs_table_of_one_setting():
+    """comparison.md's pairs table when only the model varies: its header, the setting "all",
+    the seeds of each side, P(a better) with its interval (alone when there is none), and each
+    verdict's word. max mode: a = [10, 11, 12] beats b = [0, 1, 2] in every pair of seeds, and
+    by more than Welch's half-width over 3 pairs (t(1 - 0.05/6, 4) sqrt(2/3) = 3.96)."""
+    runs = runs_frame({"a": [10, 11, 12], "b": [0, 1, 2], "c": [20]}, mode="max")
+    pairs = pair_frame(runs, ["model", "task"])
+    lines = pairs_markdown(pairs).splitlines()
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    assert header == ["setting", "a", "b", "seeds", "mean a − b [interval]",
+                      "P(a better) [interval]", "verdict"]  # fmt: skip
+    table = {(r[1], r[2]): r for r in
+             ([c.strip() for c in row.split("|")[1:-1]] for row in lines[2:])}  # fmt: skip
+    assert set(table) == {("c", "a"), ("c", "b"), ("a", "b")}  # best first: c, a, b
+    assert {row[0] for row in table.values()} == {"all"}
+    ab = table[("a", "b")]
+    assert ab[3] == "3 / 3" and ab[4].startswith("10.0")
+    assert ab[5].startswith("1 [") and ab[6] == "a better"
+    ca = table[("c", "a")]  # one seed of c: P without an interval, no verdict
+    assert (ca[3], ca[5], ca[6]) == ("1 / 3", "1", "too few seeds")
+    assert pairs_markdown(pair_frame(runs.iloc[:0], ["model", "task"])) == ""
+
+
 def test_the_test_metric_decides_where_every_run_has_one():
     runs = runs_frame({"a": [1, 2, 3], "b": [4, 5, 6]}, mode="max")
     runs["test_metric"] = [9, 9.1, 9.2, 1, 1.1, 1.2]  # reversed: a wins on test
