@@ -5,6 +5,7 @@ from SciPy's own functions; the number format of every table (compare.format_cel
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -83,6 +84,35 @@ def runs_frame(values: dict[str, list[float]], mode: str = "min", **keys) -> pd.
                          "metric": "mse", "mode": mode, "final_metric": value,
                          "test_metric": math.nan, "solved": False})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"), [([1, 2, 3], [2, 3, 4]), ([0, 1], [0.5, 1.5]), ([1, 2, 3, 5], [2, 2.5, 6])]
+)
+def test_seeds_needed_is_the_smallest_n_with_the_power(a, b):
+    """For any tie, including a difference of exactly 1 and spreads summing to exactly 1: the
+    smallest n with (t(1 - alpha/2, df) + t(0.8, df)) sqrt((s_a^2 + s_b^2) / n) <= |d|, df
+    Welch's for n seeds each (checked at n - 1 and n)."""
+    d = abs(np.mean(a) - np.mean(b))
+    va, vb = np.var(a, ddof=1), np.var(b, ddof=1)
+    n = stats.seeds_needed(np.array(a, float), np.array(b, float), 0.95)
+    assert n is not None and n > max(len(a), len(b))
+
+    def power_reached(k: int) -> bool:
+        df = (k - 1) * (va + vb) ** 2 / (va**2 + vb**2)
+        return (sps.t.ppf(0.975, df) + sps.t.ppf(0.8, df)) * math.sqrt((va + vb) / k) <= d
+
+    assert power_reached(n) and not power_reached(n - 1)
+
+
+def test_a_configuration_whose_every_seed_diverged_is_too_few_seeds_without_warnings():
+    """Every seed of a NaN (diverged runs): no difference, no P, verdict n/a, and no numpy
+    warning about the mean of an empty array in the user's terminal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pair = stats.compare_pair([math.nan, math.nan], [1.0, 2.0, 3.0], "min", 0.95)
+    assert (pair.n_a, pair.n_b, pair.verdict) == (0, 3, "n/a")
+    assert math.isnan(pair.diff) and math.isnan(pair.p_better)
 
 
 def test_bonferroni_correction_over_the_pairs_of_a_table():
