@@ -105,6 +105,23 @@ def test_seeds_needed_is_the_smallest_n_with_the_power(a, b):
     assert power_reached(n) and not power_reached(n - 1)
 
 
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [([1, 2], [5, 6.5]), ([1, 2], [1.5, 2.5, 9]), ([3, 3, 3], [1, 2, 4.5]), ([1, 2, 4.5], [3, 3])],
+)
+def test_welch_interval_with_two_seeds_and_with_one_side_without_spread(a, b):
+    """Two seeds on a side are enough for an interval; a side whose seeds all agree still has
+    Welch's interval from the other side's spread (SciPy's, not the bare difference)."""
+    pair = stats.compare_pair(a, b, "min", 0.95)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (pair.low, pair.high) == pytest.approx((ci.low, ci.high))
+    assert pair.low < pair.diff < pair.high
+    expected = "tie" if ci.low <= 0 <= ci.high else ("better" if ci.high < 0 else "worse")
+    assert pair.verdict == expected
+
+
 def test_a_configuration_whose_every_seed_diverged_is_too_few_seeds_without_warnings():
     """Every seed of a NaN (diverged runs): no difference, no P, verdict n/a, and no numpy
     warning about the mean of an empty array in the user's terminal."""
@@ -113,6 +130,7 @@ def test_a_configuration_whose_every_seed_diverged_is_too_few_seeds_without_warn
         pair = stats.compare_pair([math.nan, math.nan], [1.0, 2.0, 3.0], "min", 0.95)
     assert (pair.n_a, pair.n_b, pair.verdict) == (0, 3, "n/a")
     assert math.isnan(pair.diff) and math.isnan(pair.p_better)
+    assert math.isnan(pair.low) and math.isnan(pair.p_low) and math.isnan(pair.p_high)
 
 
 def test_bonferroni_correction_over_the_pairs_of_a_table():
