@@ -107,7 +107,14 @@ def test_seeds_needed_is_the_smallest_n_with_the_power(a, b):
 
 @pytest.mark.parametrize(
     ("a", "b"),
-    [([1, 2], [5, 6.5]), ([1, 2], [1.5, 2.5, 9]), ([3, 3, 3], [1, 2, 4.5]), ([1, 2, 4.5], [3, 3])],
+    [
+        ([1, 2], [5, 6.5]),
+        ([1, 2], [1.5, 2.5, 9]),
+        ([3, 3, 3], [1, 2, 4.5]),
+        ([1, 2, 4.5], [3, 3]),
+        ([1, 2], [3, 3, 3]),
+        ([3, 3], [1, 2]),
+    ],
 )
 def test_welch_interval_with_two_seeds_and_with_one_side_without_spread(a, b):
     """Two seeds on a side are enough for an interval; a side whose seeds all agree still has
@@ -120,6 +127,27 @@ def test_welch_interval_with_two_seeds_and_with_one_side_without_spread(a, b):
     assert pair.low < pair.diff < pair.high
     expected = "tie" if ci.low <= 0 <= ci.high else ("better" if ci.high < 0 else "worse")
     assert pair.verdict == expected
+
+
+def test_no_spread_on_either_side_and_a_reproducible_bootstrap():
+    """Seeds that all agree on both sides: the difference is exact (its interval is the point);
+    P(better)'s interval is SciPy's percentile bootstrap with a fixed seed, the same on every
+    call whatever numpy's global state."""
+    exact = stats.compare_pair([1, 1], [2, 2, 2], "min", 0.95)
+    assert (exact.diff, exact.low, exact.high, exact.verdict) == (-1, -1, -1, "better")
+    a, b = [0.1, 0.5, 0.2, 0.9, 0.4, 0.35], [0.3, 0.6, 0.8, 0.25, 0.7, 0.55]
+    first = stats.compare_pair(a, b, "min", 0.95)
+    np.random.seed(123)
+    np.random.rand(10)
+    again = stats.compare_pair(a, b, "min", 0.95)
+    assert (first.p_low, first.p_high) == (again.p_low, again.p_high)
+    boot = sps.bootstrap((np.array(a), np.array(b)),
+                         lambda x, y: stats.improvement_probability(x, y, "min"), paired=False,
+                         vectorized=False, n_resamples=stats.RESAMPLES, method="percentile",
+                         rng=np.random.default_rng(0))  # fmt: skip
+    ci = boot.confidence_interval
+    assert (first.p_low, first.p_high) == (ci.low, ci.high)
+    assert first.p_low < first.p_better < first.p_high
 
 
 def test_a_configuration_whose_every_seed_diverged_is_too_few_seeds_without_warnings():
