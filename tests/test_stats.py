@@ -151,7 +151,7 @@ def test_no_spread_on_either_side_and_a_reproducible_bootstrap():
 
 
 def test_a_configuration_whose_every_seed_diverged_is_too_few_seeds_without_warnings():
-    """Every seed of a NaN (diverged runs): no difference, no P, verdict n/a, and no numpy
+    """Every seed NaN (diverged runs): no difference, no P, verdict n/a, and no numpy
     warning about the mean of an empty array in the user's terminal."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
