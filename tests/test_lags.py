@@ -20,6 +20,19 @@ REFERENCE_CELLS = [name for name, c in CELLS.items() if c.fused_cell is not None
 PATHS = ["native", "torch", "fused"]
 
 
+def reference_cell(
+    model: SequenceModel, layer: int, width: int, suffix: str = ""
+) -> torch.nn.Module:
+    """torch's own cell (nn.RNNCell, nn.LSTMCell, nn.GRUCell) in float64 holding the weights of
+    `layer` (`suffix` "_reverse": its backward direction)."""
+    rnn = model.rnn
+    cell = CELLS[model.cell].fused_cell(width, rnn.hidden_size).double()
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(rnn, f"{name}_l{layer}{suffix}"))
+    return cell
+
+
 def reference_states(model: SequenceModel, x: torch.Tensor) -> tuple[torch.Tensor, list]:
     """The model's output (B, T, O) and every layer's h_t, from torch's own cells in float64."""
     rnn, spec = model.rnn, CELLS[model.cell]
@@ -27,10 +40,7 @@ def reference_states(model: SequenceModel, x: torch.Tensor) -> tuple[torch.Tenso
     seq = [x[:, t].double() for t in range(steps)]
     states = []
     for layer in range(rnn.num_layers):
-        cell = spec.fused_cell(seq[0].shape[1], rnn.hidden_size).double()
-        with torch.no_grad():
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(cell, name).copy_(getattr(rnn, f"{name}_l{layer}"))
+        cell = reference_cell(model, layer, seq[0].shape[1])
         h = torch.zeros(batch, rnn.hidden_size, dtype=torch.float64)
         c = torch.zeros_like(h)
         hs = []
@@ -219,10 +229,7 @@ def bidirectional_reference(
         for layer in range(layers):
             at = []  # each direction's state after reading step t
             for suffix, order in (("", range(length)), ("_reverse", range(length - 1, -1, -1))):
-                cell = spec.fused_cell(seq[0].shape[1], hidden).double()
-                with torch.no_grad():
-                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                        getattr(cell, name).copy_(getattr(rnn, f"{name}_l{layer}{suffix}"))
+                cell = reference_cell(model, layer, seq[0].shape[1], suffix)
                 h = torch.zeros(1, hidden, dtype=torch.float64)
                 c = torch.zeros_like(h)
                 states = {}

@@ -232,12 +232,13 @@ def test_the_test_metric_decides_where_every_run_has_one():
     pairs = pair_frame(runs, ["model", "task"])
     assert pairs.iloc[0][["a", "b", "metric", "verdict"]].tolist() == [
         "a", "b", "test_metric", "better"]  # fmt: skip
+    assert "Who wins on the test metric, over seeds" in " ".join(verdict_lines(pairs))
 
 
 def test_the_verdict_lines_say_how_sure_and_on_what():
     """A tie names the seeds that would tell the two apart (stats.seeds_needed), in the line
     and in the pairs table; a tie of equal means names none; the note names the metric that
-    decided (the test metric where every run has one); a long line folds with an indent."""
+    decided; a long line folds with an indent."""
     tie = pair_frame(runs_frame({"a": [1, 2, 3], "b": [4, 5, 3]}), ["model", "task"])
     need = stats.compare_pair([1, 2, 3], [4, 5, 3], "min", 0.95).seeds_needed
     assert need is not None and need > 3
@@ -250,11 +251,6 @@ def test_the_verdict_lines_say_how_sure_and_on_what():
     level = pair_frame(runs_frame({"a": [1, 2, 3], "b": [3, 1, 2]}), ["model", "task"])
     assert verdict_lines(level)[0] == "a ~ b"  # equal means: no number of seeds tells them
     assert pairs_markdown(level).splitlines()[2].split("|")[-2].strip() == "tie"
-    on_test = runs_frame({"a": [1, 2, 3], "b": [4, 5, 6]}, mode="max")
-    on_test["test_metric"] = [9, 9.1, 9.2, 1, 1.1, 1.2]
-    assert "Who wins on the test metric, over seeds" in " ".join(
-        verdict_lines(pair_frame(on_test, ["model", "task"]))
-    )
     names = {f"model-number-{i}": [i, i + 0.01, i + 0.02] for i in range(4)}
     folded = verdict_lines(pair_frame(runs_frame(names), ["model", "task"]), width=40)
     first_note = next(i for i, line in enumerate(folded) if line.startswith("Who wins"))
