@@ -89,8 +89,11 @@ def align(log10_rows: Tensor, source: Tensor) -> LagProfile:
         source: (E, R) int64, the step each pair's lags count back from in that entry.
     """
     logs = log10_rows.to("cpu", torch.float64)
-    steps = logs.shape[1]
-    lags = int(source.max()) + 1 if source.numel() else 1
+    entries, steps = logs.shape[:2]
+    if not source.numel():  # no pairs (a batch whose loss reads nothing): one lag, not reached
+        return LagProfile(np.zeros((entries, 1)), np.full((entries, 1), -math.inf),
+                          np.zeros((entries, 1), dtype=np.int64))  # fmt: skip
+    lags = int(source.max()) + 1
     k = torch.arange(lags)
     t = source[:, :, None] - k  # (E, R, K): the step at lag k
     reached = t >= 0

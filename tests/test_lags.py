@@ -4,6 +4,7 @@ weights, in float64, aligned at the term's position and combined by lag here."""
 
 from __future__ import annotations
 
+import decimal
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from seqbench.cells import CELLS
 from seqbench.diagnostics import LAG_PAIRS_FRACTION, lag_norms, summarize, summarize_lags
-from seqbench.lags import select_pairs
+from seqbench.lags import align, select_pairs
 from seqbench.model import SequenceModel
 from seqbench.tasks import Batch
 
@@ -275,6 +276,56 @@ def test_bidirectional_padded_batch(cell, layers, read):
     assert profile.log10.shape == (2 * layers, 9)
     np.testing.assert_allclose(profile.log10, reference, atol=1e-9)
     assert (profile.pairs == reached).all()
+
+
+def decimal_rms_log10(values: list[float]) -> float:
+    """log10 of the RMS of 10**v over `values` (log10 norms; -inf: a zero gradient), in
+    decimal arithmetic, whose exponent range float64's 10**(2 v) would leave."""
+    if not values:
+        return -math.inf
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        total = sum(
+            (decimal.Decimal(10) ** (2 * decimal.Decimal(v)) for v in values if v != -math.inf),
+            decimal.Decimal(0),
+        )
+        if total == 0:
+            return -math.inf
+        return float((total / len(values)).log10() / 2)
+
+
+def test_align_by_lag_over_hundreds_of_orders_of_magnitude():
+    """The RMS by lag (align) of a gradient vanishing by about 60 orders of magnitude a step, down
+    to 1e-700, against decimal arithmetic: each lag exact, including the lags whose squared
+    norms are hundreds of orders below another lag's (each lag is combined on its own scale);
+    a zero gradient and a lag that no pair reaches; and a probe with no pairs at all."""
+    rng = np.random.default_rng(11)
+    entries, steps, pairs = 2, 12, 5
+    source = torch.as_tensor(rng.integers(0, steps, size=(entries, pairs)))
+    source[:, 0] = steps - 1  # the longest lag is reached by at least one pair per entry
+    source[1, 1:] = 2  # entry 1: lags 3 and on are reached by one pair only
+    t = np.arange(steps)[None, :, None]
+    logs = -60.0 * (source.numpy()[:, None, :] - t) + rng.uniform(-3, 3, (entries, steps, pairs))
+    logs[0, 4, 2] = -math.inf  # a pair whose gradient is exactly zero at step 4
+    profile = align(torch.as_tensor(logs), source)
+    lags = steps
+    assert profile.log10.shape == profile.norms.shape == profile.pairs.shape == (entries, lags)
+    for e in range(entries):
+        for k in range(lags):
+            values = [logs[e, s - k, r] for r, s in enumerate(source[e].tolist()) if s >= k]
+            assert profile.pairs[e, k] == len(values)
+            expected = decimal_rms_log10(values)
+            assert profile.log10[e, k] == pytest.approx(expected, abs=1e-9), (e, k)
+            if expected < -308:  # below float64's smallest normal number: 0
+                assert profile.norms[e, k] == 0.0
+            elif expected > -307:
+                assert profile.norms[e, k] == pytest.approx(10.0**expected, rel=1e-8)
+    assert profile.log10[0].min() < -600  # far below float64's range, and still exact
+    empty = align(
+        torch.empty(1, steps, 0, dtype=torch.float64), torch.empty(1, 0, dtype=torch.long)
+    )
+    assert empty.pairs.tolist() == [[0]] and empty.norms.tolist() == [[0.0]]
+    assert empty.log10.tolist() == [[-math.inf]]
 
 
 @pytest.mark.parametrize("path", ["native", "torch"])
