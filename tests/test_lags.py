@@ -211,7 +211,11 @@ def test_select_pairs_rule_on_random_sources(shape):
 
 
 def bidirectional_reference(
-    model: SequenceModel, batch: Batch, pairs: list[tuple[int, int]], weight: float
+    model: SequenceModel,
+    batch: Batch,
+    lengths: torch.Tensor,
+    pairs: list[tuple[int, int]],
+    weight: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(2L, K) log10 RMS over `pairs` (b, s) of ||d term(b, s) / d h||, and (2L, K) how many
     pairs reach each lag: each sequence run alone and unpadded through torch's own cells in
@@ -224,7 +228,7 @@ def bidirectional_reference(
     squares = [[[] for _ in range(steps)] for _ in range(2 * layers)]
     head = torch.nn.Linear(2 * hidden, model.head.out_features).double()
     head.load_state_dict({k: v.double() for k, v in model.head.state_dict().items()})
-    for b, length in enumerate(batch.lengths.tolist()):
+    for b, length in enumerate(lengths.tolist()):
         seq = [batch.x[b : b + 1, t].double() for t in range(length)]
         entries = []  # each direction's states in its processing order
         for layer in range(layers):
@@ -260,19 +264,26 @@ def bidirectional_reference(
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("cell", REFERENCE_CELLS)
 @pytest.mark.parametrize("read", ["last", "every"])
-def test_bidirectional_padded_batch(cell, layers, read):
-    """A bidirectional model (sentiment, stocks) on a padded batch, read at each sequence's last
-    real step (sentiment's `readout: last`) or at every real step (`readout: mean`): both
-    directions' entries, and how many pairs reach each lag, equal the reference that runs every
-    sequence alone, unpadded. Fails if the lengths are lost on the way (the backward direction
-    would start at the padding) or a direction's lags are counted from the wrong step."""
+@pytest.mark.parametrize("padded", [True, False])
+def test_bidirectional_batch(cell, layers, read, padded):
+    """A bidirectional model on a padded batch (sentiment) or a batch of full-length sequences
+    (stocks), read at each sequence's last real step (sentiment's `readout: last`, stocks) or
+    at every real step (`readout: mean`): both directions' entries, and how many pairs reach
+    each lag, equal the reference that runs every sequence alone, unpadded. Fails if the
+    lengths are lost on the way (the backward direction would start at the padding) or a
+    direction's lags are counted from the wrong step."""
     model = make_model(cell, "fused", layers, bidirectional=True)
     batch, sources = padded_batch(6, 9, torch.float64)
+    if not padded:
+        batch = Batch(batch.x, batch.y)
+        sources = torch.zeros_like(sources)
+        sources[:, -1] = True
+    lengths = batch.lengths if padded else torch.full((6,), 9)
     if read == "every":
-        sources = torch.arange(9)[None, :] < batch.lengths[:, None]
+        sources = torch.arange(9)[None, :] < lengths[:, None]
     profile = lag_norms(model, batch, sources, loss_at(sources, 0.5), pairs=1000)
     pairs = [(b, s) for b, s in sources.nonzero().tolist()]
-    reference, reached = bidirectional_reference(model, batch, pairs, 0.5)
+    reference, reached = bidirectional_reference(model, batch, lengths, pairs, 0.5)
     assert profile.log10.shape == (2 * layers, 9)
     np.testing.assert_allclose(profile.log10, reference, atol=1e-9)
     assert (profile.pairs == reached).all()
@@ -298,15 +309,19 @@ def test_align_by_lag_over_hundreds_of_orders_of_magnitude():
     """The RMS by lag (align) of a gradient vanishing by about 60 orders of magnitude a step, down
     to 1e-700, against decimal arithmetic: each lag exact, including the lags whose squared
     norms are hundreds of orders below another lag's (each lag is combined on its own scale);
-    a zero gradient and a lag that no pair reaches; and a probe with no pairs at all."""
+    a zero gradient, a lag whose every pair has none, lags that no pair reaches, and a probe
+    with no pairs at all."""
     rng = np.random.default_rng(11)
     entries, steps, pairs = 2, 12, 5
     source = torch.as_tensor(rng.integers(0, steps, size=(entries, pairs)))
-    source[:, 0] = steps - 1  # the longest lag is reached by at least one pair per entry
-    source[1, 1:] = 2  # entry 1: lags 3 and on are reached by one pair only
+    source[0, 0] = steps - 1  # entry 0: every lag is reached
+    source[1] = torch.tensor([5, 2, 2, 1, 0])  # entry 1: lags 6 and on are reached by no pair
     t = np.arange(steps)[None, :, None]
     logs = -60.0 * (source.numpy()[:, None, :] - t) + rng.uniform(-3, 3, (entries, steps, pairs))
     logs[0, 4, 2] = -math.inf  # a pair whose gradient is exactly zero at step 4
+    for r, s in enumerate(source[0].tolist()):  # lag 1 of entry 0: no gradient at all
+        if s >= 1:
+            logs[0, s - 1, r] = -math.inf
     profile = align(torch.as_tensor(logs), source)
     lags = steps
     assert profile.log10.shape == profile.norms.shape == profile.pairs.shape == (entries, lags)
@@ -320,7 +335,10 @@ def test_align_by_lag_over_hundreds_of_orders_of_magnitude():
                 assert profile.norms[e, k] == 0.0
             elif expected > -307:
                 assert profile.norms[e, k] == pytest.approx(10.0**expected, rel=1e-8)
+    assert profile.log10[0, 1] == profile.log10[1, -1] == -math.inf  # none of the pairs is finite
+    assert np.isfinite(profile.log10[0, 2:]).all()
     assert profile.log10[0].min() < -600  # far below float64's range, and still exact
+    assert profile.pairs.dtype == np.int64
     empty = align(
         torch.empty(1, steps, 0, dtype=torch.float64), torch.empty(1, 0, dtype=torch.long)
     )
