@@ -13,7 +13,8 @@ import torch
 
 from seqbench.cells import CELLS
 from seqbench.diagnostics import LAG_PAIRS_FRACTION, lag_norms, summarize, summarize_lags
-from seqbench.lags import align, select_pairs
+from seqbench.engine import GradNormRecorder
+from seqbench.lags import LagProbe, align, one_source_per_row, select_pairs
 from seqbench.model import SequenceModel
 from seqbench.tasks import Batch
 
@@ -139,11 +140,12 @@ def test_padded_batch_one_source_per_sequence(cell, path, layers, on_path):
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cell", REFERENCE_CELLS)
-@pytest.mark.parametrize("where", ["every", "few"])
+@pytest.mark.parametrize("where", ["every", "few", "two"])
 def test_many_sources_per_sequence(cell, path, layers, where, on_path):
-    """Losses read at every position, or at a few: the probe (engine: one more backward over
-    the saved forward; fused: autograd) gives each pair's own gradient; with room for every
-    pair, the profile is the definition over all of them."""
+    """Losses read at every position, at a few, or at two at most (a row with two sources is
+    the least that needs the probe): the probe (engine: one more backward over the saved
+    forward; fused: autograd) gives each pair's own gradient; with room for every pair, the
+    profile is the definition over all of them."""
     on_path(path)
     model = make_model(cell, path, layers, seed=3)
     g = torch.Generator().manual_seed(2)
@@ -154,6 +156,10 @@ def test_many_sources_per_sequence(cell, path, layers, where, on_path):
         sources[:] = False
         sources[:, [2, 5, 7]] = True
         sources[1, 7] = False  # a row whose latest source is not the last step
+    elif where == "two":
+        sources[:] = False
+        sources[:, [3, 7]] = True
+        sources[2, 7] = False  # a row with one source among rows with two
     batch = Batch(x, y)
     profile = lag_norms(model, batch, sources, loss_at(sources, 0.25), pairs=1000)
     pairs = [(b, s) for b, s in sources.nonzero().tolist()]
@@ -180,6 +186,25 @@ def test_probe_takes_the_latest_sources_first(path, on_path):
     chosen = [(0, 9), (1, 6), (2, 8), (0, 4), (1, 3)]  # latest per row, then second latest
     reference = reference_profile(model, x, y, chosen, 1.0)
     np.testing.assert_allclose(profile.log10, reference, atol=1e-9)
+
+
+def test_the_probe_only_where_a_row_has_several_sources():
+    """One source per row at most (some rows none) takes the training backward's own rows of
+    norms, no probe; two sources in any row take the probe (the rows would hold the sum of
+    both terms' gradients, not each term's)."""
+    sources = torch.zeros(4, 6, dtype=torch.bool)
+    sources[0, 5] = sources[2, 3] = sources[3, 0] = True
+    assert one_source_per_row(sources)
+    rec = GradNormRecorder()
+    probe = LagProbe(rec, sources, 8, None, None)
+    assert probe.single and rec.per_row and rec.probe is None
+    assert probe.rows.tolist() == [0, 2, 3] and probe.positions.tolist() == [5, 3, 0]
+    sources[1, [1, 4]] = True
+    assert not one_source_per_row(sources)
+    rec = GradNormRecorder()
+    probe = LagProbe(rec, sources, 8, None, None)
+    assert not probe.single and not rec.per_row
+    assert [t.tolist() for t in rec.probe] == [[0, 1, 2, 3, 1], [5, 4, 3, 0, 1]]  # latest first
 
 
 def test_select_pairs_rule():
