@@ -127,9 +127,8 @@ def compare_pair(
         vectorized=False, n_resamples=RESAMPLES, confidence_level=confidence,
         method="percentile", rng=np.random.default_rng(0),
     )  # fmt: skip
+    # the percentile method: every resample giving the same value gives that value, not NaN
     p_low, p_high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
-    if math.isnan(p_low):  # every resample gave the same value
-        p_low = p_high = p
     if low <= 0 <= high:
         verdict = "tie"
     else:

@@ -135,6 +135,7 @@ def test_no_spread_on_either_side_and_a_reproducible_bootstrap():
     call whatever numpy's global state."""
     exact = stats.compare_pair([1, 1], [2, 2, 2], "min", 0.95)
     assert (exact.diff, exact.low, exact.high, exact.verdict) == (-1, -1, -1, "better")
+    assert (exact.p_low, exact.p_better, exact.p_high) == (1.0, 1.0, 1.0)
     a, b = [0.1, 0.5, 0.2, 0.9, 0.4, 0.35], [0.3, 0.6, 0.8, 0.25, 0.7, 0.55]
     first = stats.compare_pair(a, b, "min", 0.95)
     np.random.seed(123)
@@ -148,6 +149,34 @@ def test_no_spread_on_either_side_and_a_reproducible_bootstrap():
     ci = boot.confidence_interval
     assert (first.p_low, first.p_high) == (ci.low, ci.high)
     assert first.p_low < first.p_better < first.p_high
+    g = np.random.default_rng(5)  # 15 seeds a side: P's 225 values, where the resamples show
+    a, b = g.normal(0.45, 0.2, 15), g.normal(0.55, 0.2, 15)
+    boot = sps.bootstrap((a, b), lambda x, y: stats.improvement_probability(x, y, "min"),
+                         paired=False, vectorized=False, n_resamples=stats.RESAMPLES,
+                         method="percentile", rng=np.random.default_rng(0))  # fmt: skip
+    pair = stats.compare_pair(a, b, "min", 0.95)
+    assert (pair.p_low, pair.p_high) == (
+        boot.confidence_interval.low,
+        boot.confidence_interval.high,
+    )
+
+
+def test_equal_seeds_tie_and_a_higher_a_is_worse_for_min_and_better_for_max():
+    """Both sides the same constant: a tie (the interval is the point 0), with no seed count
+    to tell them apart. a above b with an interval inside (0, 1): worse when lower is better,
+    better when higher is."""
+    same = stats.compare_pair([1, 1, 1], [1, 1], "min", 0.95)
+    assert (same.low, same.high, same.verdict, same.seeds_needed) == (0, 0, "tie", None)
+    a, b = [0.5, 0.52, 0.51], [0.1, 0.11, 0.12]
+    lower = stats.compare_pair(a, b, "min", 0.95)
+    assert 0 < lower.low < lower.high < 1 and lower.verdict == "worse"
+    assert stats.compare_pair(a, b, "max", 0.95).verdict == "better"
+
+
+def test_seeds_needed_at_its_bounds():
+    """Two seeds each when they already give the power; None without any spread."""
+    assert stats.seeds_needed(np.array([0.0, 1.0]), np.array([100.0, 101.0]), 0.95) == 2
+    assert stats.seeds_needed(np.array([1.0, 1.0]), np.array([2.0, 2.0]), 0.95) is None
 
 
 def test_a_configuration_whose_every_seed_diverged_is_too_few_seeds_without_warnings():
