@@ -14,7 +14,7 @@ from scipy import stats as sps
 
 from seqbench import stats
 from seqbench.compare import aggregate, format_cells, terminal_table, to_display
-from seqbench.verdicts import pair_frame, pairs_markdown, verdict_lines
+from seqbench.verdicts import COLUMNS, pair_frame, pairs_markdown, verdict_lines
 
 
 def test_mean_interval_is_students_t():
@@ -46,6 +46,11 @@ def test_improvement_probability_counts_ties_half():
     u = sps.mannwhitneyu(a, b).statistic
     assert stats.improvement_probability(a, b, "max") == pytest.approx(u / 9)
     assert stats.improvement_probability(a, b, "min") == pytest.approx(1 - 1 / 3)
+    g = np.random.default_rng(4)  # small integers: many ties, many differences of exactly 1
+    a, b = g.integers(0, 4, 7).astype(float), g.integers(0, 4, 5).astype(float)
+    for mode, better in (("min", lambda x, y: x < y), ("max", lambda x, y: x > y)):
+        score = sum(1.0 if better(x, y) else 0.5 if x == y else 0.0 for x in a for y in b)
+        assert stats.improvement_probability(a, b, mode) == pytest.approx(score / 35)
 
 
 def test_welch_difference_interval_and_the_verdict():
@@ -252,7 +257,21 @@ def test_the_pairs_table_of_one_setting():
     assert ab[5].startswith("1 [") and ab[6] == "a better"
     ca = table[("c", "a")]  # one seed of c: P without an interval, no verdict
     assert (ca[3], ca[5], ca[6]) == ("1 / 3", "1", "too few seeds")
-    assert pairs_markdown(pair_frame(runs.iloc[:0], ["model", "task"])) == ""
+    empty = pair_frame(runs.iloc[:0], ["model", "task"])
+    assert pairs_markdown(empty) == "" and list(empty.columns) == COLUMNS
+
+
+def test_runs_without_a_mode_count_lower_as_better_and_a_wholly_diverged_one_ranks_last():
+    """Runs whose results name no mode (lower is better, as for every loss), and a
+    configuration whose every seed diverged: ranked last, its mean NaN, too few seeds."""
+    runs = runs_frame({"a": [1, 2, 3], "b": [4, 5, 6]}, mode=math.nan)
+    pair = pair_frame(runs, ["model", "task"]).iloc[0]
+    assert [pair["a"], pair["b"], pair["verdict"]] == ["a", "b", "better"]
+    runs = runs_frame({"a": [math.nan, math.nan], "b": [4, 5, 6], "c": [1, 2, 3]})
+    pairs = pair_frame(runs, ["model", "task"])
+    assert pairs[["a", "b"]].values.tolist() == [["c", "b"], ["c", "a"], ["b", "a"]]
+    last = pairs.iloc[-1]
+    assert last["mean_b"] != last["mean_b"] and last["mean_a"] == 5 and last["verdict"] == "n/a"
 
 
 def test_the_test_metric_decides_where_every_run_has_one():
