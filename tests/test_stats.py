@@ -36,6 +36,12 @@ def test_proportion_interval_is_wilsons():
     ci = sps.binomtest(1, 3).proportion_ci(0.95, method="wilson")
     assert stats.proportion_interval(1, 3) == pytest.approx((ci.low, ci.high))
     assert all(math.isnan(v) for v in stats.proportion_interval(0, 0))
+    z, k, n = sps.norm.ppf(0.995), 2, 7  # at 99 %, the closed form
+    centre, half = (
+        (k + z**2 / 2) / (n + z**2),
+        z / (n + z**2) * math.sqrt(k * (n - k) / n + z**2 / 4),
+    )
+    assert stats.proportion_interval(k, n, 0.99) == pytest.approx((centre - half, centre + half))
 
 
 def test_improvement_probability_counts_ties_half():
@@ -235,6 +241,26 @@ def test_pairs_are_within_a_setting_and_ranked():
     assert half == pytest.approx(0.0396, abs=1e-4)
     assert table[0][:5] == ["seq_len=50", "gru", "lstm", "3 / 3", "-0.400 [-0.440, -0.360]"]
     assert table[0][6] == "a better" and table[-1][6].startswith("tie")
+
+
+def test_settings_of_two_keys_a_missing_value_and_none_with_a_pair():
+    """A setting named by two keys ("seq_len=50, hidden_size=8"); runs that lack a key form a
+    setting of their own ("=nan"), not dropped; settings where only one configuration ran
+    give no pairs, and an empty frame with every column."""
+    both = {"a": [1, 2, 3], "b": [4, 5, 6]}
+    runs = pd.concat([
+        runs_frame(both, **{"task.seq_len": seq_len, "model.hidden_size": hidden})
+        for seq_len, hidden in ((50, 8), (100, 8), (50, 16), (math.nan, 16))
+    ])  # fmt: skip
+    pairs = pair_frame(runs, ["model", "task", "task.seq_len", "model.hidden_size"], vs="model")
+    assert sorted(pairs["setting"]) == [
+        "seq_len=100.0, hidden_size=8", "seq_len=50.0, hidden_size=16",
+        "seq_len=50.0, hidden_size=8", "seq_len=nan, hidden_size=16",
+    ]  # fmt: skip
+    lonely = pd.concat([runs_frame({"a": [1, 2]}, **{"task.seq_len": 50}),
+                        runs_frame({"b": [3, 4]}, **{"task.seq_len": 100})])  # fmt: skip
+    none = pair_frame(lonely, ["model", "task", "task.seq_len"], vs="model")
+    assert none.empty and list(none.columns) == COLUMNS
 
 
 def test_the_pairs_table_of_one_setting():
