@@ -298,14 +298,12 @@ def test_bidirectional_batch(cell, layers, read, padded):
     lengths are lost on the way (the backward direction would start at the padding) or a
     direction's lags are counted from the wrong step."""
     model = make_model(cell, "fused", layers, bidirectional=True)
-    batch, sources = padded_batch(6, 9, torch.float64)
+    batch, _ = padded_batch(6, 9, torch.float64)
     if not padded:
         batch = Batch(batch.x, batch.y)
-        sources = torch.zeros_like(sources)
-        sources[:, -1] = True
     lengths = batch.lengths if padded else torch.full((6,), 9)
-    if read == "every":
-        sources = torch.arange(9)[None, :] < lengths[:, None]
+    steps = torch.arange(9)[None, :]
+    sources = steps == lengths[:, None] - 1 if read == "last" else steps < lengths[:, None]
     profile = lag_norms(model, batch, sources, loss_at(sources, 0.5), pairs=1000)
     pairs = [(b, s) for b, s in sources.nonzero().tolist()]
     reference, reached = bidirectional_reference(model, batch, lengths, pairs, 0.5)
@@ -348,10 +346,9 @@ def test_align_by_lag_over_hundreds_of_orders_of_magnitude():
         if s >= 1:
             logs[0, s - 1, r] = -math.inf
     profile = align(torch.as_tensor(logs), source)
-    lags = steps
-    assert profile.log10.shape == profile.norms.shape == profile.pairs.shape == (entries, lags)
+    assert profile.log10.shape == profile.norms.shape == profile.pairs.shape == (entries, steps)
     for e in range(entries):
-        for k in range(lags):
+        for k in range(steps):  # the longest lag: entry 0's source at the last step
             values = [logs[e, s - k, r] for r, s in enumerate(source[e].tolist()) if s >= k]
             assert profile.pairs[e, k] == len(values)
             expected = decimal_rms_log10(values)
