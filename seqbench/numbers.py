@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
 #: A column needing more decimals than this (a spread below ~1e-5) is written in scientific
 #: notation, every cell of it.
 MAX_DECIMALS = 6
@@ -40,6 +42,12 @@ def format_cells(means, stds, lows=None, highs=None, *, integer: bool = False) -
         _ok(m) and m != 0 and (not _ok(s) or s == 0) and abs(m) < 10.0**-MAX_DECIMALS
         for m, s, _, _ in rows))  # fmt: skip
     return [_cell(float(m), float(s), float(lo), float(hi), integer, sci) for m, s, lo, hi in rows]
+
+
+def key_text(value) -> str:
+    """A configuration key's value in a table or a verdict line: as the override spells it
+    (100, not the 100.0 of a column with a gap), 'n/a' where a run has no such key."""
+    return "n/a" if pd.isna(value) else str(value)  # None, NaN, pandas' NA
 
 
 def _ok(value) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from seqbench import stats
+from seqbench.numbers import key_text
 
 COLUMNS = ["setting", "key", "a", "b", "metric", "n_a", "n_b", "mean_a", "mean_b", "diff",
            "diff_low", "diff_high", "p_better", "p_low", "p_high", "verdict", "seeds_needed",
@@ -57,7 +58,7 @@ def pair_frame(runs: pd.DataFrame, by: Sequence[str], vs: str | None = None) -> 
     for values, group in settings:
         values = values if isinstance(values, tuple) else (values,)
         setting = ", ".join(
-            f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(others, values, strict=True)
+            f"{k.rsplit('.', 1)[-1]}={key_text(v)}" for k, v in zip(others, values, strict=True)
         )
         seeds = {name: g[metric].to_numpy(dtype=float) for name, g in group.groupby(key)}
         order = sorted(seeds, key=lambda n: _rank(seeds[n], mode))

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from omegaconf import OmegaConf, open_dict
 
 from seqbench.compare import (
     NUMERIC,
@@ -28,6 +29,7 @@ from seqbench.compare import (
 from seqbench.compare import main as compare_main
 from seqbench.diagnostics import summarize
 from seqbench.results import RunRecorder
+from tests.conftest import compose_config
 
 # --- RunRecorder: metrics.json, history.csv, grad_norms.csv -------------------------------------
 
@@ -371,6 +373,68 @@ def test_every_column_of_a_run_row_is_its_metrics_json_value(tmp_path: Path) -> 
     snap["init"]["layers"][0]["exploding"] = True  # flagged at init only: still exploding
     (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
     assert load_runs([tmp_path / "run"]).iloc[0]["exploding"]
+
+
+def hydra_files(overrides: list[str]) -> dict[str, str]:
+    """The .hydra files Hydra writes for a job with these overrides: config.yaml (the composed
+    config) and hydra.yaml (Hydra's node: the groups' choices)."""
+    cfg = compose_config(overrides, hydra=True)
+    hydra = OmegaConf.to_yaml({"hydra": cfg.hydra})
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": hydra}
+
+
+def test_a_key_other_runs_left_at_its_default(tmp_path: Path) -> None:
+    """A key some runs override and others leave alone: those others get the value they ran
+    with, read from their composed config (task.seq_len 100, the adding default) or their
+    group's choice (optimizer adam), so that `task.seq_len=100` and the default are one
+    setting; values keep the overrides' spelling (100, not the 100.0 of a column with a gap),
+    and a run with no record of the key shows 'n/a', in the table and in the verdicts."""
+    default = compose_config(["model=lstm"])
+    settings = {"short": ["task.seq_len=50"], "long": ["task.seq_len=100"], "default": [],
+                "sgd": ["optimizer=sgd", "model.bidirectional=true"]}  # fmt: skip
+    for name, extra in settings.items():
+        files = hydra_files(extra)  # the model is overridden in every run: not read from these
+        for model, metric in (("lstm", 0.1), ("rnn", 0.5)):
+            for seed in range(3):
+                run = tmp_path / f"{name}-{model}-{seed}"
+                fake_run(run, [f"model={model}", *extra], model=model, seed=seed,
+                         task="adding", final_metric=metric + seed / 100)  # fmt: skip
+                for file, text in files.items():
+                    (run / ".hydra" / file).write_text(text)
+    for model, metric in (("gru", 0.2), ("lstm", 0.9)):  # no .hydra: overrides from metrics.json
+        bare = {"model": model, "seed": 0, "task": "adding", "final_metric": metric,
+                "overrides": [f"model={model}"], "status": "completed"}  # fmt: skip
+        (tmp_path / f"bare-{model}").mkdir()
+        (tmp_path / f"bare-{model}" / "metrics.json").write_text(json.dumps(bare))
+    runs = load_runs(find_runs([tmp_path])).set_index("run_dir")
+    run = {name: runs.loc[str((tmp_path / f"{name}-lstm-0").resolve())] for name in settings}
+    assert run["default"]["task.seq_len"] == default.task.seq_len == 100
+    assert [run[n]["task.seq_len"] for n in ("short", "long", "sgd")] == [50, 100, 100]
+    assert (run["default"]["optimizer"], run["sgd"]["optimizer"]) == ("adam", "sgd")
+    assert (run["default"]["model.bidirectional"], run["sgd"]["model.bidirectional"]) == (
+        "false", "true")  # fmt: skip
+    bare = runs.loc[str((tmp_path / "bare-gru").resolve())]
+    assert pd.isna(bare["task.seq_len"]) and pd.isna(bare["optimizer"])
+
+    table = aggregate(runs.reset_index())
+    seq_len = to_display(table)["task.seq_len"].tolist()
+    assert sorted(seq_len) == ["100"] * 4 + ["50"] * 2 + ["n/a"] * 2
+    together = table[(table["model"] == "lstm") & (table["task.seq_len"] == 100)
+                     & (table["optimizer"] == "adam")]  # fmt: skip
+    assert together["completed"].tolist() == [6]  # the default's 3 seeds and the long ones
+
+    from seqbench.verdicts import pair_frame, verdict_lines
+
+    pairs = pair_frame(runs.reset_index(), group_keys(runs.reset_index()))
+    assert sorted(set(pairs["setting"])) == [
+        "bidirectional=false, optimizer=adam, seq_len=100",
+        "bidirectional=false, optimizer=adam, seq_len=50",
+        "bidirectional=n/a, optimizer=n/a, seq_len=n/a",
+        "bidirectional=true, optimizer=sgd, seq_len=100",
+    ]
+    assert not any(re.search(r"\d\.0\b", line) for line in verdict_lines(pairs))
 
 
 def test_group_keys_are_the_model_the_task_and_what_else_varies() -> None:
