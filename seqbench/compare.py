@@ -20,7 +20,14 @@ import numpy as np
 import pandas as pd
 
 from seqbench.numbers import format_cells, key_text
-from seqbench.rundirs import IGNORED_KEYS, NUMERIC, find_runs, load_runs, parse_overrides
+from seqbench.rundirs import (
+    IGNORED_KEYS,
+    NUMERIC,
+    UnreadableRun,
+    find_runs,
+    load_runs,
+    parse_overrides,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -322,33 +329,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--vs", help="the key whose values are compared pair by pair (default: model)"
     )
     args = parser.parse_args(argv)
+    for path in args.paths:  # each path given holds runs: a typo is not silently left out
+        if not path.exists():
+            return _error(f"{path} does not exist. Give run or sweep directories (each with a "
+                          f"metrics.json at or below it).")  # fmt: skip
+        if not find_runs([path]):
+            return _error(f"no metrics.json under {path}: it holds no finished seqbench run (a "
+                          f"run writes one when it ends, even when it fails).")  # fmt: skip
     runs = find_runs(args.paths)
-    if not runs:
-        print(
-            f"seqbench-compare: error: no metrics.json under {[str(p) for p in args.paths]}",
-            file=sys.stderr,
-        )
-        return 2
     from seqbench.verdicts import pair_frame
 
-    loaded = load_runs(runs)
+    try:
+        loaded = load_runs(runs)
+    except UnreadableRun as err:
+        return _error(str(err))
     try:
         table = aggregate(loaded, args.by)
     except KeyError as err:
-        print(f"seqbench-compare: error: --by {err.args[0]}", file=sys.stderr)
-        return 2
+        return _error(f"--by {err.args[0]}")
     by = args.by or group_keys(loaded)
     if args.vs is not None and args.vs not in by:
-        print(f"seqbench-compare: error: --vs {args.vs!r} is not a key of the table; "
-              f"choose one of {by}", file=sys.stderr)  # fmt: skip
-        return 2
+        return _error(f"--vs {args.vs!r} is not a key of the table; choose one of {by}")
     pairs = pair_frame(loaded, by, args.vs)
     if args.metrics:
         keep = [c for c in table.columns if not c.endswith(("_mean", "_std"))
                 or c.rsplit("_", 1)[0] in args.metrics]  # fmt: skip
         table = table[keep]
-    args.out.mkdir(parents=True, exist_ok=True)
-    for path in write_tables(table, args.out, args.format, pairs):
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        written = write_tables(table, args.out, args.format, pairs)
+    except OSError as err:
+        return _error(f"--out {args.out}: cannot write the tables there ({err.strerror or err}); "
+                      f"give a directory you can write to.")  # fmt: skip
+    for path in written:
         print(f"wrote {path}")
     print_table(table, title=f"{len(runs)} runs", pairs=pairs)
     return 0
+
+
+def _error(message: str) -> int:
+    print(f"seqbench-compare: error: {message}", file=sys.stderr)
+    return 2

@@ -59,7 +59,7 @@ def load_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
     value they ran with (`composed`), so that `task.seq_len=100` and the default 100 are one
     setting. A value no file records stays missing (pandas' NA in a column of ints)."""
     run_dirs = list(map(Path, run_dirs))
-    metrics = [json.loads((d / "metrics.json").read_text()) for d in run_dirs]
+    metrics = [_metrics(d) for d in run_dirs]
     settings = [_overrides(d, m) for d, m in zip(run_dirs, metrics, strict=True)]
     keys = list(dict.fromkeys(k for s in settings for k in s))
     for run_dir, setting in zip(run_dirs, settings, strict=True):
@@ -82,10 +82,34 @@ def load_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
     return frame
 
 
+class UnreadableRun(ValueError):
+    """A run directory whose metrics.json or .hydra/overrides.yaml cannot be read; the message
+    names the file and what to do."""
+
+
+def _unreadable(path: Path, err: Exception) -> UnreadableRun:
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return UnreadableRun(f"{path} cannot be read ({reason}). Remove that run directory or leave "
+                         f"it out of the paths given.")  # fmt: skip
+
+
+def _metrics(run_dir: Path) -> dict:
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise _unreadable(run_dir / "metrics.json", err) from None
+    if not isinstance(metrics, dict):
+        raise _unreadable(run_dir / "metrics.json", ValueError("not a JSON object"))
+    return metrics
+
+
 def _overrides(run_dir: Path, metrics: dict) -> dict:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if overrides_file.is_file():
-        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        try:
+            overrides = yaml.safe_load(overrides_file.read_text()) or []
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise _unreadable(overrides_file, err) from None
     else:
         overrides = metrics.get("overrides", [])
     return {

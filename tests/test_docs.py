@@ -276,12 +276,12 @@ def check_seqbench(args: list[str]) -> None:
 
 
 def check_compare(args: list[str], tmp_path: Path, capsys) -> None:
-    """seqbench-compare parses the arguments, then finds no runs under paths that do not exist
-    here: exit status 2 with that message, not argparse's usage error."""
+    """seqbench-compare parses the arguments, then refuses the paths, which do not exist here:
+    exit status 2 with that message, not argparse's usage error."""
     from seqbench.compare import main
 
     assert main(args) == 2
-    assert "no metrics.json under" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
 
 
 def check_make(args: list[str]) -> None:

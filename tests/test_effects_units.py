@@ -257,7 +257,7 @@ def test_compare_command_over_two_sweeps(sweep: Path, tmp_path: Path, capsys) ->
     assert pd.read_csv(out / "comparison.csv")["runs"].tolist() == [1]
     assert compare_main([str(sweep), "--by", "nope"]) == 2
     assert compare_main([str(tmp_path / "nothing")]) == 2
-    assert "no metrics.json" in capsys.readouterr().err
+    assert "nothing does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         compare_main(["--help"])
     usage = capsys.readouterr().out
@@ -301,6 +301,40 @@ def test_terminal_table_shows_the_differing_keys_and_never_a_count(sweep: Path) 
     headers = [str(column.header) for column in terminal_table(table, width=200).columns]
     assert headers == ["model", "seq_len", "seeds", "solved", "final mse", "baseline",
                        "vanish@init", "vanish@end"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["missing", "no runs", "metrics", "not an object",
+                                  "overrides", "out"])  # fmt: skip
+def test_compare_refuses_what_it_cannot_read(sweep: Path, tmp_path: Path, case, capsys) -> None:
+    """Beside a good sweep: a path that does not exist, a directory without runs, a corrupt
+    metrics.json, one that is not an object, a corrupt overrides.yaml, an --out that cannot be
+    made. Each: exit 2, one message naming the path and what is allowed, no traceback, and
+    no table written (a typo is not silently left out of the comparison)."""
+    other = tmp_path / "other"
+    out = tmp_path / "tables"
+    if case == "no runs":
+        other.mkdir()
+    elif case in ("metrics", "not an object", "overrides"):
+        fake_run(other / "0", ["model=gru", "seed=0"], model="gru", seed=0, final_metric=0.1)
+        if case == "overrides":
+            (other / "0" / ".hydra" / "overrides.yaml").write_text("- model=gru\n- [seed=\n")
+        else:
+            text = '{"status": "compl' if case == "metrics" else "[1, 2]"
+            (other / "0" / "metrics.json").write_text(text)
+    elif case == "out":
+        other = sweep
+        out = tmp_path / "a-file"
+        out.write_text("")
+    assert compare_main([str(sweep), str(other), "--out", str(out / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqbench-compare: error: ") and err.count("\n") == 1, err
+    named = {"missing": f"{other} does not exist", "no runs": f"no metrics.json under {other}",
+             "metrics": f"{other / '0' / 'metrics.json'} cannot be read",
+             "not an object": f"{other / '0' / 'metrics.json'} cannot be read (not a JSON object)",
+             "overrides": f"{other / '0' / '.hydra' / 'overrides.yaml'} cannot be read",
+             "out": f"--out {out / 'x'}: cannot write the tables there"}[case]  # fmt: skip
+    assert named in err
+    assert not (out / "x").exists()
 
 
 def test_overrides_parse_into_keys_and_values() -> None:
