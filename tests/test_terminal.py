@@ -257,3 +257,36 @@ def test_step_counts_read_as_integers_with_thousands_separators() -> None:
     # t(0.975, 1) = 12.706 over 2 seeds: 1,523.5 ± 6,651
     assert display["solved_step"].tolist() == ["1,520 ± 740 [-5,130, 8,180]"]
     assert display["num_parameters"].tolist() == ["50,497"]  # the same in every run: no ± 0
+
+
+@pytest.mark.parametrize("width", [60, 70, 80, 100, 120, 160])
+@pytest.mark.parametrize(
+    ("total", "metric", "loss"), [(300, "mse", 0.1556), (100_000, "accuracy", 12.34567)]
+)
+def test_the_live_bar_fits_one_line(width, total, metric, loss, monkeypatch) -> None:
+    """The run's live progress bar at the terminal's width: one line, nothing cut (rich
+    squeezed its nine columns into ellipses at 60 columns, and wrapped 'steps/s' at 80); the
+    step count, the loss, the metric and the time left always, '--' for the metric before the
+    first validation; the bar, the speed and the elapsed time where there is room."""
+    from seqbench.loggers.console import ConsoleLogger
+
+    monkeypatch.setenv("COLUMNS", str(width))  # the width rich's Console takes
+    logger = ConsoleLogger(total, metric, "rich")
+    try:
+        logger.on_step(total // 3, loss, 1.0, False)
+        for value, shown in ((None, "--"), (0.734512, "0.7345")):
+            if value is not None:
+                logger.on_eval(total // 3, {metric: value})
+            console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+            console.print(logger.progress.get_renderable())
+            lines = console.export_text().rstrip("\n").split("\n")
+            assert len(lines) == 1 and len(lines[0]) <= width and "…" not in lines[0], lines
+            line = lines[0]
+            assert f"{total // 3}/{total}" in line and f"loss {loss:.4f}" in line
+            assert f"val {metric} {shown} " in line and re.search(r"eta \S+$", line.rstrip())
+            if width >= 120:  # room for everything
+                assert "steps/s" in line and "0:00:00" in line and "━" in line
+            if width == 60:  # the optional columns went first
+                assert "steps/s" not in line and "0:00:00" not in line and "━" not in line
+    finally:
+        logger.close()

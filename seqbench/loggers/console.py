@@ -30,6 +30,42 @@ class _StepsPerSecond(ProgressColumn):
         return Text(f"{speed:6.1f} steps/s" if speed else "   -- steps/s", style="cyan")
 
 
+def bar_columns(width: int, total: int, metric: str) -> list[ProgressColumn]:
+    """The live bar's columns for a terminal `width` columns wide, on one line: the step count,
+    the loss, the validation metric and the time left always; the elapsed time, then the speed
+    go first where they do not fit, the bar narrows (to 10) before it goes, and the label
+    'train' goes last."""
+    count = len(f"{total}/{total}")
+    parts = [  # (column, its width with the space before it, required)
+        (TextColumn("[bold]train"), 5, True),
+        (None, 0, False),  # the bar: its width is what is left
+        (MofNCompleteColumn(), 1 + count, True),
+        (TextColumn("loss {task.fields[loss]}"), 1 + len("loss 00.0000"), True),
+        (TextColumn("val {task.fields[metric]} {task.fields[value]}"),
+         1 + len(f"val {metric} 0.0000"), True),
+        (_StepsPerSecond(), 1 + len("  00.0 steps/s"), False),
+        (TimeElapsedColumn(), 1 + len("0:00:00"), False),
+        (TextColumn("eta"), 1 + len("eta"), True),
+        (TimeRemainingColumn(), 1 + len("0:00:00"), True),
+    ]  # fmt: skip
+    for drop in (6, 5):  # the elapsed time, then the speed, while the bar has under 10
+        if width - 1 - sum(w for _, w, _ in parts) >= 10:
+            break
+        parts[drop] = (None, 0, False)
+    room = width - 1 - sum(w for _, w, _ in parts)  # rich keeps the last column off the edge
+    if room >= 11:
+        parts[1] = (BarColumn(bar_width=min(40, room - 1)), room, False)
+    elif room < 0:
+        parts[0] = (None, 0, False)
+    return [column for column, _, _ in parts if column is not None]
+
+
+def _field(value: float) -> str:
+    """A number in the live bar: '--' until there is one (the metric before the first
+    validation)."""
+    return "--" if math.isnan(value) else f"{value:.4f}"
+
+
 class ConsoleLogger(Callback):
     """Progress with step, training loss, validation metric, steps/s and ETA.
 
@@ -63,33 +99,25 @@ class ConsoleLogger(Callback):
         self.progress: Progress | None = None
         if mode == "rich":
             self.progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
-                TextColumn("val {task.fields[metric]} {task.fields[value]:.4f}"),
-                _StepsPerSecond(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
+                *bar_columns(self.console.width, total_steps, metric),
                 console=self.console,
                 transient=sweep_job is not None,
             )
             self.task_id = self.progress.add_task(
-                "train", total=total_steps, completed=start_step, loss=math.nan,
-                metric=metric, value=math.nan,
+                "train", total=total_steps, completed=start_step, loss=_field(math.nan),
+                metric=metric, value=_field(math.nan),
             )  # fmt: skip
             self.progress.start()
 
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
         self.loss = loss
         if self.progress is not None:
-            self.progress.update(self.task_id, completed=step, loss=loss)
+            self.progress.update(self.task_id, completed=step, loss=_field(loss))
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         self.value = metrics[self.metric]
         if self.progress is not None:
-            self.progress.update(self.task_id, value=self.value)
+            self.progress.update(self.task_id, value=_field(self.value))
         elif self.mode == "plain":
             elapsed = time.perf_counter() - self.started
             rate = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
