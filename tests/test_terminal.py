@@ -153,7 +153,10 @@ def test_run_summary_fits_uncut(sentiment_metrics: dict) -> None:
     table = summary_table(metrics, "/tmp/outputs/2026-11-30/16-00-00/" + "x" * 90)
     text = assert_uncut(table)
     assert "[enforce fail at alloc_cpu.cpp:117]" in text  # brackets are text, not markup
-    assert "grad by lag end" in text and "L1" in text and "test accuracy" in text
+    assert "grad by lag end" in text and "L1" in text
+    scores = " ".join(text[text.index("test split (best weights)") :].replace("│", " ").split())
+    expected = ", ".join(f"{name} {value:.4f}" for name, value in metrics["test"].items())
+    assert scores.startswith(f"test split (best weights) {expected} "), scores  # folded whole
     for line in text.splitlines()[:3]:
         assert len(line) <= WIDTH
 
