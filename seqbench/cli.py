@@ -82,7 +82,8 @@ def _job(cfg: DictConfig) -> float | None:
     resume = prepare_sweep_job(run_dir)
     _set_job_threads(cfg, hydra_cfg)
     try:
-        return run(cfg, run_dir, resume=resume, sweep_job=f"#{hydra_cfg.job.num}")
+        return run(cfg, run_dir, resume=resume, sweep_job=f"#{hydra_cfg.job.num}",
+                   side_by_side=side_by_side(hydra_cfg))  # fmt: skip
     except Exception as err:  # recorded, reported, and the sweep goes on
         print(f"seqbench: job {hydra_cfg.job.num} failed: {err}", file=sys.stderr)
         if run_status(run_dir) is None:
@@ -96,6 +97,12 @@ def _remove_if_only_hydra_files(run_dir: Path) -> None:
     hydra_files = {".hydra", f"{HydraConfig.get().job.name}.log"}
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_files:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def side_by_side(hydra_cfg: DictConfig) -> bool:
+    """Does the sweep's launcher run jobs at the same time? Every launcher but Hydra's basic
+    one can (joblib's processes share the terminal; Ray's and submitit's write elsewhere)."""
+    return not str(hydra_cfg.launcher.get("_target_", "")).endswith(".BasicLauncher")
 
 
 def _set_job_threads(cfg: DictConfig, hydra_cfg: DictConfig) -> None:

@@ -71,12 +71,14 @@ class Job:
 
 
 def run(
-    cfg: Any, run_dir: Path, resume: Path | None = None, sweep_job: str | None = None
-) -> float | None:
+    cfg: Any, run_dir: Path, resume: Path | None = None, sweep_job: str | None = None,
+    side_by_side: bool = False,
+) -> float | None:  # fmt: skip
     """Train one configuration and write its run directory; return the best validation metric.
 
     With `resume` (or `cfg.resume`), continue the run in that directory from its checkpoint.
-    `sweep_job` (a multirun job's label) keeps the console to one line for the job.
+    `sweep_job` (a multirun job's label) keeps the console to one line for the job;
+    `side_by_side` (a launcher that runs jobs at the same time) leaves out its live bar.
     Exits with 130/143 after writing every file when SIGINT/SIGTERM stopped the run.
     """
     check_config(cfg)
@@ -105,7 +107,8 @@ def run(
         best.best = recorder.best["value"] if recorder.best else None
     recorder.start_files()  # the CSVs as of the checkpoint (or empty); rows are appended from here
 
-    console = ConsoleLogger(cfg.train.steps, task.metric, cfg.log.progress, start_step, sweep_job)
+    console = ConsoleLogger(cfg.train.steps, task.metric, cfg.log.progress, start_step, sweep_job,
+                            side_by_side)  # fmt: skip
     callbacks: list[Callback] = [recorder, best, early, console]
     if job.scheduler is not None:  # logged rates are those after s updates: lr(s)
         callbacks.append(SchedulerStep(job.scheduler, task.metric))

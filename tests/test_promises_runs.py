@@ -231,6 +231,35 @@ def test_log_progress_modes(capsys, monkeypatch) -> None:
         bar.close()
 
 
+LAUNCHERS = [("basic", True), ("joblib", False), ("submitit_local", False), ("ray", False)]
+
+
+@pytest.mark.parametrize(("launcher", "bar"), LAUNCHERS)
+def test_jobs_side_by_side_show_no_live_bar(launcher, bar, capsys, monkeypatch) -> None:
+    """A sweep job on a terminal shows its live bar only under Hydra's basic launcher, which
+    runs one job at a time: joblib's jobs share the terminal, and their bars overwrote each
+    other ('...eta 0:00:01se' / 'qbench: #0: completed'). Either way the job's closing line."""
+    from rich.console import Console
+
+    from seqbench.cli import side_by_side
+    from seqbench.loggers.console import ConsoleLogger
+
+    hydra_cfg = compose_config([f"hydra/launcher={launcher}"], hydra=True).hydra
+    assert side_by_side(hydra_cfg) is not bar
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    monkeypatch.setattr(Console, "is_dumb_terminal", property(lambda self: False))
+    logger = ConsoleLogger(10, "mse", "auto", sweep_job="#3", side_by_side=side_by_side(hydra_cfg))
+    assert (logger.progress is not None) is bar and logger.mode == ("rich" if bar else "none")
+    logger.close()
+    capsys.readouterr()
+    logger.summary({"status": "completed", "metric": "mse", "best_metric": 0.1, "baseline": 0.2,
+                    "steps": 10, "wall_time_s": 1.0}, "runs/3")  # fmt: skip
+    assert capsys.readouterr().out.startswith("seqbench: #3: completed, best val mse 0.1000")
+    single = ConsoleLogger(10, "mse", "auto", side_by_side=True)  # a single run: not a sweep job
+    assert single.progress is not None
+    single.close()
+
+
 def test_result_files_are_never_half_written(tmp_path: Path, monkeypatch) -> None:
     """running.md: metrics.json, the checkpoints and best.pt are written whole to a temporary
     name and renamed, so none is ever half-written: a write that fails midway leaves the

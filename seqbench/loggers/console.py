@@ -77,17 +77,21 @@ class ConsoleLogger(Callback):
         sweep_job: the job's label in a multirun (#N, as Hydra numbers it), or None for a single
             run. A sweep job says one line when it ends instead of the summary table; with
             "auto" its bar disappears when the job ends and nothing is printed without a terminal.
+        side_by_side: the job runs at the same time as others that write to the same terminal
+            (the joblib launcher): with "auto" it shows no live bar (several processes' bars
+            overwrite each other), only its closing line.
     """
 
     def __init__(
         self, total_steps: int, metric: str, mode: str = "auto", start_step: int = 0,
-        sweep_job: str | None = None,
+        sweep_job: str | None = None, side_by_side: bool = False,
     ) -> None:  # fmt: skip
         self.console = Console()
         self.sweep_job = sweep_job
         self.silent = mode == "none"
         if mode == "auto":
             terminal = self.console.is_terminal and not self.console.is_dumb_terminal
+            terminal = terminal and not (side_by_side and sweep_job is not None)
             mode = "rich" if terminal else "none" if sweep_job is not None else "plain"
         self.mode = mode
         self.total = total_steps
