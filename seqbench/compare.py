@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from seqbench.numbers import format_cells, key_text
+from seqbench.numbers import format_cells, key_texts
 from seqbench.rundirs import (
     IGNORED_KEYS,
     NUMERIC,
@@ -134,9 +134,10 @@ def to_display(table: pd.DataFrame, short: bool = False) -> pd.DataFrame:
     Wilson's interval of the fraction); with `short`, the terminal's headers."""
     keys = [c for c in table.columns if not c.endswith(SUFFIXES) and c not in COUNTS]
     out = table[keys].copy()
-    for key in keys:  # a gap: 'n/a', and the others as their overrides spell them
-        if out[key].isna().any():
-            out[key] = out[key].map(key_text)
+    for key in keys:  # a gap as 'n/a', long floats shortened (numbers.key_texts)
+        texts = key_texts(out[key])
+        if out[key].isna().any() or texts != [str(v) for v in out[key]]:
+            out[key] = texts
     out["seeds"] = table["completed"].astype(str) + "/" + table["runs"].astype(str)
     failures = table["diverged"].astype(str) + "/" + table["failed"].astype(str)
     out["div/fail" if short else "diverged/failed"] = failures
@@ -235,7 +236,7 @@ def _short_parts(table: pd.DataFrame) -> tuple[dict[str, list[str]], dict[str, s
     short = {k: k.rsplit(".", 1)[-1] for k in differ}
     if len(set(short.values())) < len(short):  # seq_len of two groups: keep the full keys
         short = {k: k for k in differ}
-    return {short[k]: [key_text(v) for v in table[k]] for k in differ}, columns, display
+    return {short[k]: key_texts(table[k]) for k in differ}, columns, display
 
 
 def short_markdown(table: pd.DataFrame) -> str:

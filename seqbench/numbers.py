@@ -50,6 +50,34 @@ def key_text(value) -> str:
     return "n/a" if pd.isna(value) else str(value)  # None, NaN, pandas' NA
 
 
+#: A float value of a key with more significant digits than this (an Optuna trial's
+#: 0.006995044937418831) is shortened in tables and verdicts, as far as its column allows.
+KEY_DIGITS = 6
+
+
+def key_texts(values) -> list[str]:
+    """`key_text` for one key's values (a column, or the values a verdict names): floats with
+    more than KEY_DIGITS significant digits to the fewest digits (4 or more) that keep the
+    column's distinct values distinct ('0.006995', not '0.006995044937418831')."""
+    values = list(values)
+    texts = [key_text(v) for v in values]
+    long = {v for v in values if isinstance(v, float) and math.isfinite(v)
+            and _digits(v) > KEY_DIGITS}  # fmt: skip
+    if not long:
+        return texts
+    others = {key_text(v) for v in values if v not in long}
+    for digits in range(4, 18):
+        short = {v: f"{v:.{digits}g}" for v in long}
+        if len(set(short.values())) == len(long) and not others & set(short.values()):
+            break
+    return [short[v] if v in long else t for v, t in zip(values, texts, strict=True)]
+
+
+def _digits(value: float) -> int:
+    """Significant digits of a float as Python writes it (0.006995044937418831: 16, 100.0: 1)."""
+    return len(repr(value).lstrip("-").split("e")[0].replace(".", "").strip("0"))
+
+
 def _ok(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value)) and \
         math.isfinite(float(value))  # fmt: skip

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from seqbench import stats
-from seqbench.numbers import key_text
+from seqbench.numbers import key_text, key_texts
 
 COLUMNS = ["setting", "key", "a", "b", "metric", "n_a", "n_b", "mean_a", "mean_b", "diff",
            "diff_low", "diff_high", "p_better", "p_low", "p_high", "verdict", "seeds_needed",
@@ -54,11 +54,12 @@ def pair_frame(runs: pd.DataFrame, by: Sequence[str], vs: str | None = None) -> 
     mode = done["mode"].dropna().iloc[0] if done["mode"].notna().any() else "min"
     others = [k for k in by if k != key and runs[k].map(str).nunique() > 1]
     settings = done.groupby(others, sort=True, dropna=False) if others else [((), done)]
+    texts = {k: _texts(done[k]) for k in [*others, key]}  # as the tables write them
     jobs = []
     for values, group in settings:
         values = values if isinstance(values, tuple) else (values,)
         setting = ", ".join(
-            f"{k.rsplit('.', 1)[-1]}={key_text(v)}" for k, v in zip(others, values, strict=True)
+            f"{k.rsplit('.', 1)[-1]}={texts[k](v)}" for k, v in zip(others, values, strict=True)
         )
         seeds = {name: g[metric].to_numpy(dtype=float) for name, g in group.groupby(key)}
         order = sorted(seeds, key=lambda n: _rank(seeds[n], mode))
@@ -66,7 +67,7 @@ def pair_frame(runs: pd.DataFrame, by: Sequence[str], vs: str | None = None) -> 
     level = stats.corrected(len(jobs))
     rows = []
     for setting, a, b, va, vb in jobs:
-        p = stats.compare_pair(va, vb, mode, level, (str(a), str(b)))
+        p = stats.compare_pair(va, vb, mode, level, (texts[key](a), texts[key](b)))
         rows.append({
             "setting": setting, "key": key, "a": p.a, "b": p.b, "metric": metric,
             "n_a": p.n_a, "n_b": p.n_b, "mean_a": _mean(va), "mean_b": _mean(vb),
@@ -75,6 +76,13 @@ def pair_frame(runs: pd.DataFrame, by: Sequence[str], vs: str | None = None) -> 
             "seeds_needed": p.seeds_needed, "confidence": p.confidence,
         })  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _texts(values: pd.Series):
+    """value -> its text (`numbers.key_texts` over the key's distinct values; 'n/a' for a gap)."""
+    unique = list(dict.fromkeys(v for v in values if not pd.isna(v)))
+    known = dict(zip(unique, key_texts(unique), strict=True))
+    return lambda value: key_text(value) if pd.isna(value) else known.get(value, key_text(value))
 
 
 def _mean(values) -> float:

@@ -382,3 +382,36 @@ def test_terminal_table_and_verdicts_fit_100_columns():
     assert lines[0].startswith("gru better than lstm") or lines[0].startswith("gru ")
     assert all(len(line) <= 100 for line in lines)
     assert np.isfinite(table["final_metric_low"]).all()
+
+
+def test_long_float_values_are_shortened_as_far_as_their_column_allows():
+    """An Optuna search's learning rates (0.006995044937418831) read '0.006995' in the tables
+    and the verdicts: floats of more than 6 significant digits to the fewest digits (4 or more)
+    that keep the key's distinct values distinct; short floats, ints, names and gaps as
+    before. The comparison.csv columns keep the values whole."""
+    from seqbench.compare import _short_parts
+    from seqbench.numbers import key_texts
+
+    trials = [0.006995044937418831, 0.005558016213920624, 0.002345829390285611]
+    assert key_texts(trials) == ["0.006995", "0.005558", "0.002346"]
+    close = [0.0012345678, 0.0012345679, 0.5]  # distinct only at the 10th digit
+    assert key_texts(close) == ["0.0012345678", "0.0012345679", "0.5"]
+    assert key_texts([0.1, 1e-05, 100.0, 0.30000000000000004, None, 7, "gru"]) == [
+        "0.1", "1e-05", "100.0", "0.3", "n/a", "7", "gru"]  # fmt: skip
+    for values in (trials, close):  # 4 significant digits or more: within 5e-4 of the value
+        for value, text in zip(values, key_texts(values), strict=True):
+            assert abs(float(text) / value - 1) <= 5e-4, text
+
+    runs = pd.concat([runs_frame({"gru": [1 + i, 2 + i, 3 + i]}, **{"optimizer.lr": lr})
+                      for i, lr in enumerate(trials)])  # fmt: skip
+    pairs = pair_frame(runs, ["model", "task", "optimizer.lr"], vs="optimizer.lr")
+    assert sorted({*pairs["a"], *pairs["b"]}) == sorted(key_texts(trials))
+    assert "0.006995044937418831" not in " ".join(verdict_lines(pairs))
+    table = aggregate(runs)
+    assert table["optimizer.lr"].tolist() == sorted(trials)  # the raw numbers, for the CSV
+    assert to_display(table)["optimizer.lr"].tolist() == ["0.002346", "0.005558", "0.006995"]
+    assert _short_parts(table)[0]["lr"] == ["0.002346", "0.005558", "0.006995"]
+    settings = pd.concat([runs_frame({"a": [1, 2, 3], "b": [4, 5, 6]}, **{"optimizer.lr": lr})
+                          for lr in trials])  # fmt: skip
+    pairs = pair_frame(settings, ["model", "task", "optimizer.lr"], vs="model")
+    assert sorted(pairs["setting"]) == [f"lr={t}" for t in ["0.002346", "0.005558", "0.006995"]]
