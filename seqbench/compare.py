@@ -330,14 +330,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--vs", help="the key whose values are compared pair by pair (default: model)"
     )
     args = parser.parse_args(argv)
+    found: set[Path] = set()
     for path in args.paths:  # each path given holds runs: a typo is not silently left out
         if not path.exists():
             return _error(f"{path} does not exist. Give run or sweep directories (each with a "
                           f"metrics.json at or below it).")  # fmt: skip
-        if not find_runs([path]):
+        if not (under := find_runs([path])):
             return _error(f"no metrics.json under {path}: it holds no finished seqbench run (a "
                           f"run writes one when it ends, even when it fails).")  # fmt: skip
-    runs = find_runs(args.paths)
+        found.update(under)
+    runs = sorted(found)
     from seqbench.verdicts import pair_frame
 
     try:

@@ -65,7 +65,7 @@ def key_texts(values) -> list[str]:
             and _digits(v) > KEY_DIGITS}  # fmt: skip
     if not long:
         return texts
-    others = {key_text(v) for v in values if v not in long}
+    others = {t for v, t in zip(values, texts, strict=True) if v not in long}
     for digits in range(4, 18):
         short = {v: f"{v:.{digits}g}" for v in long}
         if len(set(short.values())) == len(long) and not others & set(short.values()):

@@ -59,7 +59,7 @@ def load_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
     value they ran with (`composed`), so that `task.seq_len=100` and the default 100 are one
     setting. A value no file records stays missing (pandas' NA in a column of ints)."""
     run_dirs = list(map(Path, run_dirs))
-    metrics = [_metrics(d) for d in run_dirs]
+    metrics = [read_metrics(d) for d in run_dirs]
     settings = [_overrides(d, m) for d, m in zip(run_dirs, metrics, strict=True)]
     keys = list(dict.fromkeys(k for s in settings for k in s))
     for run_dir, setting in zip(run_dirs, settings, strict=True):
@@ -93,7 +93,8 @@ def _unreadable(path: Path, err: Exception) -> UnreadableRun:
                          f"it out of the paths given.")  # fmt: skip
 
 
-def _metrics(run_dir: Path) -> dict:
+def read_metrics(run_dir: Path) -> dict:
+    """A run's metrics.json; `UnreadableRun` where it is missing, corrupt or not an object."""
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:

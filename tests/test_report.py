@@ -258,6 +258,7 @@ def test_the_command_runs_as_a_process(sweeps, tmp_path: Path) -> None:
             "that vary: model.",
         ),
         ("no_history", "history.csv (No such file or directory). A run directory holds"),
+        ("corrupt", "metrics.json cannot be read (Expecting"),
     ],
 )
 def test_bad_input_exits_2_with_one_message(case, message, sweeps, tmp_path, capsys) -> None:
@@ -276,6 +277,10 @@ def test_bad_input_exits_2_with_one_message(case, message, sweeps, tmp_path, cap
         path = str(tmp_path / "cells")
         shutil.copytree(sweeps[0], path)
         next(Path(path).glob("*/history.csv")).unlink()
+    elif case == "corrupt":  # a metrics.json cut short: the file named (seqbench.rundirs)
+        path = str(tmp_path / "cells")
+        shutil.copytree(sweeps[0], path)
+        next(Path(path).glob("*/metrics.json")).write_text('{"status": ')
     else:
         output = str(tmp_path)
     assert main([path, "-o", output, *extra]) == 2

@@ -36,28 +36,28 @@ def bar_columns(width: int, total: int, metric: str) -> list[ProgressColumn]:
     go first where they do not fit, the bar narrows (to 10) before it goes, and the label
     'train' goes last."""
     count = len(f"{total}/{total}")
-    parts = [  # (column, its width with the space before it, required)
-        (TextColumn("[bold]train"), 5, True),
-        (None, 0, False),  # the bar: its width is what is left
-        (MofNCompleteColumn(), 1 + count, True),
-        (TextColumn("loss {task.fields[loss]}"), 1 + len("loss 00.0000"), True),
+    parts = [  # (column, its width with the space before it)
+        (TextColumn("[bold]train"), 5),
+        (None, 0),  # the bar: its width is what is left
+        (MofNCompleteColumn(), 1 + count),
+        (TextColumn("loss {task.fields[loss]}"), 1 + len("loss 00.0000")),
         (TextColumn("val {task.fields[metric]} {task.fields[value]}"),
-         1 + len(f"val {metric} 0.0000"), True),
-        (_StepsPerSecond(), 1 + len("  00.0 steps/s"), False),
-        (TimeElapsedColumn(), 1 + len("0:00:00"), False),
-        (TextColumn("eta"), 1 + len("eta"), True),
-        (TimeRemainingColumn(), 1 + len("0:00:00"), True),
+         1 + len(f"val {metric} 0.0000")),
+        (_StepsPerSecond(), 1 + len("  00.0 steps/s")),
+        (TimeElapsedColumn(), 1 + len("0:00:00")),
+        (TextColumn("eta"), 1 + len("eta")),
+        (TimeRemainingColumn(), 1 + len("0:00:00")),
     ]  # fmt: skip
     for drop in (6, 5):  # the elapsed time, then the speed, while the bar has under 10
-        if width - 1 - sum(w for _, w, _ in parts) >= 10:
+        if width - 1 - sum(w for _, w in parts) >= 10:
             break
-        parts[drop] = (None, 0, False)
-    room = width - 1 - sum(w for _, w, _ in parts)  # rich keeps the last column off the edge
+        parts[drop] = (None, 0)
+    room = width - 1 - sum(w for _, w in parts)  # rich keeps the last column off the edge
     if room >= 11:
-        parts[1] = (BarColumn(bar_width=min(40, room - 1)), room, False)
+        parts[1] = (BarColumn(bar_width=min(40, room - 1)), room)
     elif room < 0:
-        parts[0] = (None, 0, False)
-    return [column for column, _, _ in parts if column is not None]
+        parts[0] = (None, 0)
+    return [column for column, _ in parts if column is not None]
 
 
 def _field(value: float) -> str:

@@ -3,7 +3,6 @@ seqbench.compare, as seqbench-compare reads them), the commands and configs that
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -13,6 +12,7 @@ import pandas as pd
 import yaml
 
 from seqbench.compare import aggregate, find_runs, group_keys, load_runs
+from seqbench.rundirs import UnreadableRun, read_metrics
 
 
 class ReportError(Exception):
@@ -78,17 +78,11 @@ def sweep_dirs(path: Path) -> list[Path]:
 def load_sweep(path: Path) -> Sweep:
     """Read one section: its runs, the comparison table, the sweep's command."""
     run_dirs = find_runs([path])
-    metrics = {}
-    for run_dir in run_dirs:
-        try:
-            metrics[str(run_dir)] = json.loads((run_dir / "metrics.json").read_text())
-        except (OSError, ValueError) as err:
-            raise ReportError(
-                f"{run_dir / 'metrics.json'} cannot be read ({err}). Remove that run directory "
-                f"or leave it out of the paths given."
-            ) from None
     try:
+        metrics = {str(run_dir): read_metrics(run_dir) for run_dir in run_dirs}
         runs = load_runs(run_dirs)
+    except UnreadableRun as err:  # names the file and what to do
+        raise ReportError(str(err)) from None
     except (OSError, ValueError, yaml.YAMLError) as err:
         raise ReportError(f"the runs under {path} cannot be read ({err}).") from None
     by = group_keys(runs)
