@@ -5,6 +5,8 @@ schemas, so everything can import it)."""
 
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass
+from difflib import get_close_matches
 from typing import Any
 
 from seqbench.errors import ConfigError
@@ -29,6 +31,7 @@ def check_config(cfg: Any) -> None:
             value = _lookup(cfg, key)
             problems.append(f"{key}={value!r} is not allowed ({allowed})")
 
+    problems += key_problems(cfg)
     need(cfg.model.cell in CELLS, "model.cell", f"one of {sorted(CELLS)}")
     need(cfg.model.hidden_size >= 1, "model.hidden_size", "a positive integer")
     need(cfg.model.num_layers >= 1, "model.num_layers", "a positive integer")
@@ -142,6 +145,62 @@ def check_config(cfg: Any) -> None:
     need(cfg.checkpoint.every >= 0, "checkpoint.every", "0 (only at the end) or a positive integer")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
+
+
+def check_keys(cfg: Any) -> None:
+    """Refuse a key that no schema declares (see `unknown_keys`).
+
+    Raises:
+        ConfigError: naming each such key, the nearest known key and the keys allowed.
+    """
+    if problems := key_problems(cfg):
+        raise ConfigError("; ".join(problems) + ".")
+
+
+def key_problems(cfg: Any) -> list[str]:
+    problems = []
+    for key, known in unknown_keys(cfg):
+        parent, _, name = key.rpartition(".")
+        close = get_close_matches(name, known, n=1)
+        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
+        allowed = f"no such key: {hint}{parent or 'the top level'} has {_and(known)}"
+        problems.append(f"{key}={_lookup(cfg, key)!r} is not allowed ({allowed})")
+    return problems
+
+
+def unknown_keys(node: Any, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """(dotted key, the keys allowed beside it) for every key that no schema declares. Hydra's
+    `+key=value` appends one even to a structured config (where a misspelled key without the +
+    fails as the config composes), and a run would ignore it or fail on it deep inside. A
+    schema with a `_target_` (the optimizer) also takes its target's keyword arguments:
+    `+optimizer.amsgrad=true` reaches torch.optim.Adam."""
+    from omegaconf import DictConfig, OmegaConf
+
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if not is_dataclass(schema):  # a leaf, a plain mapping (a dict-valued key, a test's config)
+        return []
+    known = [f.name for f in fields(schema) if not f.name.startswith("_")]
+    extra = [k for k in node if k not in known and not k.startswith("_")]
+    extra = [k for k in extra if (prefix, k) != ("", "hydra")]  # a callback's config has it
+    if extra and "_target_" in node:
+        known += _keyword_arguments(node._target_)
+        extra = [k for k in extra if k not in known]
+    found = [(f"{prefix}{k}", sorted(set(known))) for k in extra]
+    for key in known:
+        if key in node:
+            found += unknown_keys(node._get_node(key), f"{prefix}{key}.")
+    return found
+
+
+def _keyword_arguments(target: str) -> list[str]:
+    """The keyword arguments of a class's constructor (torch.optim.Adam: lr, betas, ...)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    parameters = inspect.signature(get_class(target)).parameters.values()
+    return [p.name for p in parameters if p.kind is p.KEYWORD_ONLY or
+            (p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "params"))]  # fmt: skip
 
 
 def _and(names: list[str]) -> str:

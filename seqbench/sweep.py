@@ -11,7 +11,7 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
-from seqbench.checks import check_config
+from seqbench.checks import check_config, check_keys
 from seqbench.compare import (
     INTERVALS,
     aggregate,
@@ -98,6 +98,7 @@ class HydraHooks(HydraCallback):
             raise
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        refuse_impossible_values(config, check_keys)  # each job checks its own values
         ensure_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
         if config.log.progress != "none":  # one line per finished job, whatever the launcher
             from seqbench.progress import SweepProgress, count_jobs, sweep_keys
@@ -132,11 +133,11 @@ class HydraHooks(HydraCallback):
             self.gpu = None
 
 
-def refuse_impossible_values(config: DictConfig) -> None:
+def refuse_impossible_values(config: DictConfig, check=check_config) -> None:
     """Exit with status 2 and one message (no traceback, nothing written) on a value that
-    composes but cannot run."""
+    composes but cannot run (`check`: check_config, or check_keys before a sweep)."""
     try:
-        check_config(config)
+        check(config)
     except ConfigError as err:
         print(f"seqbench: error: {err}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

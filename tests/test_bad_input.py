@@ -64,6 +64,19 @@ BAD = [
     ("task.memory_len=3", HYDRA, no_such_key("task.memory_len", "AddingConfig")),  # adding has none
     ("log.tensorboard=maybe", HYDRA,
      "Value 'maybe' is not a valid bool (type str)\n    full_key: log.tensorboard\n"),
+    # seqbench: a key that `+` appends but no schema declares (Hydra composes it silently)
+    ("+train.stesp=3", USAGE,
+     refused("train.stesp=3", "no such key: did you mean train.steps? train has batch_size, "
+             "clip, early_stopping, eval_every and steps")),
+    ("+foo=1", USAGE, ("seqbench: error: foo=1 is not allowed (no such key: the top level has "
+                       "checkpoint, diagnostics, hardware, inference, log, model, optimizer,")),
+    ("+train.clip.tresh=3", USAGE,
+     refused("train.clip.tresh=3", "no such key: did you mean train.clip.threshold? train.clip "
+             "has mode and threshold")),
+    ("+model.hiden_size=3", USAGE, "model.hiden_size=3 is not allowed (no such key: did you mean "
+                                   "model.hidden_size? model has bidirectional, cell,"),
+    ("+optimizer.momentum=0.9", USAGE,  # Adam has none; the optimizer's own arguments pass
+     "optimizer.momentum=0.9 is not allowed (no such key: optimizer has amsgrad, betas,"),
     # seqbench: impossible values
     ("model.hidden_size=0", USAGE, refused("model.hidden_size=0", POSITIVE)),
     ("model.num_layers=0", USAGE, refused("model.num_layers=0", POSITIVE)),
@@ -126,8 +139,9 @@ BAD = [
 if not torch.cuda.is_available():
     BAD.append(("hardware=cuda", USAGE, ("seqbench: error: hardware=cuda was asked for, but "
                 "PyTorch sees no CUDA device", "Use hardware=cpu, or hardware=auto")))  # fmt: skip
-# also as real processes: one of each kind (Hydra, a value, a data file, a run directory)
-IN_A_PROCESS = {"model=transformer", "model.hidden_size=0", "resume=/nonexistent/run",
+# also as real processes: one of each kind (Hydra, a value, a key, a data file, a run directory)
+IN_A_PROCESS = {"model=transformer", "model.hidden_size=0", "+train.stesp=3",
+                "resume=/nonexistent/run",
                 "task=sentiment task.path=/nonexistent/reviews.csv"}  # fmt: skip
 
 
@@ -153,6 +167,28 @@ def test_bad_command_line(tmp_path: Path, args: str, code: int, message: str) ->
 def test_bad_command_line_in_a_real_process(tmp_path: Path, args: str, code: int, message) -> None:
     result = seqbench_cli("train.steps=2", "log.progress=none", *args.split(), cwd=tmp_path)
     check_refused(result, tmp_path, code, message)
+
+
+def test_a_sweep_with_an_unknown_key_is_refused_before_any_job(tmp_path: Path) -> None:
+    result = seqbench_main("-m", "seed=0,1", "+train.stesp=3", "log.progress=none",
+                           "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+    message = "train.stesp=3 is not allowed (no such key: did you mean train.steps?"
+    check_refused(result, tmp_path, USAGE, message)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_key_the_optimizer_takes_reaches_it() -> None:
+    """`+optimizer.amsgrad=true` is an argument of torch.optim.Adam: accepted and passed on;
+    SGD has no such argument, so there it is refused."""
+    from hydra.utils import instantiate
+
+    cfg = compose_config(["+optimizer.amsgrad=true"])
+    check_config(cfg)
+    optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert optimizer.defaults["amsgrad"] is True
+    with pytest.raises(ConfigError, match=r"optimizer.amsgrad=True is not allowed \(no such key: "
+                       r"optimizer has dampening, .*momentum, nesterov"):  # fmt: skip
+        check_config(compose_config(["optimizer=sgd", "+optimizer.amsgrad=true"]))
 
 
 @settings(max_examples=40, deadline=None)
