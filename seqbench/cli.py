@@ -20,7 +20,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from seqbench.config import register_configs
-from seqbench.errors import EXIT_IO, EXIT_USAGE, ConfigError
+from seqbench.errors import (
+    EXIT_IO,
+    EXIT_USAGE,
+    ConfigError,
+    closed_stdout_ends_the_command,
+    closed_stdout_raises,
+    exit_on_closed_stdout,
+    silent_if_stdout_closes,
+)
 from seqbench.hardware import release_collector
 from seqbench.resume import completed_before, prepare_sweep_job, run_status, write_failed
 
@@ -44,10 +52,15 @@ ConfigStore.__deepcopy__ = _share_config_store  # type: ignore[method-assign]
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+@closed_stdout_ends_the_command()  # `seqbench --help | head`; a job switches back
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    closed_stdout_raises()  # a run stops cleanly on it (ConsoleLogger), resumable
     try:
-        return _job(cfg)
+        # inside Hydra's handler, which would print a traceback; a sweep goes on to its end
+        single = HydraConfig.get().mode != RunMode.MULTIRUN
+        with exit_on_closed_stdout() if single else silent_if_stdout_closes():
+            return _job(cfg)
     finally:  # a run that ends before its training (a refusal exits past Hydra's on_run_end)
         release_collector()
 
@@ -64,6 +77,8 @@ def _job(cfg: DictConfig) -> float | None:
             print(f"seqbench: error: {err}", file=sys.stderr)
             _remove_if_only_hydra_files(run_dir)
             sys.exit(EXIT_USAGE)
+        except BrokenPipeError:  # stdout, not the run's files: exit_on_closed_stdout
+            raise
         except OSError as err:  # disk full, read-only file system, ...
             print(
                 f"seqbench: error: writing the run's files in {run_dir} failed "

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from seqbench.errors import exit_on_closed_stdout, stdout_console
 from seqbench.numbers import format_cells, key_texts
 from seqbench.rundirs import (
     IGNORED_KEYS,
@@ -299,20 +300,20 @@ def print_table(
 ) -> None:
     """Print `terminal_table` (100 columns when stdout is not a terminal, e.g. a log file), then
     who wins, one line per setting (`seqbench.verdicts.verdict_lines`)."""
-    from rich.console import Console
     from rich.text import Text
 
     from seqbench.verdicts import verdict_lines
 
-    console = Console()
+    console = stdout_console()
     if not console.is_terminal:
-        console = Console(width=100)
+        console = stdout_console(width=100)
     console.print(terminal_table(table, title, width=console.width), soft_wrap=False)
     if pairs is not None:
         for line in verdict_lines(pairs, width=console.width):
             console.print(Text(line), soft_wrap=True)
 
 
+@exit_on_closed_stdout()
 def main(argv: Sequence[str] | None = None) -> int:
     """`seqbench-compare PATH...`: the comparison table of any finished runs or sweeps."""
     parser = argparse.ArgumentParser(

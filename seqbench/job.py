@@ -79,7 +79,8 @@ def run(
     With `resume` (or `cfg.resume`), continue the run in that directory from its checkpoint.
     `sweep_job` (a multirun job's label) keeps the console to one line for the job;
     `side_by_side` (a launcher that runs jobs at the same time) leaves out its live bar.
-    Exits with 130/143 after writing every file when SIGINT/SIGTERM stopped the run.
+    Exits with 130/143/141 after writing every file when SIGINT/SIGTERM or a closed stdout
+    (SIGPIPE) stopped the run.
     """
     check_config(cfg)
     resume = resume or (Path(cfg.resume) if cfg.resume else None)
@@ -150,7 +151,7 @@ def run(
                 batch_size=cfg.train.batch_size, eval_every=cfg.train.eval_every,
                 clip=Clip(**cfg.train.clip), diagnostics_every=diagnostics_every(cfg),
                 lag_sources=cfg.diagnostics.lag_sources, callbacks=callbacks,
-                start_step=start_step, stop=stop,
+                start_step=start_step, stop=lambda: stop() or console.closed,
                 done=lambda: early() or (trial is not None and trial()),
             )  # fmt: skip
         extra["stopped_early"] = early.stopped_at is not None

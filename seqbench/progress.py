@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from seqbench.errors import silent_if_stdout_closes
+
 FINISHED = ("completed", "diverged", "failed", "interrupted", "pruned")
 
 
@@ -113,7 +115,8 @@ class SweepProgress:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.every_s):
-            self.poll()
+            with silent_if_stdout_closes():  # what read the lines went away: the sweep goes on
+                self.poll()
 
     def start(self) -> SweepProgress:
         self._thread.start()

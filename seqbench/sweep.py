@@ -3,6 +3,7 @@ that already completed when a sweep is re-run into the same directory."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -22,7 +23,13 @@ from seqbench.compare import (
     short_markdown,
     write_tables,
 )
-from seqbench.errors import EXIT_IO, EXIT_USAGE, ConfigError
+from seqbench.errors import (
+    EXIT_IO,
+    EXIT_USAGE,
+    ConfigError,
+    closed_stdout_raises,
+    silent_if_stdout_closes,
+)
 from seqbench.hardware import hold_collector, release_collector
 
 
@@ -98,6 +105,8 @@ class HydraHooks(HydraCallback):
             raise
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        closed_stdout_raises()  # the sweep goes on silently; its jobs keep their files
+        logging.raiseExceptions = False  # and Hydra's log lines to it print no traceback each
         refuse_impossible_values(config, check_keys)  # each job checks its own values
         ensure_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
         if config.log.progress != "none":  # one line per finished job, whatever the launcher
@@ -117,9 +126,11 @@ class HydraHooks(HydraCallback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         progress = _WATCHERS.pop(str(config.hydra.sweep.dir), None)
-        if progress is not None:
-            progress.stop()
-        summarize_sweep(Path(config.hydra.sweep.dir))
+        with silent_if_stdout_closes():  # its last lines: the tables are written all the same
+            if progress is not None:
+                progress.stop()
+        with silent_if_stdout_closes():  # the table is printed after the files are written
+            summarize_sweep(Path(config.hydra.sweep.dir))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """A sweep job on CUDA takes a GPU of its own (seqbench.devices)."""

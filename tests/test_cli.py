@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from seqbench.cells import CELLS
 from tests.conftest import SMALL, seqbench_cli, seqbench_main
@@ -92,3 +98,40 @@ def test_multirun_sweep_writes_one_run_per_job(tmp_path: Path) -> None:
     assert len(runs) == 4
     seen = {(m["model"], m["seed"]) for m in (json.loads(p.read_text()) for p in runs)}
     assert seen == {("rnn", 0), ("rnn", 1), ("lstm", 0), ("lstm", 1)}
+
+
+def reader_goes_away(*args: str, cwd: Path, lines: int = 0, exe: str = "seqbench"):
+    """Run an installed command whose stdout's reader takes `lines` lines and goes away, as
+    `| head -N` does: the exit status (negative: the signal that ended it) and stderr."""
+    if "MUTANT_UNDER_TEST" in os.environ:  # `make mutate`: that process would not see the mutant
+        pytest.skip("a real process imports the unmutated package")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [str(Path(sys.executable).parent / exe), *args]
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:  # fmt: skip
+        for _ in range(lines):
+            assert proc.stdout.readline(), "the command ended before its reader went away"
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        proc.wait(timeout=300)
+    return proc.returncode, stderr
+
+
+def test_a_sweep_goes_on_when_its_reader_goes_and_the_tools_end_quietly(tmp_path: Path) -> None:
+    """`... | head`: a sweep runs to its end (exit 0) and writes its tables; --help, --cfg and
+    the comparison and report tools stop as `ls | head` does, without a traceback."""
+    sweep = tmp_path / "sweep"
+    code, stderr = reader_goes_away("-m", *SMALL, "seed=0,1", "log.tensorboard=false",
+                                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    assert code == 0 and stderr == ""
+    assert [json.loads((sweep / j / "metrics.json").read_text())["status"] for j in "01"] == [
+        "completed", "completed"]  # fmt: skip
+    assert (sweep / "comparison.md").exists()
+    for args in (["--help"], ["--cfg", "job"]):  # Hydra prints these: SIGPIPE ends it
+        assert reader_goes_away(*args, cwd=tmp_path) == (-signal.SIGPIPE, ""), args
+    assert reader_goes_away(str(sweep), "--out", str(tmp_path / "t"), exe="seqbench-compare",
+                            cwd=tmp_path) == (141, "")  # fmt: skip
+    assert reader_goes_away(str(sweep), "-o", str(tmp_path / "r.html"), exe="seqbench-report",
+                            cwd=tmp_path) == (141, "")  # fmt: skip
+    assert (tmp_path / "t" / "comparison.md").exists() and (tmp_path / "r.html").exists()

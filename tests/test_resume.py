@@ -371,3 +371,28 @@ def test_resume_applies_log_keys_and_refuses_other_changes(hydra_overrides) -> N
     cfg, saved = hydra_overrides("resume=/r", "task=chargen", "task.prompt='a=b'")  # an = inside
     with pytest.raises(ConfigError, match=r"task\.prompt: absent → a=b"):
         resumed_config(cfg, saved)
+
+
+def test_a_run_whose_reader_goes_stops_as_on_a_signal_and_resumes_to_the_same_result(
+    tmp_path: Path,
+) -> None:
+    """`seqbench | head -3`: at its next line the run stops between two steps, writes its
+    checkpoint and files (status interrupted), says how to resume, and exits 141 (SIGPIPE).
+    Resumed, it ends where the uninterrupted run ends."""
+    from tests.test_cli import reader_goes_away
+
+    straight = seqbench_cli(*LONG, f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    run_dir = tmp_path / "b"
+    # two lines at the start, then "step 50/400 ..."; the reader goes after it
+    code, stderr = reader_goes_away(*LONG, f"hydra.run.dir={run_dir}", cwd=tmp_path, lines=3)
+    assert code == 141 and "Traceback" not in stderr, stderr
+    assert "interrupted (SIGPIPE) after step" in stderr and f"resume={run_dir}" in stderr
+    interrupted = json.loads((run_dir / "metrics.json").read_text())
+    assert interrupted["status"] == "interrupted" and 50 <= interrupted["steps"] < 400
+
+    resumed = seqbench_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((run_dir / "metrics.json").read_text())
+    assert b["status"] == "completed" and without_timings(a) == without_timings(b)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import time
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from seqbench.callbacks import Callback
+from seqbench.errors import silence_stdout, stdout_console
 
 MODES = ("auto", "rich", "plain", "none")
 
@@ -80,13 +80,17 @@ class ConsoleLogger(Callback):
         side_by_side: the job runs at the same time as others that write to the same terminal
             (the joblib launcher): with "auto" it shows no live bar (several processes' bars
             overwrite each other), only its closing line.
+
+    When what reads stdout goes away (`seqbench | head`), the logger goes silent and `closed`
+    says "SIGPIPE": the run stops between two steps as on a signal, resumable.
     """
 
     def __init__(
         self, total_steps: int, metric: str, mode: str = "auto", start_step: int = 0,
         sweep_job: str | None = None, side_by_side: bool = False,
     ) -> None:  # fmt: skip
-        self.console = Console()
+        self.console = stdout_console()
+        self.closed: str | None = None
         self.sweep_job = sweep_job
         self.silent = mode == "none"
         if mode == "auto":
@@ -113,6 +117,19 @@ class ConsoleLogger(Callback):
             )  # fmt: skip
             self.progress.start()
 
+    def _write(self, write) -> None:
+        """Call `write` (a print); if stdout's reader has gone, go silent and say so."""
+        if self.closed is not None:
+            return
+        try:
+            write()
+        except BrokenPipeError:
+            silence_stdout()
+            self.closed, self.mode, self.silent = "SIGPIPE", "none", True
+            if self.progress is not None:  # its last refresh now goes to /dev/null
+                self.progress.stop()
+                self.progress = None
+
     def on_step(self, step: int, loss: float, grad_norm: float, clipped: bool) -> None:
         self.loss = loss
         if self.progress is not None:
@@ -126,11 +143,11 @@ class ConsoleLogger(Callback):
             elapsed = time.perf_counter() - self.started
             rate = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
             eta = (self.total - step) / rate if rate > 0 else math.nan
-            print(
+            line = (
                 f"step {step}/{self.total} | loss {self.loss:.4f} | val {self.metric} "
-                f"{self.value:.4f} | {rate:.1f} steps/s | eta {_duration(eta)}",
-                flush=True,
+                f"{self.value:.4f} | {rate:.1f} steps/s | eta {_duration(eta)}"
             )
+            self._write(lambda: print(line, flush=True))
 
     def on_text(self, step: int, texts: dict[str, str]) -> None:
         for name, text in texts.items():
@@ -138,14 +155,14 @@ class ConsoleLogger(Callback):
 
     def close(self) -> None:
         if self.progress is not None:
-            self.progress.stop()
+            self._write(self.progress.stop)
             self.progress = None
 
     def info(self, message: str) -> None:
         if self.mode == "none":
             return
         console = self.progress.console if self.progress is not None else self.console
-        console.print(message, highlight=False, soft_wrap=True)
+        self._write(lambda: console.print(message, highlight=False, soft_wrap=True))
 
     def summary(self, metrics: dict, run_dir: str) -> None:
         """The closing table: status, what ran, the metric next to its baseline, gradients. In a
@@ -153,16 +170,16 @@ class ConsoleLogger(Callback):
         if self.sweep_job is not None and not self.silent:
             status = metrics["status"]
             name = metrics["metric"]
-            self.console.print(
+            line = (
                 f"seqbench: {self.sweep_job}: {status}, best val {name} "
                 f"{_fmt(metrics['best_metric'])} (baseline {_fmt(metrics['baseline'])}), "
-                f"{metrics['steps']:,} steps in {_duration(metrics['wall_time_s'])} -> {run_dir}",
-                highlight=False, soft_wrap=True,
-            )  # fmt: skip
+                f"{metrics['steps']:,} steps in {_duration(metrics['wall_time_s'])} -> {run_dir}"
+            )
+            self._write(lambda: self.console.print(line, highlight=False, soft_wrap=True))
             return
         if self.mode == "none" or self.sweep_job is not None:
             return
-        self.console.print(summary_table(metrics, run_dir))
+        self._write(lambda: self.console.print(summary_table(metrics, run_dir)))
 
 
 def summary_table(metrics: dict, run_dir: str) -> Table:

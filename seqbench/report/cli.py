@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from seqbench.compare import varies
-from seqbench.errors import EXIT_USAGE
+from seqbench.errors import EXIT_USAGE, exit_on_closed_stdout
 from seqbench.files import atomic_write
 from seqbench.report.collect import ReportError, counted, load_sweep, sweep_dirs
 from seqbench.report.content import report_blocks
@@ -58,6 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@exit_on_closed_stdout()
 def main(argv: Sequence[str] | None = None) -> int:
     """`seqbench-report SWEEP_DIR [SWEEP_DIR...] -o report.html`."""
     args = parse_args(argv)
