@@ -42,7 +42,7 @@ from seqbench.loggers.runname import event_dir
 from seqbench.loggers.tensorboard import TensorBoardLogger, run_hparams
 from seqbench.model import SequenceModel, count_parameters, engine_choice
 from seqbench.results import RunRecorder
-from seqbench.resume import resumed_config
+from seqbench.resume import completed_already, resumed_config
 from seqbench.scheduler import SchedulerStep, build_scheduler
 from seqbench.tasks import Task, build_task
 from seqbench.train import Clip, EarlyStopping, evaluate, measure_grad_norms, train
@@ -89,6 +89,14 @@ def run(
         state = load_training_state(resume)
         cfg = resumed_config(cfg, state["config"])
         run_dir = resume
+        if (done := completed_already(resume, cfg.train.steps)) is not None:
+            print(
+                f"seqbench: {resume} already completed ({done['steps']:,} of "
+                f"{cfg.train.steps:,} steps); nothing to resume, and its files are left as "
+                f"they are. To train it longer: seqbench resume={resume} "
+                f"train.steps=N resume_force=true, with N > {cfg.train.steps}."
+            )
+            return done["best_metric"]
     device, notice = select_device(cfg.hardware.device)
     configure(cfg.hardware.flush_denormal, cfg.hardware.num_threads)
     step_work = cfg.train.batch_size * get_cell(cfg.model.cell).gates * cfg.model.hidden_size

@@ -86,6 +86,15 @@ def run_status(run_dir: Path) -> str | None:
     return read_metrics(run_dir).get("status")
 
 
+def completed_already(run_dir: Path, steps: int) -> dict | None:
+    """metrics.json of a run in `run_dir` that completed with `steps` planned, else None:
+    resuming it would train nothing and write its last snapshot's rows a second time."""
+    metrics = read_metrics(run_dir)
+    if metrics.get("status") == "completed" and metrics.get("steps_planned") == steps:
+        return metrics
+    return None
+
+
 def completed_before(run_dir: Path, overrides: list[str]) -> dict | None:
     """metrics.json of an earlier completed run of the same job in `run_dir`, else None."""
     metrics = read_metrics(run_dir)

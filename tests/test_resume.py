@@ -396,3 +396,28 @@ def test_a_run_whose_reader_goes_stops_as_on_a_signal_and_resumes_to_the_same_re
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     b = json.loads((run_dir / "metrics.json").read_text())
     assert b["status"] == "completed" and without_timings(a) == without_timings(b)
+
+
+def test_resuming_a_completed_run_says_so_and_leaves_its_files(small_run, tmp_path) -> None:
+    """Before, it wrote the last snapshot's rows of grad_norms.csv, lag_norms.csv and
+    gates.csv (and their TensorBoard events) a second time. A longer train.steps with
+    resume_force=true still trains on."""
+    from tests.conftest import seqbench_main
+
+    run_dir = tmp_path / "run"
+    small_run("train.steps=8", "diagnostics.every=2", run_dir=run_dir)
+    files = sorted(p for p in run_dir.rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in files}
+    result = seqbench_main(f"resume={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"seqbench: {run_dir} already completed (8 of 8 steps); nothing to resume" in (
+        result.stdout)  # fmt: skip
+    assert sorted(p for p in run_dir.rglob("*") if p.is_file()) == files
+    assert all(p.read_bytes() == content for p, content in before.items())
+
+    longer = seqbench_main(f"resume={run_dir}", "train.steps=12", "resume_force=true",
+                           "log.progress=none", cwd=tmp_path)  # fmt: skip
+    assert longer.returncode == 0, longer.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["status"], metrics["steps"]) == ("completed", 12)
+    assert set(pd.read_csv(run_dir / "grad_norms.csv")["step"]) == {0, 2, 4, 6, 8, 10, 12}
