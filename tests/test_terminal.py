@@ -293,3 +293,21 @@ def test_the_live_bar_fits_one_line(width, total, metric, loss, monkeypatch) -> 
                 assert "steps/s" not in line and "0:00:00" not in line and "━" not in line
     finally:
         logger.close()
+
+
+def test_brackets_in_a_path_or_a_sample_are_printed_as_written(capsys) -> None:
+    """Rich reads `[...]` as markup: a run directory `[exp1]` lost those characters, and a
+    generated sample or a path with `[/x]` stopped the run with a MarkupError."""
+    from seqbench.loggers.console import ConsoleLogger
+
+    for job in (None, "#0"):  # a single run, then a sweep job's closing line
+        console = ConsoleLogger(10, "bpc", "plain", sweep_job=job)
+        console.info("Run dir: outputs/[exp1]/a[/x]")
+        console.on_text(5, {"sample": "Ham. [Exit] [/Exit] [bold red]"})
+        out = capsys.readouterr().out
+        assert "Run dir: outputs/[exp1]/a[/x]\n" in out
+        assert "step 5 sample: 'Ham. [Exit] [/Exit] [bold red]'\n" in out
+    metrics = {"status": "completed", "metric": "bpc", "best_metric": 1.0, "baseline": 2.0,
+               "steps": 10, "wall_time_s": 3.0}  # fmt: skip
+    console.summary(metrics, "outputs/[exp1]/a[/x]")
+    assert capsys.readouterr().out.endswith("-> outputs/[exp1]/a[/x]\n")

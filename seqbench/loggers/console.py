@@ -151,18 +151,21 @@ class ConsoleLogger(Callback):
 
     def on_text(self, step: int, texts: dict[str, str]) -> None:
         for name, text in texts.items():
-            self.info(f"[bold]step {step} {name}:[/bold] {text!r}")
+            self.info(Text.assemble((f"step {step} {name}:", "bold"), f" {text!r}"))
 
     def close(self) -> None:
         if self.progress is not None:
             self._write(self.progress.stop)
             self.progress = None
 
-    def info(self, message: str) -> None:
+    def info(self, message: str | Text) -> None:
+        """Print a line as it is written: brackets in a path or a generated sample are text,
+        not rich markup (which dropped `[exp1]` from a run directory and stopped a run on a
+        `[/x]` with a MarkupError)."""
         if self.mode == "none":
             return
         console = self.progress.console if self.progress is not None else self.console
-        self._write(lambda: console.print(message, highlight=False, soft_wrap=True))
+        self._write(lambda: console.print(message, markup=False, highlight=False, soft_wrap=True))
 
     def summary(self, metrics: dict, run_dir: str) -> None:
         """The closing table: status, what ran, the metric next to its baseline, gradients. In a
@@ -175,7 +178,8 @@ class ConsoleLogger(Callback):
                 f"{_fmt(metrics['best_metric'])} (baseline {_fmt(metrics['baseline'])}), "
                 f"{metrics['steps']:,} steps in {_duration(metrics['wall_time_s'])} -> {run_dir}"
             )
-            self._write(lambda: self.console.print(line, highlight=False, soft_wrap=True))
+            self._write(lambda: self.console.print(line, markup=False, highlight=False,
+                                                   soft_wrap=True))  # fmt: skip
             return
         if self.mode == "none" or self.sweep_job is not None:
             return
