@@ -161,6 +161,7 @@ def run(
                 lag_sources=cfg.diagnostics.lag_sources, callbacks=callbacks,
                 start_step=start_step, stop=lambda: stop() or console.closed,
                 done=lambda: early() or (trial is not None and trial()),
+                snapshots_held={step for step, *_ in recorder.snapshots},
             )  # fmt: skip
         extra["stopped_early"] = early.stopped_at is not None
         extra["stopped_at_step"] = early.stopped_at

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -65,12 +65,14 @@ def train(
     start_step: int = 0,
     stop: Callable[[], str | None] = lambda: None,
     done: Callable[[], bool] = lambda: False,
+    snapshots_held: Collection[int] = (),
 ) -> None:
     """Train from `start_step` to `steps` optimizer updates.
 
     Step s computes the gradient at the parameters after s updates. Gradient norms per timestep
     and by lag (`seqbench.lags`, at most `lag_sources` pairs per probe) are taken at s = 0 and
-    every `diagnostics_every` steps from the same backward pass that trains.
+    every `diagnostics_every` steps from the same backward pass that trains, except at the
+    steps in `snapshots_held` (a completed run's final snapshot, when it is trained longer).
     Raises `Diverged` on a NaN/Inf loss or gradient, and `Interrupted` between two steps once
     `stop()` returns a reason. Returns early when `done()` (early stopping) after a validation.
     """
@@ -78,6 +80,7 @@ def train(
         if (reason := stop()) is not None:
             raise Interrupted(step, reason)
         diagnose = step == 0 or (diagnostics_every > 0 and step % diagnostics_every == 0)
+        diagnose = diagnose and step not in snapshots_held
         batch = task.sample(batch_size)
         model.train()
         output, states = forward(model, batch, diagnose, reads(task, batch))

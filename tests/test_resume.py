@@ -401,7 +401,8 @@ def test_a_run_whose_reader_goes_stops_as_on_a_signal_and_resumes_to_the_same_re
 def test_resuming_a_completed_run_says_so_and_leaves_its_files(small_run, tmp_path) -> None:
     """Before, it wrote the last snapshot's rows of grad_norms.csv, lag_norms.csv and
     gates.csv (and their TensorBoard events) a second time. A longer train.steps with
-    resume_force=true still trains on."""
+    resume_force=true trains on, and keeps the old end's final snapshot rather than take a
+    second one at that step (before, its rows were there twice)."""
     from tests.conftest import seqbench_main
 
     run_dir = tmp_path / "run"
@@ -420,4 +421,7 @@ def test_resuming_a_completed_run_says_so_and_leaves_its_files(small_run, tmp_pa
     assert longer.returncode == 0, longer.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["status"], metrics["steps"]) == ("completed", 12)
-    assert set(pd.read_csv(run_dir / "grad_norms.csv")["step"]) == {0, 2, 4, 6, 8, 10, 12}
+    for name in ("grad_norms.csv", "lag_norms.csv", "gates.csv"):  # step 8's final one kept
+        rows = pd.read_csv(run_dir / name)
+        assert rows.groupby("step").size().nunique() == 1, name  # no snapshot written twice
+        assert set(rows["step"]) == {0, 2, 4, 6, 8, 10, 12}, name
