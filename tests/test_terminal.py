@@ -311,3 +311,13 @@ def test_brackets_in_a_path_or_a_sample_are_printed_as_written(capsys) -> None:
                "steps": 10, "wall_time_s": 3.0}  # fmt: skip
     console.summary(metrics, "outputs/[exp1]/a[/x]")
     assert capsys.readouterr().out.endswith("-> outputs/[exp1]/a[/x]\n")
+
+
+def test_the_stocks_flags_read_yes_or_no_in_the_summary(sentiment_metrics: dict) -> None:
+    """beats_zero and beats_yesterday are 1.0 or 0.0 in metrics.json (a sweep's mean is then
+    the fraction of seeds that beat the baseline); the run's summary says yes or no."""
+    metrics = dict(sentiment_metrics)
+    metrics["test"] = {"rmse": 0.0189, "rmse_vs_zero": 1.0, "beats_zero": 0.0,
+                       "beats_yesterday": 1.0}  # fmt: skip
+    text = " ".join(assert_uncut(summary_table(metrics, "run")).replace("│", " ").split())
+    assert "rmse 0.0189, rmse_vs_zero 1.0000, beats_zero no, beats_yesterday yes" in text

@@ -228,11 +228,19 @@ def summary_table(metrics: dict, run_dir: str) -> Table:
                 f"{', EXPLODING' if s['exploding'] else ''}",
             )
     if test := metrics.get("test"):  # one row, folded: stocks has 13 numbers, 3 its own
-        scores = ", ".join(f"{name} {_fmt(value)}" for name, value in test.items())
+        scores = ", ".join(f"{name} {_score(name, value)}" for name, value in test.items())
         table.add_row("test split (best weights)", scores)
     if metrics.get("error"):
         table.add_row("error", Text(metrics["error"]))  # as written: brackets are not markup
     return table
+
+
+def _score(name: str, value: float | None) -> str:
+    """A test score as the summary shows it: stocks' beats_zero and beats_yesterday (1.0 or
+    0.0 in metrics.json, so that a sweep's mean is the fraction of seeds) as yes or no."""
+    if name.startswith("beats_") and value in (0.0, 1.0):
+        return "yes" if value else "no"
+    return _fmt(value)
 
 
 def _fmt(value: float | None) -> str:
