@@ -145,9 +145,9 @@ def run(
             console.info(notice)
         console.info(
             f"{cfg.model.cell} on {task.name}: {recorder.info['num_parameters']:,} parameters, "
-            f"{device}, seed {cfg.seed}; baseline {task.metric} {task.baseline:.4f}. "
-            f"Run dir: {job.run_dir}"
+            f"{device}, seed {cfg.seed}; baseline {task.metric} {task.baseline:.4f}"
         )
+        console.info(f"run dir: {job.run_dir}")  # a line of its own: a path is long
 
     status, extra, stopped = "completed", {"diverged_step": None, "error": None}, None
     final_saved = False

@@ -4,9 +4,11 @@ no cell cut (no ellipsis, every cell's text in the rendered output)."""
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -321,3 +323,20 @@ def test_the_stocks_flags_read_yes_or_no_in_the_summary(sentiment_metrics: dict)
                        "beats_yesterday": 1.0}  # fmt: skip
     text = " ".join(assert_uncut(summary_table(metrics, "run")).replace("│", " ").split())
     assert "rmse 0.0189, rmse_vs_zero 1.0000, beats_zero no, beats_yesterday yes" in text
+
+
+def test_a_run_says_what_it_trains_then_where_it_writes(tmp_path: Path) -> None:
+    """Two lines before the first step: the model, the task, its size and baseline; then the
+    run directory on a line of its own (a long path broke the first line at 80 columns)."""
+    from tests.conftest import seqbench_main
+
+    run_dir = tmp_path / "run"
+    result = seqbench_main(*SMALL, "log.progress=plain", "log.tensorboard=false",
+                           f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert result.stdout.splitlines()[:2] == [
+        f"lstm on adding: {metrics['num_parameters']:,} parameters, cpu, seed 0; "
+        f"baseline mse {metrics['baseline']:.4f}",
+        f"run dir: {run_dir}",
+    ]
