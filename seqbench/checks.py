@@ -95,6 +95,9 @@ def check_config(cfg: Any) -> None:
     need(task is not None, "task.name", f"one of {sorted(TASKS)}")
     if task is not None:
         task.check(cfg.task, need)  # the task's own rules, e.g. task.seq_len >= 2
+    need(_keyword_arguments(cfg.optimizer._target_) is not None, "optimizer._target_",
+         "a class that can be imported, e.g. torch.optim.NAdam; or one of the optimizer "
+         "group's options, which seqbench --help lists")  # fmt: skip
     need(cfg.optimizer.lr > 0, "optimizer.lr", "a learning rate > 0")
     need(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", "a value >= 0")
     if "betas" in cfg.optimizer:
@@ -183,7 +186,7 @@ def unknown_keys(node: Any, prefix: str = "") -> list[tuple[str, list[str]]]:
     extra = [k for k in node if k not in known and not k.startswith("_")]
     extra = [k for k in extra if (prefix, k) != ("", "hydra")]  # a callback's config has it
     if extra and "_target_" in node:
-        known += _keyword_arguments(node._target_)
+        known += _keyword_arguments(node._target_) or []
         extra = [k for k in extra if k not in known]
     found = [(f"{prefix}{k}", sorted(set(known))) for k in extra]
     for key in known:
@@ -192,14 +195,18 @@ def unknown_keys(node: Any, prefix: str = "") -> list[tuple[str, list[str]]]:
     return found
 
 
-def _keyword_arguments(target: str) -> list[str]:
-    """The keyword arguments of a class's constructor (torch.optim.Adam: lr, betas, ...)."""
+def _keyword_arguments(target: str) -> list[str] | None:
+    """The keyword arguments of a class's constructor (torch.optim.Adam: lr, betas, ...), or
+    None where `target` names no class that can be imported."""
+    import importlib
     import inspect
 
-    from hydra.utils import get_class
-
-    parameters = inspect.signature(get_class(target)).parameters.values()
-    return [p.name for p in parameters if p.kind is p.KEYWORD_ONLY or
+    module, _, name = target.rpartition(".")
+    try:
+        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    return [p.name for p in parameters.values() if p.kind is p.KEYWORD_ONLY or
             (p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "params"))]  # fmt: skip
 
 

@@ -112,6 +112,9 @@ EDGES = [
     ("task.prompt", ("task=chargen",), ["a"], [""], "at least one character"),
     ("task.temperature", ("task=chargen",), [TINY], [0.0], "a value > 0"),
     ("task.sample_len", ("task=chargen",), [1], [0], "a positive integer"),
+    ("optimizer._target_", (), ["torch.optim.Adam", "torch.optim.NAdam"],
+     ["torch.optim.Nope", "nope", "torch.optim"], "a class that can be imported, e.g. "
+     "torch.optim.NAdam; or one of the optimizer group's options, which seqbench --help lists"),
     ("optimizer.lr", (), [TINY], [0.0], "a learning rate > 0"),
     ("optimizer.weight_decay", (), [0.0], [-TINY], "a value >= 0"),
     ("optimizer.betas", (), [[0.0, 0.0], [below(1.0), below(1.0)]],
