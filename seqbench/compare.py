@@ -269,15 +269,37 @@ def terminal_table(table: pd.DataFrame, title: str = "comparison", width: int = 
     # an interval goes on its own line under its mean ± std: the column stays narrow
     display = display.apply(lambda col: col.map(lambda v: str(v).replace(" [", "\n[")))
     used = 1 + sum(natural(h, [str(v) for v in display[c]]) for c, h in columns.items())
-    if used + sum(natural(h, cells) for h, cells in config.items()) > width:
+    if len(config) > 1 and used + sum(natural(h, c) for h, c in config.items()) > width:
         pairs = [[v if k in ("model", "task") else f"{k}={v}" for v in cells]
                  for k, cells in config.items()]  # fmt: skip
         config = {"configuration": [", ".join(row) for row in zip(*pairs, strict=True)]}
 
+    def least(header: str, cells: list[str]) -> int:  # narrowest without breaking a word
+        return max(len(word) for text in (header, *cells) for word in text.split()) + 3
+
+    # A narrow terminal: the vanishing ratios, then the baseline, go to comparison.csv/.md
+    # rather than have every header broken mid-word ("configurat / ion" at 80 columns).
+    shown = {**config, **{h: [str(v) for v in display[c]] for c, h in columns.items()}}
+    narrowest = {h: least(h, []) if h in config else least(h, v) for h, v in shown.items()}
+    dropped = []
+    for column in ("end_vanishing_ratio", "init_vanishing_ratio", "baseline"):
+        if 1 + sum(narrowest.values()) <= width or column not in columns:
+            continue
+        dropped.append(columns.pop(column))
+        del narrowest[dropped[-1]], shown[dropped[-1]]
+    widths: dict[str, int | None] = dict.fromkeys(shown)  # None: as rich lays it out
+    spare = width - 1 - sum(narrowest.values())  # what is left with every word whole
+    if 1 + sum(natural(h, v) for h, v in shown.items()) > width and spare >= 0:
+        first = [h for h in shown if h.startswith(("final", "test"))]  # the metric, then the rest
+        for h in [*first, *(h for h in shown if h not in first)]:
+            grow = min(spare, natural(h, shown[h]) - narrowest[h])
+            widths[h], spare = narrowest[h] + grow - 3, spare - grow
+
     failures = int(table["diverged"].sum() + table["failed"].sum())
     caption = (
-        "final: mean ± std [95% t interval over seeds]; more columns (best, solved step, "
-        "decay, horizon, timing): comparison.csv/.md"
+        "final: mean ± std [95% t interval over seeds]; more columns ("
+        + "".join(f"{name}, " for name in dropped)
+        + "best, solved step, decay, horizon, timing): comparison.csv/.md"
     )
     if failures:
         caption = (f"{int(table['diverged'].sum())} diverged, {int(table['failed'].sum())} "
@@ -285,9 +307,9 @@ def terminal_table(table: pd.DataFrame, title: str = "comparison", width: int = 
     rich_table = Table(title=Text(title), title_justify="left", caption=caption,
                        caption_justify="left", box=box.SQUARE, padding=(0, 1))  # fmt: skip
     for header in config:
-        rich_table.add_column(Text(header), overflow="fold")
+        rich_table.add_column(Text(header), overflow="fold", width=widths[header])
     for header in columns.values():
-        rich_table.add_column(Text(header), overflow="fold", justify="right")
+        rich_table.add_column(Text(header), overflow="fold", justify="right", width=widths[header])
     for i in range(len(table)):
         cells = [cells[i] for cells in config.values()]
         cells += [str(display[c].iloc[i]) for c in columns]

@@ -340,3 +340,28 @@ def test_a_run_says_what_it_trains_then_where_it_writes(tmp_path: Path) -> None:
         f"baseline mse {metrics['baseline']:.4f}",
         f"run dir: {run_dir}",
     ]
+
+
+@pytest.mark.parametrize("width", [50, 60, 70, 80, 90, 100, 120])
+def test_a_narrow_terminal_breaks_no_header_and_names_the_columns_it_leaves_out(width) -> None:
+    """Before, 80 columns broke every header mid-word ("configurat / ion", "vanish@ini / t").
+    Now each column is at least as wide as its longest word; where they do not all fit, the
+    vanishing ratios, then the baseline, are left out and the caption names them."""
+    rng = np.random.default_rng(6)
+    for rows in ([run_row(rng, m, s) for m in ("rnn", "lstm") for s in range(2)],
+                 [run_row(rng, m, s, **{"task.seq_len": t}) for m in ("rnn", "lstm", "gru")
+                  for t in (200, 1000) for s in range(3)]):  # fmt: skip
+        rich_table = terminal_table(table_of(rows), "sweep", width=width)
+        text = assert_uncut(rich_table, width)
+        lines = text.splitlines()
+        top = next(i for i, line in enumerate(lines) if line.startswith("┌"))
+        rule = next(i for i, line in enumerate(lines) if line.startswith("├"))
+        for i, column in enumerate(rich_table.columns):
+            words = " ".join(line.split("│")[i + 1] for line in lines[top + 1 : rule]).split()
+            assert words == plain(column.header).split(), (width, words)
+        headers = [plain(c.header) for c in rich_table.columns]
+        caption = " ".join(plain(rich_table.caption).split())
+        for name in ("vanish@end", "vanish@init", "baseline"):
+            assert (name in headers) != (f"{name}, " in caption), (width, name, caption)
+        if width >= 100:
+            assert {"vanish@end", "vanish@init", "baseline"} <= set(headers)
