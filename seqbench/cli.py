@@ -98,7 +98,10 @@ def _job(cfg: DictConfig) -> float | None:
     _set_job_threads(cfg, hydra_cfg)
     try:
         return run(cfg, run_dir, resume=resume, sweep_job=f"#{hydra_cfg.job.num}",
-                   side_by_side=side_by_side(hydra_cfg))  # fmt: skip
+                   side_by_side=side_by_side(hydra_cfg), go_on=(
+                       f"to go on, run the sweep's command again with hydra.sweep.dir="
+                       f"{hydra_cfg.sweep.dir}: its completed jobs are skipped and this one "
+                       "resumes from its checkpoint"))  # fmt: skip
     except Exception as err:  # recorded, reported, and the sweep goes on
         print(f"seqbench: job {hydra_cfg.job.num} failed: {err}", file=sys.stderr)
         if run_status(run_dir) is None:

@@ -72,13 +72,14 @@ class Job:
 
 def run(
     cfg: Any, run_dir: Path, resume: Path | None = None, sweep_job: str | None = None,
-    side_by_side: bool = False,
+    side_by_side: bool = False, go_on: str | None = None,
 ) -> float | None:  # fmt: skip
     """Train one configuration and write its run directory; return the best validation metric.
 
     With `resume` (or `cfg.resume`), continue the run in that directory from its checkpoint.
     `sweep_job` (a multirun job's label) keeps the console to one line for the job;
     `side_by_side` (a launcher that runs jobs at the same time) leaves out its live bar.
+    `go_on` tells an interrupted sweep job's user how to continue (default: resume=RUN_DIR).
     Exits with 130/143/141 after writing every file when SIGINT/SIGTERM or a closed stdout
     (SIGPIPE) stopped the run.
     """
@@ -190,11 +191,9 @@ def run(
             getattr(callback, "close", lambda: None)()
     console.summary(metrics, str(job.run_dir))
     if stopped is not None:
-        print(
-            f"seqbench: interrupted ({stopped}) after step {recorder.steps_done}; "
-            f"resume with: seqbench resume={job.run_dir}",
-            file=sys.stderr,
-        )
+        go_on = go_on or f"resume with: seqbench resume={job.run_dir}"
+        print(f"seqbench: interrupted ({stopped}) after step {recorder.steps_done}; {go_on}",
+              file=sys.stderr)  # fmt: skip
         sys.exit(EXIT_CODES[stopped])
     return metrics["best_metric"]
 

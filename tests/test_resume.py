@@ -425,3 +425,33 @@ def test_resuming_a_completed_run_says_so_and_leaves_its_files(small_run, tmp_pa
         rows = pd.read_csv(run_dir / name)
         assert rows.groupby("step").size().nunique() == 1, name  # no snapshot written twice
         assert set(rows["step"]) == {0, 2, 4, 6, 8, 10, 12}, name
+
+
+def test_an_interrupted_job_says_how_to_go_on(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A single run: `resume=RUN_DIR`. A sweep's job: what the sweep gives it (`go_on`, in
+    cli.py: run the sweep again into its directory), since resuming that one job would leave
+    the sweep's other jobs unrun and its table unwritten."""
+    from contextlib import contextmanager
+
+    import seqbench.job
+    from seqbench.interrupt import StopRequest
+    from tests.conftest import SMALL, compose_config
+
+    @contextmanager
+    def signalled():  # as if SIGTERM had come before the first step
+        request = StopRequest()
+        request.reason = "SIGTERM"
+        yield request
+
+    monkeypatch.setattr(seqbench.job, "stop_on_signals", signalled)
+    for go_on, expected in (
+        (None, f"resume with: seqbench resume={tmp_path / 'a'}"),
+        ("to go on, run the sweep again", "to go on, run the sweep again"),
+    ):
+        run_dir = tmp_path / ("a" if go_on is None else "b")  # fmt: skip
+        with pytest.raises(SystemExit) as stopped:
+            seqbench.job.run(compose_config(SMALL), run_dir, go_on=go_on)
+        assert stopped.value.code == 143
+        assert capsys.readouterr().err.endswith(
+            f"seqbench: interrupted (SIGTERM) after step 0; {expected}\n"
+        )

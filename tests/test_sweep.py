@@ -110,12 +110,15 @@ def test_interrupted_sweep_reruns_only_what_is_missing(tmp_path: Path) -> None:
     command = [str(exe), "-m", *SMALL, "train.steps=9", "log.tensorboard=false", *args,
                f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 120
     while len(list(sweep_dir.glob("*/metrics.json"))) < 2 and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+    stderr = proc.communicate(timeout=60)[1]
+    if "interrupted (SIGTERM)" in stderr:  # a job was training (not between two jobs)
+        assert f"run the sweep's command again with hydra.sweep.dir={sweep_dir}:" in stderr
+        assert "resume=" not in stderr  # a job's own resume would leave the others unrun
     done_before = {p.parent.name: p.read_text() for p in sweep_dir.glob("*/metrics.json")
                    if json.loads(p.read_text())["status"] == "completed"}  # fmt: skip
     assert 2 <= len(done_before) < 6
