@@ -137,6 +137,13 @@ def load_training_state(run_dir: Path, map_location: str | torch.device = "cpu")
             continue
         state["source"] = name
         return state
+    if (Path(run_dir) / "multirun.yaml").exists():  # a sweep's directory, not a run's
+        raise CheckpointError(
+            f"resume={run_dir} is a sweep's directory (it holds multirun.yaml), not a run's. "
+            f"To go on with the sweep, run its command again with hydra.sweep.dir={run_dir}: "
+            "its completed jobs are skipped and interrupted ones resume; to resume one job, "
+            f"point resume= at its directory (e.g. {run_dir}/0)."
+        )
     raise CheckpointError(
         f"resume={run_dir}: no usable checkpoint ({'; '.join(problems)}). "
         "Point resume= at a run directory written by seqbench, or start a new run."

@@ -126,6 +126,19 @@ def test_resume_without_any_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     assert "resume=" in result.stderr and "no usable checkpoint" in result.stderr
 
 
+def test_resume_at_a_sweeps_directory_says_how_to_go_on_with_the_sweep(tmp_path: Path) -> None:
+    from seqbench.checkpoint import load_training_state
+
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    with pytest.raises(
+        CheckpointError,
+        match=r"resume=\S+sweep is a sweep's directory .*run its "
+        r"command again with hydra.sweep.dir=\S+sweep: .*e.g. \S+sweep/0\)",
+    ):
+        load_training_state(tmp_path / "sweep")
+
+
 def test_resume_with_a_different_config_is_refused(small_run, tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, small_run)
     with pytest.raises(ConfigError, match=r"optimizer\.lr: 0\.003 → 0\.5"):
