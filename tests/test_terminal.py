@@ -365,3 +365,21 @@ def test_a_narrow_terminal_breaks_no_header_and_names_the_columns_it_leaves_out(
             assert (name in headers) != (f"{name}, " in caption), (width, name, caption)
         if width >= 100:
             assert {"vanish@end", "vanish@init", "baseline"} <= set(headers)
+
+
+def test_the_summary_says_a_run_stopped_before_its_planned_steps(sentiment_metrics) -> None:
+    """Early stopping, an Optuna trial pruned, an interruption: the status says why and the
+    steps row how many of the planned steps ran (before: '200 (36.7 steps/s)', status
+    'completed', nothing more)."""
+
+    def rows(**changes) -> str:
+        metrics = {**sentiment_metrics, "steps_planned": 2000, "steps": 200, **changes}
+        return " ".join(assert_uncut(summary_table(metrics, "run")).replace("│", " ").split())
+
+    early = rows(stopped_early=True, stopped_at_step=200)
+    assert "status completed, stopped early at step 200 (train.early_stopping)" in early
+    assert "steps 200 of 2,000 (" in early
+    pruned = rows(status="pruned", pruned_at_step=300, steps=300)
+    assert "status pruned at step 300 model" in pruned and "steps 300 of 2,000 (" in pruned
+    whole = rows(steps=2000)
+    assert "status completed model" in whole and "steps 2,000 (" in whole

@@ -197,12 +197,18 @@ def summary_table(metrics: dict, run_dir: str) -> Table:
     status = metrics["status"]
     if metrics.get("diverged_step") is not None:
         status += f" at step {metrics['diverged_step']}"
+    if metrics.get("stopped_early"):  # train.early_stopping
+        status += f", stopped early at step {metrics['stopped_at_step']:,} (train.early_stopping)"
+    if metrics.get("pruned_at_step") is not None:  # an Optuna trial
+        status += f" at step {metrics['pruned_at_step']:,}"
     table.add_row("status", Text(status, style=status_style.get(metrics["status"], "yellow")))
     stateful = " (stateful)" if (metrics.get("task_info") or {}).get("stateful") else ""
     table.add_row("model / task", f"{metrics['model']} / {metrics['task']}{stateful}")
     table.add_row("seed", str(metrics["seed"]))
     table.add_row("parameters", f"{metrics['num_parameters']:,}")
-    table.add_row("steps", f"{metrics['steps']:,} ({metrics['steps_per_s'] or 0:.1f} steps/s)")
+    planned = metrics.get("steps_planned")
+    of = f" of {planned:,}" if planned and planned != metrics["steps"] else ""
+    table.add_row("steps", f"{metrics['steps']:,}{of} ({metrics['steps_per_s'] or 0:.1f} steps/s)")
     table.add_row("wall time", _duration(metrics["wall_time_s"]))
     name, mode = metrics["metric"], metrics["mode"]
     table.add_row(f"final val {name}", _fmt(metrics["final_metric"]))
