@@ -208,10 +208,19 @@ def build_job(cfg: Any, run_dir: Path, device: torch.device) -> Job:
     model_args = dict(m)  # every other key of model.* is an argument of SequenceModel
     engine, engine_notice = engine_choice(m.cell, model_args.pop("engine"), device.type,
                                           m.bidirectional)  # fmt: skip
-    model = SequenceModel(
-        input_size=task.input_size, output_size=task.output_size, vocab_size=task.vocab_size,
-        track_log10=cfg.diagnostics.log_magnitude, engine=engine, **model_args,
-    ).to(device)  # fmt: skip
+    try:
+        model = SequenceModel(
+            input_size=task.input_size, output_size=task.output_size, vocab_size=task.vocab_size,
+            track_log10=cfg.diagnostics.log_magnitude, engine=engine, **model_args,
+        ).to(device)  # fmt: skip
+    except RuntimeError as err:  # torch.OutOfMemoryError (CUDA) is one too
+        if (size := _allocation(str(err))) is None:
+            raise
+        raise ConfigError(
+            f"model.hidden_size={m.hidden_size} with model.num_layers={m.num_layers}: the "
+            f"model does not fit in memory on {device} (one of its weights alone needs "
+            f"{size}); choose a smaller model.hidden_size or model.num_layers."
+        ) from None
     try:
         optimizer = instantiate(cfg.optimizer)(model.parameters())
     except ValueError as err:  # torch.optim's own checks, for anything check_config missed
@@ -235,6 +244,19 @@ def build_job(cfg: Any, run_dir: Path, device: torch.device) -> Job:
         solved=task.solved, lr=lambda: optimizer.param_groups[0]["lr"],
     )  # fmt: skip
     return Job(cfg, run_dir, device, task, model, optimizer, scheduler, recorder, engine_notice)
+
+
+def _allocation(message: str) -> str | None:
+    """The size an out-of-memory error says was asked for ('149.0 GiB'), or None for another
+    error. CPU: 'you tried to allocate 160000000000 bytes'; CUDA: 'Tried to allocate 149.01
+    GiB'."""
+    import re
+
+    if found := re.search(r"tried to allocate (\d+) bytes", message, re.IGNORECASE):
+        return f"{int(found.group(1)) / 2**30:,.1f} GiB"
+    if found := re.search(r"tried to allocate ([\d.]+ [KMGT]iB)", message, re.IGNORECASE):
+        return found.group(1)
+    return None
 
 
 def final_snapshot(job: Job, callbacks: list[Callback]) -> None:

@@ -87,6 +87,9 @@ BAD = [
     ("model.init=zeros", USAGE, ("seqbench: error: model.init='zeros' is not allowed (one of [",
                                  "'default', 'orthogonal', 'xavier'")),
     ("model.embedding_dim=0", USAGE, refused("model.embedding_dim=0", POSITIVE)),
+    ("model.hidden_size=1000000", USAGE,  # 16 TB for W_hh: a value no machine can run
+     "seqbench: error: model.hidden_size=1000000 with model.num_layers=1: the model does not "
+     "fit in memory on cpu (one of its weights alone needs "),
     ("task.seq_len=1", USAGE, refused("task.seq_len=1", "an integer >= 2")),
     ("task.seq_len=-5", USAGE, refused("task.seq_len=-5", "an integer >= 2")),
     ("task.val_size=0", USAGE, refused("task.val_size=0", POSITIVE)),
@@ -175,6 +178,16 @@ def test_a_sweep_with_an_unknown_key_is_refused_before_any_job(tmp_path: Path) -
     message = "train.stesp=3 is not allowed (no such key: did you mean train.steps?"
     check_refused(result, tmp_path, USAGE, message)
     assert not (tmp_path / "sweep").exists()
+
+
+def test_out_of_memory_messages_are_read_on_cpu_and_cuda() -> None:
+    from seqbench.job import _allocation
+
+    assert _allocation("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                       "160000000000 bytes. Error code 12") == "149.0 GiB"  # fmt: skip
+    assert _allocation("CUDA out of memory. Tried to allocate 149.01 GiB. GPU 0 has a total "
+                       "capacity of 79.1 GiB") == "149.01 GiB"  # fmt: skip
+    assert _allocation("mat1 and mat2 shapes cannot be multiplied") is None
 
 
 def test_a_key_the_optimizer_takes_reaches_it() -> None:
