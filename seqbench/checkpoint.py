@@ -138,11 +138,12 @@ def load_training_state(run_dir: Path, map_location: str | torch.device = "cpu")
         state["source"] = name
         return state
     if (Path(run_dir) / "multirun.yaml").exists():  # a sweep's directory, not a run's
+        from seqbench.resume import go_on_with_sweep
+
         raise CheckpointError(
             f"resume={run_dir} is a sweep's directory (it holds multirun.yaml), not a run's. "
-            f"To go on with the sweep, run its command again with hydra.sweep.dir={run_dir}: "
-            "its completed jobs are skipped and interrupted ones resume; to resume one job, "
-            f"point resume= at its directory (e.g. {run_dir}/0)."
+            f"To go on with the sweep, run its command again {go_on_with_sweep(run_dir)}; to "
+            f"resume one job, point resume= at its directory (e.g. {run_dir}/0)."
         )
     raise CheckpointError(
         f"resume={run_dir}: no usable checkpoint ({'; '.join(problems)}). "

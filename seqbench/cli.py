@@ -30,7 +30,13 @@ from seqbench.errors import (
     silent_if_stdout_closes,
 )
 from seqbench.hardware import release_collector
-from seqbench.resume import completed_before, prepare_sweep_job, run_status, write_failed
+from seqbench.resume import (
+    completed_before,
+    go_on_with_sweep,
+    prepare_sweep_job,
+    run_status,
+    write_failed,
+)
 
 register_configs()
 
@@ -90,7 +96,7 @@ def _job(cfg: DictConfig) -> float | None:
             sys.exit(EXIT_IO)
     # In a sweep, one job's failure is recorded in its metrics.json and the sweep goes on.
     overrides = list(hydra_cfg.overrides.task)
-    earlier = completed_before(run_dir, overrides)
+    earlier = completed_before(run_dir, overrides=overrides)
     if earlier is not None:
         print(f"seqbench: {run_dir} already completed; skipping (delete it to run again)")
         return earlier["best_metric"]
@@ -98,10 +104,9 @@ def _job(cfg: DictConfig) -> float | None:
     _set_job_threads(cfg, hydra_cfg)
     try:
         return run(cfg, run_dir, resume=resume, sweep_job=f"#{hydra_cfg.job.num}",
-                   side_by_side=side_by_side(hydra_cfg), go_on=(
-                       f"to go on, run the sweep's command again with hydra.sweep.dir="
-                       f"{hydra_cfg.sweep.dir}: its completed jobs are skipped and this one "
-                       "resumes from its checkpoint"))  # fmt: skip
+                   side_by_side=side_by_side(hydra_cfg),
+                   go_on="to go on, run the sweep's command again "
+                   + go_on_with_sweep(hydra_cfg.sweep.dir))  # fmt: skip
     except Exception as err:  # recorded, reported, and the sweep goes on
         print(f"seqbench: job {hydra_cfg.job.num} failed: {err}", file=sys.stderr)
         if run_status(run_dir) is None:

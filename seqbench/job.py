@@ -42,7 +42,7 @@ from seqbench.loggers.runname import event_dir
 from seqbench.loggers.tensorboard import TensorBoardLogger, run_hparams
 from seqbench.model import SequenceModel, count_parameters, engine_choice
 from seqbench.results import RunRecorder
-from seqbench.resume import completed_already, resumed_config
+from seqbench.resume import completed_before, resumed_config
 from seqbench.scheduler import SchedulerStep, build_scheduler
 from seqbench.tasks import Task, build_task
 from seqbench.train import Clip, EarlyStopping, evaluate, measure_grad_norms, train
@@ -90,7 +90,7 @@ def run(
         state = load_training_state(resume)
         cfg = resumed_config(cfg, state["config"])
         run_dir = resume
-        if (done := completed_already(resume, cfg.train.steps)) is not None:
+        if (done := completed_before(resume, steps_planned=cfg.train.steps)) is not None:
             print(
                 f"seqbench: {resume} already completed ({done['steps']:,} of "
                 f"{cfg.train.steps:,} steps); nothing to resume, and its files are left as "

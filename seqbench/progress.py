@@ -96,8 +96,9 @@ class SweepProgress:
             self.status[job] = metrics["status"]
             line = describe(job, metrics, self.sweep_keys)
             lines.append(f"seqbench: sweep {self.counts()}: {line}")
-        for line in lines:
-            self.out(line)
+        with silent_if_stdout_closes():  # what read the lines went away: the sweep goes on
+            for line in lines:
+                self.out(line)
         return lines
 
     def counts(self) -> str:
@@ -115,8 +116,7 @@ class SweepProgress:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.every_s):
-            with silent_if_stdout_closes():  # what read the lines went away: the sweep goes on
-                self.poll()
+            self.poll()
 
     def start(self) -> SweepProgress:
         self._thread.start()

@@ -86,21 +86,29 @@ def run_status(run_dir: Path) -> str | None:
     return read_metrics(run_dir).get("status")
 
 
-def completed_already(run_dir: Path, steps: int) -> dict | None:
-    """metrics.json of a run in `run_dir` that completed with `steps` planned, else None:
-    resuming it would train nothing and write its last snapshot's rows a second time."""
+def completed_before(
+    run_dir: Path, overrides: list[str] | None = None, **expected: Any
+) -> dict | None:
+    """metrics.json of a run in `run_dir` that completed with the `expected` values (a sweep
+    job's `overrides`; a resumed run's `steps_planned`, since resuming a completed run would
+    train nothing and write its last snapshot a second time), else None."""
+    if overrides is not None:
+        expected["overrides"] = overrides
     metrics = read_metrics(run_dir)
-    if metrics.get("status") == "completed" and metrics.get("steps_planned") == steps:
+    if metrics.get("status") == "completed" and all(
+        metrics.get(key) == value for key, value in expected.items()
+    ):
         return metrics
     return None
 
 
-def completed_before(run_dir: Path, overrides: list[str]) -> dict | None:
-    """metrics.json of an earlier completed run of the same job in `run_dir`, else None."""
-    metrics = read_metrics(run_dir)
-    if metrics.get("status") == "completed" and metrics.get("overrides") == overrides:
-        return metrics
-    return None
+def go_on_with_sweep(sweep_dir: Path | str) -> str:
+    """How to continue an interrupted sweep, after "run its command again" (the message of a
+    sweep's job, and of resume= at a sweep's directory)."""
+    return (
+        f"with hydra.sweep.dir={sweep_dir}: its completed jobs are skipped and interrupted ones "
+        "resume from their checkpoints"
+    )
 
 
 def prepare_sweep_job(run_dir: Path) -> Path | None:

@@ -126,9 +126,8 @@ class HydraHooks(HydraCallback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         progress = _WATCHERS.pop(str(config.hydra.sweep.dir), None)
-        with silent_if_stdout_closes():  # its last lines: the tables are written all the same
-            if progress is not None:
-                progress.stop()
+        if progress is not None:
+            progress.stop()
         with silent_if_stdout_closes():  # the table is printed after the files are written
             summarize_sweep(Path(config.hydra.sweep.dir))
 
